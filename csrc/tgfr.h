@@ -1,0 +1,61 @@
+// Entry points of the fused ops. tgfr_api.cpp validates arguments and dispatches
+// to the per-device kernels declared here (cpu/ and cuda/ hold one file per op).
+//
+// Conventions shared by every kernel (see tgfr/ops/backends.py):
+//   words [B_t, T, D], regions [B_v, N, D], word_mask [B_t, T] bool, all contiguous;
+//   scores [B_v, B_t] (rows images, columns captions);
+//   a, b [B, D]; temperature 0-d in the accumulation dtype (float64 for float64
+//   inputs, else float32); class_ids [B] int64 (distinct ids mean "no masking");
+//   lse_rows / lse_cols [B] in the accumulation dtype.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace tgfr {
+
+// Validating entry points (tgfr_api.cpp): these are what Python and the C++ tests call.
+at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor& regions,
+                                      const at::Tensor& word_mask, double gamma1, double gamma2,
+                                      double eps);
+std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
+    const at::Tensor& grad_scores, const at::Tensor& words, const at::Tensor& regions,
+    const at::Tensor& word_mask, const at::Tensor& scores, double gamma1, double gamma2, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor& a,
+                                                                const at::Tensor& b,
+                                                                const at::Tensor& temperature,
+                                                                const at::Tensor& class_ids);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
+    const at::Tensor& grad_loss, const at::Tensor& a, const at::Tensor& b,
+    const at::Tensor& temperature, const at::Tensor& class_ids, const at::Tensor& lse_rows,
+    const at::Tensor& lse_cols);
+bool built_with_cuda();
+
+#define TGFR_DECLARE_KERNELS                                                                     \
+  at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor& regions,     \
+                                        const at::Tensor& word_mask, double gamma1,             \
+                                        double gamma2, double eps);                             \
+  std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(                               \
+      const at::Tensor& grad_scores, const at::Tensor& words, const at::Tensor& regions,        \
+      const at::Tensor& word_mask, const at::Tensor& scores, double gamma1, double gamma2,      \
+      double eps);                                                                              \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(                              \
+      const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,                  \
+      const at::Tensor& class_ids);                                                             \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(                             \
+      const at::Tensor& grad_loss, const at::Tensor& a, const at::Tensor& b,                    \
+      const at::Tensor& temperature, const at::Tensor& class_ids, const at::Tensor& lse_rows,   \
+      const at::Tensor& lse_cols);
+
+namespace cpu {
+TGFR_DECLARE_KERNELS
+}  // namespace cpu
+
+#ifdef TGFR_WITH_CUDA
+namespace cuda {
+TGFR_DECLARE_KERNELS
+}  // namespace cuda
+#endif
+
+}  // namespace tgfr

@@ -1,0 +1,3 @@
+"""placeholder"""
+def info_nce_forward(*a): raise NotImplementedError
+def info_nce_backward(*a): raise NotImplementedError

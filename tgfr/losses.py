@@ -1,0 +1,53 @@
+"""Drop-in ``nn.Module`` losses on top of the fused ops."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .ops import info_nce, word_region_loss
+
+
+class WordRegionLoss(nn.Module):
+    """WRCL: DAMSM words loss of a paired batch, ``image_to_caption + caption_to_image``."""
+
+    def __init__(self, gamma1=4.0, gamma2=5.0, gamma3=10.0, eps=1e-8, backend="auto"):
+        super().__init__()
+        self.gamma1, self.gamma2, self.gamma3, self.eps, self.backend = gamma1, gamma2, gamma3, eps, backend
+
+    def forward(self, words, regions, word_mask=None, class_ids=None):
+        i2t, t2i = word_region_loss(
+            words, regions, word_mask, class_ids, self.gamma1, self.gamma2, self.gamma3, self.eps, self.backend
+        )
+        return i2t + t2i
+
+    def extra_repr(self):
+        return f"gamma1={self.gamma1}, gamma2={self.gamma2}, gamma3={self.gamma3}, backend={self.backend!r}"
+
+
+class InfoNCELoss(nn.Module):
+    """Symmetric InfoNCE with a learnable temperature.
+
+    The temperature is stored as ``log τ`` so that it stays positive under any
+    optimiser step; ``learnable=False`` keeps it fixed.
+    """
+
+    def __init__(self, temperature=0.07, learnable=True, backend="auto"):
+        super().__init__()
+        log_t = torch.tensor(math.log(temperature))
+        if learnable:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+        self.backend = backend
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, a, b, class_ids=None):
+        return info_nce(a, b, self.temperature, class_ids, self.backend)
+
+    def extra_repr(self):
+        return f"temperature={self.temperature.item():.4g}, backend={self.backend!r}"
