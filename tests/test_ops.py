@@ -1,0 +1,369 @@
+"""One suite for every backend of both ops, against the pure-PyTorch reference.
+
+Ground truth is ``reference.word_region_scores_loop`` (the published loop
+structure) and ``reference.info_nce_reference`` (full logits + cross-entropy).
+Tolerances: float64 to 1e-10 relative, float32 to 1e-5 (values) against the
+float64 reference. Inputs are fresh random tensors with ragged masks, shapes
+that are not multiples of any tile, ``B_v != B_t`` and non-contiguous views.
+"""
+import os
+
+import pytest
+import torch
+
+from tgfr.ops import backends, info_nce, reference, word_region_loss, word_region_scores
+
+# (B_v, B_t, T, N, D): odd sizes, B_v != B_t, T = 1, N = 1, D not a multiple of 8.
+WORD_REGION_SHAPES = [(3, 2, 5, 7, 12), (2, 3, 1, 4, 9), (2, 2, 4, 1, 6), (4, 3, 6, 9, 13)]
+INFO_NCE_SHAPES = [(1, 5), (7, 12), (13, 33)]
+
+
+def make_word_region_inputs(shape, dtype, device, gen, ragged=True):
+    B_v, B_t, T, N, D = shape
+    words = torch.randn(B_t, T, D, generator=gen, dtype=torch.float64)
+    regions = torch.randn(B_v, N, D, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B_t,), generator=gen) if ragged else torch.full((B_t,), T)
+    lengths[0] = T  # at least one full caption
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    return words.to(device, dtype), regions.to(device, dtype), mask.to(device)
+
+
+def make_info_nce_inputs(shape, dtype, device, gen):
+    B, D = shape
+    a = torch.nn.functional.normalize(torch.randn(B, D, generator=gen, dtype=torch.float64), dim=1)
+    b = torch.nn.functional.normalize(a + 0.5 * torch.randn(B, D, generator=gen, dtype=torch.float64), dim=1)
+    temperature = torch.tensor(0.1 + torch.rand((), generator=gen, dtype=torch.float64).item(), dtype=torch.float64)
+    return a.to(device, dtype), b.to(device, dtype), temperature.to(device)
+
+
+def reference_scores(words, regions, mask, **kw):
+    return reference.word_region_scores_loop(words.double().cpu(), regions.double().cpu(), mask.cpu(), **kw)
+
+
+# --------------------------------------------------------------------------- word-region scores
+
+
+@pytest.mark.parametrize("shape", WORD_REGION_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype,rtol,atol", [(torch.float64, 1e-10, 1e-12), (torch.float32, 1e-5, 1e-5)], ids=["f64", "f32"])
+def test_word_region_forward_matches_reference(backend_device, shape, dtype, rtol, atol, rng):
+    backend, device = backend_device
+    words, regions, mask = make_word_region_inputs(shape, dtype, device, rng)
+    scores = word_region_scores(words, regions, mask, backend=backend)
+    assert scores.shape == (shape[0], shape[1]) and scores.dtype == dtype and scores.device.type == device.type
+    torch.testing.assert_close(scores.double().cpu(), reference_scores(words, regions, mask), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("gammas", [(4.0, 5.0), (1.5, 10.0)], ids=["paper", "other"])
+def test_word_region_gammas_and_no_mask(backend_device, gammas, rng):
+    backend, device = backend_device
+    words, regions, _ = make_word_region_inputs((3, 4, 5, 6, 7), torch.float64, device, rng)
+    g1, g2 = gammas
+    scores = word_region_scores(words, regions, None, gamma1=g1, gamma2=g2, backend=backend)
+    full = torch.ones(words.shape[:2], dtype=torch.bool)
+    expected = reference_scores(words, regions, full, gamma1=g1, gamma2=g2)
+    torch.testing.assert_close(scores.cpu(), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", WORD_REGION_SHAPES[:1] + WORD_REGION_SHAPES[3:], ids=str)
+def test_word_region_backward_matches_reference(backend_device, shape, rng):
+    backend, device = backend_device
+    words, regions, mask = make_word_region_inputs(shape, torch.float64, device, rng)
+    upstream = torch.randn(shape[0], shape[1], generator=rng, dtype=torch.float64)
+    w_ref, r_ref = words.detach().cpu().requires_grad_(), regions.detach().cpu().requires_grad_()
+    (reference.word_region_scores_loop(w_ref, r_ref, mask.cpu()) * upstream).sum().backward()
+    w, r = words.detach().requires_grad_(), regions.detach().requires_grad_()
+    (word_region_scores(w, r, mask, backend=backend) * upstream.to(device)).sum().backward()
+    torch.testing.assert_close(w.grad.cpu(), w_ref.grad, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(r.grad.cpu(), r_ref.grad, rtol=1e-9, atol=1e-11)
+    # padded words get no gradient
+    assert torch.all(w.grad.cpu()[~mask.cpu()] == 0)
+
+
+def test_word_region_gradcheck(backend_device, rng):
+    backend, device = backend_device
+    interpreted = backend == "triton" and device.type == "cpu"
+    words, regions, mask = make_word_region_inputs((2, 3, 4, 5, 6), torch.float64, device, rng)
+    words.requires_grad_()
+    regions.requires_grad_()
+    fn = lambda w, r: word_region_scores(w, r, mask, backend=backend)  # noqa: E731
+    # the interpreter is slow: fast mode checks random projections of the Jacobian
+    assert torch.autograd.gradcheck(fn, (words, regions), fast_mode=interpreted)
+
+
+def test_word_region_non_contiguous(backend_device, rng):
+    backend, device = backend_device
+    words, regions, mask = make_word_region_inputs((3, 4, 5, 6, 14), torch.float64, device, rng)
+    words_nc = words.transpose(0, 1).contiguous().transpose(0, 1)  # strided view of the same values
+    regions_nc = torch.cat([regions, regions], dim=2)[:, :, ::2]  # every other column
+    regions_dense = regions_nc.contiguous()
+    mask_nc = torch.stack([mask, mask], dim=2)[:, :, 0]
+    assert not words_nc.is_contiguous() and not regions_nc.is_contiguous() and not mask_nc.is_contiguous()
+    got = word_region_scores(words_nc, regions_nc, mask_nc, backend=backend)
+    torch.testing.assert_close(got.cpu(), reference_scores(words, regions_dense, mask), rtol=1e-10, atol=1e-12)
+
+
+def test_word_region_loss_class_ids(backend_device, rng):
+    backend, device = backend_device
+    words, regions, mask = make_word_region_inputs((5, 5, 4, 6, 8), torch.float64, device, rng)
+    class_ids = torch.tensor([0, 1, 0, 2, 1], device=device)
+    i2t, t2i = word_region_loss(words, regions, mask, class_ids, gamma3=10.0, backend=backend)
+    scores = reference_scores(words, regions, mask)
+    logits = 10.0 * scores
+    same = (class_ids.cpu()[:, None] == class_ids.cpu()[None, :]) & ~torch.eye(5, dtype=torch.bool)
+    logits = logits.masked_fill(same, float("-inf"))
+    expected_i2t = -(logits.diag() - logits.logsumexp(dim=1)).mean()
+    expected_t2i = -(logits.diag() - logits.logsumexp(dim=0)).mean()
+    torch.testing.assert_close(i2t.cpu(), expected_i2t, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(t2i.cpu(), expected_t2i, rtol=1e-10, atol=1e-12)
+    # masking changes the value: the test would notice a backend that ignores class_ids
+    plain_i2t, _ = word_region_loss(words, regions, mask, None, backend=backend)
+    assert not torch.allclose(plain_i2t, i2t)
+
+
+def _published_words_loss(img_features, words_emb, labels, cap_lens, class_ids, batch_size, g1=4.0, g2=5.0, g3=10.0):
+    """The DAMSM words loss as published (AttnGAN / TGFR code), channel-first layout."""
+    masks, att_maps, similarities = [], [], []
+    for i in range(batch_size):
+        mask = class_ids == class_ids[i]
+        mask[i] = False
+        masks.append(mask.reshape(1, -1))
+        words_num = int(cap_lens[i])
+        word = words_emb[i, :, :words_num].unsqueeze(0).contiguous()  # 1 x nef x words_num
+        word = word.repeat(batch_size, 1, 1)
+        context = img_features  # batch x nef x 17 x 17 (here x N)
+        # func_attention
+        query, ih_iw = word, context.size(2)
+        context_t = torch.transpose(context, 1, 2).contiguous()
+        attn = torch.bmm(context_t, query).view(batch_size * ih_iw, words_num)
+        attn = torch.softmax(attn, dim=1).view(batch_size, ih_iw, words_num)
+        attn = torch.transpose(attn, 1, 2).contiguous().view(batch_size * words_num, ih_iw)
+        attn = torch.softmax(attn * g1, dim=1).view(batch_size, words_num, ih_iw)
+        wei_context = torch.bmm(context, torch.transpose(attn, 1, 2).contiguous())
+        # words_loss continued
+        word = word.transpose(1, 2).contiguous().view(batch_size * words_num, -1)
+        wei_context = wei_context.transpose(1, 2).contiguous().view(batch_size * words_num, -1)
+        w12 = (word * wei_context).sum(1)
+        w1, w2 = word.norm(2, dim=1), wei_context.norm(2, dim=1)
+        row_sim = (w12 / (w1 * w2).clamp(min=1e-8)).view(batch_size, words_num)
+        row_sim = torch.log(row_sim.mul(g2).exp().sum(dim=1, keepdim=True))
+        similarities.append(row_sim)
+    similarities = torch.cat(similarities, 1) * g3
+    masks = torch.cat(masks, 0)
+    similarities = similarities.masked_fill(masks, -float("inf"))
+    loss0 = torch.nn.functional.cross_entropy(similarities, labels)
+    loss1 = torch.nn.functional.cross_entropy(similarities.transpose(0, 1), labels)
+    return loss0, loss1
+
+
+def test_reference_equals_published_damsm_words_loss(rng):
+    B, T, N, D = 5, 6, 9, 10
+    words, regions, _ = make_word_region_inputs((B, B, T, N, D), torch.float64, "cpu", rng, ragged=False)
+    class_ids = torch.tensor([3, 1, 3, 0, 1])
+    labels = torch.arange(B)
+    expected = _published_words_loss(
+        regions.transpose(1, 2), words.transpose(1, 2), labels, [T] * B, class_ids, B
+    )
+    for backend in ("reference", "vectorized"):
+        got = word_region_loss(words, regions, None, class_ids, backend=backend)
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-12, atol=1e-12)
+
+
+def test_word_region_bad_input(backend_device, rng):
+    backend, device = backend_device
+    words, regions, mask = make_word_region_inputs((2, 3, 4, 5, 6), torch.float64, device, rng)
+    cases = [
+        (dict(words=words[0]), ValueError, "words must have 3 dimensions"),
+        (dict(regions=regions[..., :5]), ValueError, "share the embedding width D"),
+        (dict(regions=regions.float()), ValueError, "regions has dtype"),
+        (dict(regions=regions.to("meta")), ValueError, "regions is on meta"),
+        (dict(word_mask=mask[:, :3]), ValueError, "word_mask must have shape"),
+        (dict(word_mask=mask.long()), ValueError, "word_mask must have dtype"),
+        (dict(words=words.long()), ValueError, "words must have dtype"),
+    ]
+    empty = mask.clone()
+    empty[1] = False
+    cases.append((dict(word_mask=empty), ValueError, r"caption\(s\) \[1\]"))
+    nan_words = words.clone()
+    nan_words[1, 2, 3] = float("nan")
+    cases.append((dict(words=nan_words), ValueError, "words contains NaN"))
+    inf_regions = regions.clone()
+    inf_regions[0, 1, 2] = float("inf")
+    cases.append((dict(regions=inf_regions), ValueError, "regions contains NaN or Inf"))
+    for override, error, message in cases:
+        args = dict(words=words, regions=regions, word_mask=mask)
+        args.update(override)
+        with pytest.raises(error, match=message):
+            word_region_scores(**args, backend=backend)
+
+
+# --------------------------------------------------------------------------- InfoNCE
+
+
+def _info_nce_case(backend, device, shape, dtype, gen, class_ids=None):
+    a, b, t = make_info_nce_inputs(shape, dtype, device, gen)
+    got = info_nce(a, b, t, class_ids, backend=backend)
+    expected = reference.info_nce_reference(a.double().cpu(), b.double().cpu(), t.cpu(), None if class_ids is None else class_ids.cpu())
+    return got, expected
+
+
+@pytest.mark.parametrize("shape", INFO_NCE_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype,rtol,atol", [(torch.float64, 1e-10, 1e-12), (torch.float32, 1e-5, 1e-5)], ids=["f64", "f32"])
+def test_info_nce_forward_matches_reference(backend_device, shape, dtype, rtol, atol, rng):
+    backend, device = backend_device
+    got, expected = _info_nce_case(backend, device, shape, dtype, rng)
+    assert got.dim() == 0
+    torch.testing.assert_close(got.double().cpu(), expected, rtol=rtol, atol=atol)
+
+
+def test_info_nce_class_ids(backend_device, rng):
+    backend, device = backend_device
+    class_ids = torch.tensor([0, 1, 0, 2, 1, 0, 3], device=device)
+    got, expected = _info_nce_case(backend, device, (7, 9), torch.float64, rng, class_ids)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-12)
+    a, b, t = make_info_nce_inputs((7, 9), torch.float64, device, torch.Generator().manual_seed(1234))
+    assert not torch.allclose(info_nce(a, b, t, class_ids, backend=backend), info_nce(a, b, t, None, backend=backend))
+
+
+@pytest.mark.parametrize("with_class_ids", [False, True], ids=["plain", "class_ids"])
+def test_info_nce_backward_matches_reference(backend_device, with_class_ids, rng):
+    backend, device = backend_device
+    a, b, t = make_info_nce_inputs((11, 7), torch.float64, device, rng)
+    class_ids = torch.tensor([0, 1, 2, 0, 3, 4, 1, 5, 6, 7, 0]) if with_class_ids else None
+    leaves = [x.detach().cpu().requires_grad_() for x in (a, b, t)]
+    reference.info_nce_reference(*leaves, class_ids).backward()
+    fused = [x.detach().requires_grad_() for x in (a, b, t)]
+    info_nce(*fused, None if class_ids is None else class_ids.to(device), backend=backend).mul(1.7).backward()
+    for got, ref, name in zip(fused, leaves, ("a", "b", "temperature")):
+        torch.testing.assert_close(got.grad.cpu(), 1.7 * ref.grad, rtol=1e-9, atol=1e-11, msg=f"grad of {name}")
+
+
+def test_info_nce_gradcheck(backend_device, rng):
+    backend, device = backend_device
+    interpreted = backend == "triton" and device.type == "cpu"
+    a, b, t = make_info_nce_inputs((5, 6), torch.float64, device, rng)
+    class_ids = torch.tensor([0, 1, 0, 2, 3], device=device)
+    inputs = tuple(x.detach().requires_grad_() for x in (a, b, t))
+    assert torch.autograd.gradcheck(lambda a, b, t: info_nce(a, b, t, class_ids, backend=backend), inputs, fast_mode=interpreted)
+
+
+def test_info_nce_float32_temperature_with_float32_inputs(backend_device, rng):
+    backend, device = backend_device
+    a, b, _ = make_info_nce_inputs((6, 8), torch.float32, device, rng)
+    t = torch.tensor(0.07, device=device, requires_grad=True)
+    loss = info_nce(a, b, t, backend=backend)
+    loss.backward()
+    assert loss.dtype == torch.float32 and t.grad is not None and torch.isfinite(t.grad)
+
+
+def test_info_nce_non_contiguous(backend_device, rng):
+    backend, device = backend_device
+    a, b, t = make_info_nce_inputs((6, 10), torch.float64, device, rng)
+    a_nc, b_nc = torch.cat([a, a], 1)[:, ::2], b.t().contiguous().t()
+    a_nc.copy_(a)
+    assert not a_nc.is_contiguous()
+    got = info_nce(a_nc, b_nc, t, backend=backend)
+    torch.testing.assert_close(got.cpu(), reference.info_nce_reference(a.cpu(), b.cpu(), t.cpu()), rtol=1e-10, atol=1e-12)
+
+
+def test_info_nce_bad_input(backend_device, rng):
+    backend, device = backend_device
+    a, b, t = make_info_nce_inputs((4, 5), torch.float64, device, rng)
+    nan_a = a.clone()
+    nan_a[2, 1] = float("nan")
+    cases = [
+        (dict(a=a[0]), "a must have 2 dimensions"),
+        (dict(b=b[:3]), "a and b must have the same shape"),
+        (dict(b=b.float()), "b has dtype"),
+        (dict(temperature=torch.tensor([0.1, 0.2], device=device)), "temperature must be a tensor holding one value"),
+        (dict(temperature=0.07), "temperature must be a tensor holding one value"),
+        (dict(temperature=torch.tensor(-0.1, device=device)), "temperature must be positive"),
+        (dict(temperature=torch.tensor(float("nan"), device=device)), "temperature must be positive and finite"),
+        (dict(a=nan_a), "a contains NaN"),
+        (dict(class_ids=torch.tensor([0, 1, 2], device=device)), "class_ids must have length 4"),
+        (dict(class_ids=torch.rand(4, device=device)), "class_ids must hold integers"),
+    ]
+    for override, message in cases:
+        args = dict(a=a, b=b, temperature=t, class_ids=None)
+        args.update(override)
+        with pytest.raises((ValueError, TypeError), match=message):
+            info_nce(**args, backend=backend)
+
+
+# --------------------------------------------------------------------------- dispatch, custom ops, compile
+
+
+def test_fused_backends_present_in_ci():
+    """In CI the C++ extension and the Triton interpreter must really run, not be skipped."""
+    if os.environ.get("CI") != "true":
+        pytest.skip("only enforced in CI")
+    assert backends.is_available("cpp", "cpu"), "tgfr._C was not built"
+    assert backends.is_available("triton", "cpu"), "triton kernels not importable under TRITON_INTERPRET=1"
+
+
+def test_auto_backend_and_unknown_backend(rng):
+    words, regions, mask = make_word_region_inputs((2, 2, 3, 4, 5), torch.float64, "cpu", rng)
+    expected = reference_scores(words, regions, mask)
+    torch.testing.assert_close(word_region_scores(words, regions, mask), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        word_region_scores(words, regions, mask, backend="fast")
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available for cpu tensors"):
+        word_region_scores(words, regions, mask, backend="cuda")
+
+
+def test_extension_rejects_bad_input_without_crashing(rng):
+    if not backends.is_available("cpp", "cpu"):
+        pytest.skip("tgfr._C not built")
+    ext = backends.kernels("cpp")
+    words, regions, mask = make_word_region_inputs((2, 3, 4, 5, 6), torch.float32, "cpu", rng)
+    with pytest.raises(RuntimeError, match="word_mask must be a bool tensor"):
+        ext.word_region_scores_forward(words, regions, mask.int(), 4.0, 5.0, 1e-8)
+    with pytest.raises(RuntimeError, match="words must be contiguous"):
+        ext.word_region_scores_forward(words.transpose(1, 2), regions, mask, 4.0, 5.0, 1e-8)
+    with pytest.raises(RuntimeError, match="must share D"):
+        ext.word_region_scores_forward(words, regions[..., :4].contiguous(), mask, 4.0, 5.0, 1e-8)
+    a = torch.randn(4, 3, generator=rng)
+    with pytest.raises(RuntimeError, match="class_ids must be an int64 tensor"):
+        ext.info_nce_forward(a, a.clone(), torch.tensor(0.1), torch.arange(3))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_custom_ops_pass_opcheck(backend, rng):
+    if not backends.is_available(backend, "cpu"):
+        pytest.skip(f"{backend} not available on cpu")
+    from tgfr.ops import info_nce as info_nce_module
+    from tgfr.ops import word_region as word_region_module
+
+    words, regions, mask = make_word_region_inputs((2, 3, 4, 5, 6), torch.float64, "cpu", rng)
+    torch.library.opcheck(
+        word_region_module._word_region_scores_op,
+        (words.requires_grad_(), regions.requires_grad_(), mask, 4.0, 5.0, 1e-8, backend),
+    )
+    a, b, t = make_info_nce_inputs((5, 6), torch.float64, "cpu", rng)
+    torch.library.opcheck(
+        info_nce_module._info_nce_op,
+        (a.requires_grad_(), b.requires_grad_(), t.requires_grad_(), torch.arange(5), backend),
+    )
+
+
+def test_torch_compile_fullgraph(rng):
+    if not backends.is_available("cpp", "cpu"):
+        pytest.skip("tgfr._C not built")
+    words, regions, mask = make_word_region_inputs((3, 3, 4, 5, 6), torch.float32, "cpu", rng)
+    a, b, t = make_info_nce_inputs((3, 6), torch.float32, "cpu", rng)
+    t = t.float()
+
+    def total_loss(words, regions, a, b, t):
+        i2t, t2i = word_region_loss(words, regions, mask, backend="cpp")
+        return i2t + t2i + info_nce(a, b, t, backend="cpp")
+
+    compiled = torch.compile(total_loss, fullgraph=True, backend="aot_eager")
+    eager_inputs = [x.detach().requires_grad_() for x in (words, regions, a, b, t)]
+    compiled_inputs = [x.detach().requires_grad_() for x in (words, regions, a, b, t)]
+    expected = total_loss(*eager_inputs)
+    expected.backward()
+    got = compiled(*compiled_inputs)
+    got.backward()
+    torch.testing.assert_close(got, expected)
+    for x, y in zip(compiled_inputs, eager_inputs):
+        torch.testing.assert_close(x.grad, y.grad)
