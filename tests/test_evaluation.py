@@ -8,7 +8,7 @@ import torch
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 
-from tgfr.evaluation import metrics
+from tgfr.evaluation import metrics, report
 
 
 def _scores(seed, num_genuine, num_impostor, rounding=None):
@@ -122,3 +122,44 @@ def test_metric_inputs_are_checked():
         metrics.rank1_accuracy(torch.randn(3, 4), torch.tensor([0, 1]), torch.randn(2, 4), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="far"):
         metrics.min_impostors_for_far(0.0)
+
+
+def _fake_embeddings(seed, num_identities, per_identity, dim, noise):
+    """Identity centres plus noise: larger noise plays the part of a worse probe quality."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_identities, dim, generator=generator)
+    ids = torch.arange(num_identities).repeat_interleave(per_identity)
+    return centres[ids] + noise * torch.randn(ids.numel(), dim, generator=generator), ids
+
+
+def test_write_report_on_fake_embeddings(tmp_path):
+    noise_per_level = {"normal": 0.3, "poor": 0.8, "bad": 1.2, "very_bad": 2.0}
+    results = []
+    for mode_index, mode in enumerate(("image", "tgfr")):
+        for level, noise in noise_per_level.items():
+            probe, probe_ids = _fake_embeddings(10 + mode_index, 40, 3, 16, noise)
+            gallery, gallery_ids = _fake_embeddings(10 + mode_index, 40, 1, 16, 0.0)
+            results.append(report.score_embeddings(mode, level, probe, probe_ids, gallery, gallery_ids))
+    paths = report.write_report(results, tmp_path / "out", metadata={"checkpoint": "fake"})
+
+    table_rows = [line for line in paths["markdown"].read_text().splitlines() if line.startswith("| ")]
+    for level in noise_per_level:
+        assert sum(f"| {level} |" in row for row in table_rows) == 2
+    # 120 probes x 40 gallery, 120 genuine: 4680 impostors resolve FAR 1e-3 only.
+    assert sum(row.count("n/a") for row in table_rows) == 2 * 2 * 4
+    document = json.loads(paths["json"].read_text())
+    assert [(row["mode"], row["level"]) for row in document["results"]] == [(r.mode, r.level) for r in results]
+    assert document["results"][0]["num_impostor_pairs"] == 120 * 40 - 120
+    assert document["results"][0]["tar_at_far"]["1e-05"] is None
+    assert document["metadata"] == {"checkpoint": "fake"}
+    assert paths["roc"].stat().st_size > 10_000
+    # Noisier probes verify worse and identify worse.
+    image_rows = [r for r in results if r.mode == "image"]
+    assert image_rows[0].verification.eer < image_rows[-1].verification.eer
+    assert image_rows[0].rank1 > image_rows[-1].rank1
+
+
+def test_score_embeddings_rejects_disjoint_identities():
+    probe, probe_ids = _fake_embeddings(5, 3, 2, 8, 0.1)
+    with pytest.raises(ValueError, match="no probe shares an identity"):
+        report.score_embeddings("image", "normal", probe, probe_ids, probe, probe_ids + 100)

@@ -1,0 +1,132 @@
+"""Per (mode, quality level) results and the files that report them: Markdown, JSON and a ROC plot."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import FAR_TARGETS, VerificationResult, pair_scores, rank1_accuracy, verification_metrics
+
+MODE_LABELS = {"image": "image only", "flf": "feature-level fusion", "tgfr": "TGFR"}
+# Enough points to draw a ROC faithfully; the full curve can hold a million.
+ROC_PLOT_POINTS = 2000
+
+
+@dataclass(frozen=True)
+class Result:
+    """Metrics of one embedding mode at one probe quality level."""
+
+    mode: str
+    level: str
+    verification: VerificationResult
+    rank1: float
+
+    def as_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "level": self.level,
+            "tar_at_far": {f"{far:g}": tar for far, tar in self.verification.tar_at_far.items()},
+            "eer": self.verification.eer,
+            "auc": self.verification.auc,
+            "rank1": self.rank1,
+            "num_genuine_pairs": self.verification.num_genuine,
+            "num_impostor_pairs": self.verification.num_impostor,
+        }
+
+
+def score_embeddings(mode: str, level: str, probe, probe_ids, gallery, gallery_ids) -> Result:
+    """Verification over all probe x gallery pairs and rank-1 identification of the probes."""
+    genuine, impostor = pair_scores(probe, probe_ids, gallery, gallery_ids)
+    if genuine.size == 0:
+        raise ValueError(f"{mode}/{level}: no probe shares an identity with the gallery, so nothing can be verified")
+    return Result(
+        mode=mode,
+        level=level,
+        verification=verification_metrics(genuine, impostor),
+        rank1=rank1_accuracy(probe, probe_ids, gallery, gallery_ids),
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}"
+
+
+def markdown_table(results: list[Result]) -> str:
+    """One row per mode and level; rates in percent, "n/a" where too few impostors resolve a FAR."""
+    far_columns = [f"TAR@FAR={far:g} (%)" for far in FAR_TARGETS]
+    header = ["mode", "level", *far_columns, "EER (%)", "AUC", "rank-1 (%)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for result in results:
+        cells = [
+            MODE_LABELS.get(result.mode, result.mode),
+            result.level,
+            *(_percent(result.verification.tar_at_far.get(far)) for far in FAR_TARGETS),
+            _percent(result.verification.eer),
+            f"{result.verification.auc:.4f}",
+            _percent(result.rank1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _subsample_roc(far: np.ndarray, tar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most ROC_PLOT_POINTS points, spread evenly in log FAR so the low-FAR end keeps its detail."""
+    if far.size <= ROC_PLOT_POINTS:
+        return far, tar
+    positive = far[far > 0]
+    grid = np.geomspace(positive.min(), 1.0, ROC_PLOT_POINTS)
+    keep = np.unique(np.clip(np.searchsorted(far, grid, side="right") - 1, 0, far.size - 1))
+    return far[keep], tar[keep]
+
+
+def plot_roc(results: list[Result], path: Path) -> None:
+    """One panel per quality level, one curve per mode, FAR on a log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = list(dict.fromkeys(result.level for result in results))
+    figure, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 4.0), squeeze=False, sharey=True)
+    for axis, level in zip(axes[0], levels):
+        smallest_far = 1.0
+        for result in (r for r in results if r.level == level):
+            far, tar = _subsample_roc(result.verification.far, result.verification.tar)
+            shown = far > 0  # log axis: FAR 0 has no place on it
+            smallest_far = min(smallest_far, 1.0 / result.verification.num_impostor)
+            label = f"{MODE_LABELS.get(result.mode, result.mode)} (AUC {result.verification.auc:.3f})"
+            axis.plot(far[shown], tar[shown], label=label)
+        axis.set_xscale("log")
+        axis.set_xlim(smallest_far, 1.0)
+        axis.set_ylim(0.0, 1.01)
+        axis.set_title(level)
+        axis.set_xlabel("false accept rate")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(loc="lower right", fontsize=8)
+    axes[0][0].set_ylabel("true accept rate")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(results: list[Result], out_dir, metadata: dict | None = None) -> dict[str, Path]:
+    """Write report.md, report.json and roc.png into ``out_dir``; return their paths."""
+    if not results:
+        raise ValueError("results must hold at least one (mode, level) result")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / "report.md", "json": out_dir / "report.json", "roc": out_dir / "roc.png"}
+    metadata = dict(metadata or {})
+    impostor_rule = (
+        "TAR@FAR=f is n/a when there are fewer than ceil(1/f) impostor pairs: "
+        "one false accept would already exceed f."
+    )
+    lines = ["# TGFR evaluation", "", markdown_table(results), "", impostor_rule, ""]
+    lines += [f"- {key}: {value}" for key, value in metadata.items()]
+    paths["markdown"].write_text("\n".join(lines).rstrip() + "\n")
+    document = {"results": [result.as_dict() for result in results], "impostor_rule": impostor_rule, "metadata": metadata}
+    paths["json"].write_text(json.dumps(document, indent=2) + "\n")
+    plot_roc(results, paths["roc"])
+    return paths
