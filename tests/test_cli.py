@@ -1,0 +1,68 @@
+"""The tgfr command line: argument parsing, errors and forwarding; an end-to-end demo run."""
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from tgfr import cli
+
+
+def _parse(*argv):
+    return cli.build_parser().parse_args(list(argv))
+
+
+def _parse_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as raised:
+        _parse(*argv)
+    assert raised.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_demo_defaults_and_overrides():
+    args = _parse("demo")
+    assert (args.out, args.preset, args.overrides) == (Path("tgfr-demo"), "demo", [])
+    args = _parse("demo", "--preset", "smoke", "--out", "runs/x", "train.steps=3", "model.dim=64")
+    assert (args.out, args.preset, args.overrides) == (Path("runs/x"), "smoke", ["train.steps=3", "model.dim=64"])
+
+
+def test_train_needs_exactly_one_config_source(capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("seed: 1\n")
+    args = _parse("train", "--config", str(config), "--out", "o", "--resume", "lr=0.1")
+    assert (args.config, args.preset, args.resume, args.overrides) == (config, None, True, ["lr=0.1"])
+    assert "one of the arguments --config --preset is required" in _parse_error(capsys, "train", "--out", "o")
+    assert "not allowed with" in _parse_error(capsys, "train", "--config", str(config), "--preset", "demo",
+                                              "--out", "o")
+    assert "no such file" in _parse_error(capsys, "train", "--config", str(tmp_path / "missing.yaml"), "--out", "o")
+    assert "--out" in _parse_error(capsys, "train", "--preset", "demo")
+
+
+def test_bad_arguments_are_named(capsys, tmp_path):
+    assert "key=value" in _parse_error(capsys, "demo", "steps")
+    assert "key=value" in _parse_error(capsys, "demo", "=3")
+    assert "invalid choice: 'large'" in _parse_error(capsys, "demo", "--preset", "large")
+    assert "no such file or directory" in _parse_error(capsys, "eval", "--checkpoint", str(tmp_path / "nope.pt"),
+                                                       "--out", "o")
+    assert "invalid choice: 'clip'" in _parse_error(capsys, "eval", "--checkpoint", str(tmp_path), "--out", "o",
+                                                    "--modes", "clip")
+    assert "integer >= 0" in _parse_error(capsys, "eval", "--checkpoint", str(tmp_path), "--out", "o",
+                                          "--attention-examples", "-1")
+    assert "COMMAND" in _parse_error(capsys)
+
+
+def test_eval_arguments(tmp_path):
+    args = _parse("eval", "--checkpoint", str(tmp_path), "--out", "o", "--modes", "image", "tgfr",
+                  "--levels", "normal", "bad")
+    assert (args.checkpoint, args.modes, args.levels, args.attention_examples) == (
+        tmp_path, ["image", "tgfr"], ["normal", "bad"], 4)
+
+
+def test_bench_forwards_every_argument(monkeypatch):
+    received = []
+    fake_bench = types.ModuleType("tgfr.bench")
+    fake_bench.main = lambda argv: received.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "tgfr.bench", fake_bench)
+    monkeypatch.setattr("tgfr.bench", fake_bench, raising=False)
+    assert cli.main(["bench", "--quick", "--repeats", "2", "-h"]) == 3
+    assert received == [["--quick", "--repeats", "2", "-h"]]

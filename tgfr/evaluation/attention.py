@@ -1,0 +1,67 @@
+"""Word -> region attention heat-maps: which face regions each caption word attends to."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _image_for_display(image: torch.Tensor) -> np.ndarray:
+    """[3, H, W] (any range, e.g. normalised to [-1, 1]) -> [H, W, 3] in [0, 1]."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"images must be [3, H, W] or [1, H, W] tensors, got shape {tuple(image.shape)}")
+    image = image.detach().float().cpu()
+    image = (image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)
+    return image.expand(3, -1, -1).permute(1, 2, 0).numpy()
+
+
+def _upsample(attention: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """[h, w] attention over regions -> [H, W] heat-map scaled to [0, 1] for overlaying."""
+    heat = torch.nn.functional.interpolate(attention.detach().float().cpu()[None, None], size=size,
+                                           mode="bilinear", align_corners=False)[0, 0]
+    heat = heat - heat.min()
+    return (heat / heat.max().clamp_min(1e-12)).numpy()
+
+
+def plot_attention_grid(images, words, attention, path, words_per_image: int = 5) -> Path:
+    """One row per example: the image, then the attention of its first words overlaid on it.
+
+    ``images``: K tensors [3, H, W]; ``words``: K lists of caption words; ``attention``: K tensors
+    [T, h, w] holding, for each word, its attention over the h x w image regions (T >= len(words)).
+    """
+    if not len(images) == len(words) == len(attention) or len(images) == 0:
+        raise ValueError(
+            f"images, words and attention must be non-empty and of equal length, "
+            f"got {len(images)}, {len(words)} and {len(attention)}"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 1 + words_per_image
+    figure, axes = plt.subplots(len(images), columns, figsize=(1.9 * columns, 2.1 * len(images)), squeeze=False)
+    for row, (image, caption_words, word_attention) in enumerate(zip(images, words, attention)):
+        if word_attention.ndim != 3 or word_attention.shape[0] < len(caption_words):
+            raise ValueError(
+                f"attention[{row}] must be [T, h, w] with T >= {len(caption_words)} words, "
+                f"got shape {tuple(word_attention.shape)}"
+            )
+        picture = _image_for_display(image)
+        axes[row][0].imshow(picture)
+        axes[row][0].set_title("image", fontsize=9)
+        for column in range(1, columns):
+            axis = axes[row][column]
+            word_index = column - 1
+            if word_index < len(caption_words):
+                axis.imshow(picture)
+                axis.imshow(_upsample(word_attention[word_index], picture.shape[:2]), cmap="jet", alpha=0.5)
+                axis.set_title(caption_words[word_index], fontsize=9)
+        for axis in axes[row]:
+            axis.axis("off")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
