@@ -1,3 +1,178 @@
-"""placeholder"""
-def info_nce_forward(*a): raise NotImplementedError
-def info_nce_backward(*a): raise NotImplementedError
+"""Symmetric InfoNCE in Triton without the ``B x B`` logits.
+
+Logits ``l = a b^T / tau`` are produced one ``[BLOCK_M, BLOCK_N]`` tile at a time
+and reduced on chip. Pairs ``i != j`` of the same class leave both denominators.
+
+Forward: ``lse_rows`` needs a reduction along each row, ``lse_cols`` along each
+column. Rather than reducing columns across row blocks with atomics, the same
+kernel runs twice: over row blocks of ``(a, b)`` for the rows and over row blocks
+of ``(b, a)`` for the columns (column ``j`` of ``a b^T`` is row ``j`` of ``b a^T``,
+and the class mask is symmetric). Each program keeps its ``[BLOCK_M, D]`` block of
+the first operand on chip and streams blocks of the second, with an online
+log-sum-exp, so nothing of size ``B x B`` (nor ``B x #blocks``) is ever stored.
+
+Backward: ``dl_ij = g/(2B) (exp(l_ij - lse_row_i) + exp(l_ij - lse_col_j) - 2[i==j])``
+is symmetric under swapping the roles of ``a`` and ``b`` (it becomes ``dl^T``), so
+one gradient kernel gives ``grad_a = dl b / tau`` over row blocks of ``(a, b)`` and
+``grad_b = dl^T a / tau`` over row blocks of ``(b, a)``; each program owns its
+output rows, so there are no atomics and the result is deterministic. The first
+launch also reduces ``sum(dl * l)`` per row block for ``grad_tau``.
+
+Cost: four passes over the logits (one product each forward, two each backward).
+The temperature and the upstream gradient are read from device pointers, so
+nothing synchronises with the host.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import accumulation_dtype, check_block, dot_precision, interpreted, next_power_of_2
+
+
+@triton.jit
+def _logit_tile(x, y_ptr, ids_ptr, rows, row_ids, start, B, D, inv_t,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """One tile of logits ``x y[start:start+BLOCK_N]^T / tau`` with what it excludes.
+
+    Returns ``(y_block, logits, excluded, cols)``; ``excluded`` marks same-class
+    off-diagonal pairs and columns beyond ``B`` (rows beyond ``B`` are never stored).
+    """
+    cols = start + tl.arange(0, BLOCK_N)
+    col_ok = cols < B
+    dims = tl.arange(0, BLOCK_D)
+    y = tl.load(y_ptr + cols.to(tl.int64)[:, None] * D + dims[None, :],
+                mask=col_ok[:, None] & (dims < D)[None, :], other=0.0)
+    logits = tl.dot(x, tl.trans(y), input_precision=INPUT_PRECISION) * inv_t
+    col_ids = tl.load(ids_ptr + cols, mask=col_ok, other=0)
+    same_class = (row_ids[:, None] == col_ids[None, :]) & (rows[:, None] != cols[None, :])
+    excluded = same_class | ~col_ok[None, :]
+    return y, logits, excluded, cols
+
+
+@triton.jit
+def _load_rows(x_ptr, rows, row_ok, D, BLOCK_D: tl.constexpr):
+    dims = tl.arange(0, BLOCK_D)
+    return tl.load(x_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :],
+                   mask=row_ok[:, None] & (dims < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _row_lse_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, lse_ptr, nll_ptr, B, D,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                    INPUT_PRECISION: tl.constexpr):
+    """``lse[i] = logsumexp_j l_ij`` over kept ``j`` and ``nll[i] = lse[i] - l_ii``."""
+    acc_ty = lse_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    inv_t = 1.0 / tl.load(temp_ptr)
+    x = _load_rows(x_ptr, rows, row_ok, D, BLOCK_D)
+    positive = tl.sum(x.to(acc_ty) * _load_rows(y_ptr, rows, row_ok, D, BLOCK_D).to(acc_ty), axis=1) * inv_t
+    row_ids = tl.load(ids_ptr + rows, mask=row_ok, other=0)
+
+    run_max = tl.full([BLOCK_M], float("-inf"), acc_ty)
+    run_sum = tl.zeros([BLOCK_M], acc_ty)
+    for start in range(0, B, BLOCK_N):
+        _, logits, excluded, _ = _logit_tile(x, y_ptr, ids_ptr, rows, row_ids, start, B, D, inv_t,
+                                             BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        logits = tl.where(excluded, float("-inf"), logits)
+        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+        # a row whose kept entries are all still ahead has max -inf: shift by 0 instead
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(logits - shift[:, None]), axis=1)
+        run_max = new_max
+    # rows beyond B may have every entry excluded (their class id is a fill value)
+    lse = run_max + tl.log(tl.where(row_ok, run_sum, 1.0))
+    tl.store(lse_ptr + rows, lse, mask=row_ok)
+    tl.store(nll_ptr + rows, lse - positive, mask=row_ok)
+
+
+@triton.jit
+def _row_grad_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, grad_loss_ptr, lse_x_ptr, lse_y_ptr, grad_x_ptr,
+                     tau_partial_ptr, B, D,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr, REDUCE_TAU: tl.constexpr):
+    """``grad_x = dl y / tau`` for a block of rows; optionally ``sum(dl * l)`` of the block."""
+    acc_ty = lse_x_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    inv_t = 1.0 / tl.load(temp_ptr)
+    scale = tl.load(grad_loss_ptr) / (2 * B)
+    x = _load_rows(x_ptr, rows, row_ok, D, BLOCK_D)
+    row_ids = tl.load(ids_ptr + rows, mask=row_ok, other=0)
+    lse_x = tl.load(lse_x_ptr + rows, mask=row_ok, other=0.0)
+
+    grad = tl.zeros([BLOCK_M, BLOCK_D], acc_ty)
+    tau_sum = tl.zeros([BLOCK_M], acc_ty)
+    for start in range(0, B, BLOCK_N):
+        y, logits, excluded, cols = _logit_tile(x, y_ptr, ids_ptr, rows, row_ids, start, B, D, inv_t,
+                                                BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        lse_y = tl.load(lse_y_ptr + cols, mask=cols < B, other=0.0)
+        prob = tl.exp(logits - lse_x[:, None]) + tl.exp(logits - lse_y[None, :])
+        prob -= tl.where(rows[:, None] == cols[None, :], 2.0, 0.0)
+        d_logits = tl.where(excluded | ~row_ok[:, None], 0.0, prob * scale)
+        grad = tl.dot(d_logits.to(y.dtype), y, grad, input_precision=INPUT_PRECISION)
+        if REDUCE_TAU:
+            tau_sum += tl.sum(d_logits * logits, axis=1)
+    dims = tl.arange(0, BLOCK_D)
+    tl.store(grad_x_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :], (grad * inv_t).to(grad_x_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (dims < D)[None, :])
+    if REDUCE_TAU:
+        tl.store(tau_partial_ptr + tl.program_id(0), tl.sum(tau_sum, axis=0))
+
+
+def _launch_config(x: torch.Tensor, block_m: int | None, block_n: int | None) -> dict:
+    """Tile sizes and launch options for ``x[B, D]``; ``block_m``/``block_n`` override the tiles."""
+    block_d = next_power_of_2(x.shape[1])
+    if interpreted():
+        config = dict(BLOCK_M=4, BLOCK_N=4, BLOCK_D=block_d, num_warps=4, num_stages=1)
+    else:
+        block_d = max(16, block_d)  # K of the logit product: tensor-core shapes need 16
+        if x.dtype == torch.float64:
+            config = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+        elif x.element_size() == 4:
+            config = dict(BLOCK_M=64, BLOCK_N=32 if block_d > 128 else 64, num_warps=8, num_stages=2)
+        else:
+            # 16-bit: the [BLOCK_M, D] block stays resident, [BLOCK_N, D] tiles stream through SMEM
+            config = dict(BLOCK_M=128 if block_d <= 256 else 64, BLOCK_N=64, num_warps=8,
+                          num_stages=3 if block_d <= 128 else 2)
+        config["BLOCK_D"] = block_d
+    config["BLOCK_M"] = block_m or config["BLOCK_M"]
+    config["BLOCK_N"] = block_n or config["BLOCK_N"]
+    check_block("block_m", config["BLOCK_M"])
+    check_block("block_n", config["BLOCK_N"])
+    config["INPUT_PRECISION"] = dot_precision(x.dtype)
+    return config
+
+
+def info_nce_forward(a, b, temperature, class_ids, block_m: int | None = None, block_n: int | None = None):
+    """``(loss, lse_rows, lse_cols)``; ``block_m``/``block_n`` override the tile sizes."""
+    B, D = a.shape
+    config = _launch_config(a, block_m, block_n)
+    stat_dtype = accumulation_dtype(a.dtype)
+    lse_rows = torch.empty(B, dtype=stat_dtype, device=a.device)
+    lse_cols = torch.empty_like(lse_rows)
+    nll = torch.empty(2, B, dtype=stat_dtype, device=a.device)  # lse - positive logit, rows then columns
+    grid = (triton.cdiv(B, config["BLOCK_M"]),)
+    for x, y, lse, side_nll in ((a, b, lse_rows, nll[0]), (b, a, lse_cols, nll[1])):
+        _row_lse_kernel[grid](x, y, class_ids, temperature, lse, side_nll, B, D, **config)
+    loss = nll.sum() / (2 * B)
+    return loss, lse_rows, lse_cols
+
+
+def info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols,
+                      block_m: int | None = None, block_n: int | None = None):
+    """``(grad_a, grad_b, grad_temperature)``; ``block_m``/``block_n`` override the tile sizes."""
+    B, D = a.shape
+    config = _launch_config(a, block_m, block_n)
+    grid = (triton.cdiv(B, config["BLOCK_M"]),)
+    grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
+    tau_partial = torch.empty(grid[0], dtype=lse_rows.dtype, device=a.device)
+    passes = ((a, b, lse_rows, lse_cols, grad_a, True), (b, a, lse_cols, lse_rows, grad_b, False))
+    for x, y, lse_x, lse_y, grad_x, reduce_tau in passes:
+        _row_grad_kernel[grid](x, y, class_ids, temperature, grad_loss, lse_x, lse_y, grad_x, tau_partial, B, D,
+                               REDUCE_TAU=reduce_tau, **config)
+    # l = s / tau, so dL/dtau = -sum(dl * l) / tau
+    grad_temperature = -tau_partial.sum() / temperature
+    return grad_a, grad_b, grad_temperature.to(temperature.dtype)

@@ -1,0 +1,42 @@
+"""What the Triton kernels of both ops share: precision and launch choices."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_allow_tf32 = os.environ.get("TGFR_TRITON_ALLOW_TF32", "0") == "1"
+
+
+def set_allow_tf32(enabled: bool) -> None:
+    """Let float32 products use TF32 tensor cores (faster, ~1e-3 relative error).
+
+    Off by default so float32 inputs give float32-exact results; the environment
+    variable ``TGFR_TRITON_ALLOW_TF32=1`` turns it on at import.
+    """
+    global _allow_tf32
+    _allow_tf32 = bool(enabled)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of ``tl.dot`` for operands of ``dtype``."""
+    return "tf32" if dtype == torch.float32 and _allow_tf32 else "ieee"
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums and statistics are float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def interpreted() -> bool:
+    """True when triton runs the kernels on the CPU (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def check_block(name: str, value: int) -> None:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name} must be a positive power of two, got {value}")
