@@ -1,0 +1,168 @@
+"""The embedded face-caption set: synthetic identities, rendered photos, noisy captions.
+
+``build_synthetic_splits(SyntheticConfig(...))`` renders ``num_identities *
+images_per_identity`` photos and splits the *identities* into train / valid / test.
+Everything is a function of the config: the same config gives byte-identical images and
+captions on any machine. Photo ``j`` of identity ``k`` uses the random streams
+``[seed, k]`` (the person), ``[seed, k, j, 1]`` (the photo) and ``[seed, k, j, 2]`` (its
+captions), so growing ``num_identities`` keeps the existing people.
+
+Rendering runs at about 1-3 ms per 112-pixel photo on one core; give ``cache_dir`` to
+keep the result in an ``.npz`` keyed by the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .captions import make_caption
+from .dataset import FaceCaptionDataset, FaceRecord
+from .identities import IdentityProfile, sample_identity
+from .render import render_face, sample_variation
+
+SPLITS = ("train", "valid", "test")
+CACHE_FORMAT = 1  # bump when rendering or captions change, to invalidate caches
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """What to generate.
+
+    ``split_fractions`` share the identities (not the photos) among train / valid / test.
+    ``template_fraction`` of the captions are in the Multi-Modal-CelebA-HQ style, the rest
+    in the Face2Text style. ``mention_probability`` and ``contradiction_probability`` are
+    the caption noise of :func:`tgfr.data.captions.make_caption`; ``occlusion_probability``
+    the share of photos with an object in front of the face.
+    """
+
+    num_identities: int = 200
+    images_per_identity: int = 10
+    image_size: int = 112
+    captions_per_image: int = 5
+    seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.6, 0.1, 0.3)
+    template_fraction: float = 0.5
+    mention_probability: float = 0.4
+    contradiction_probability: float = 0.05
+    occlusion_probability: float = 0.25
+
+    def __post_init__(self):
+        for name in ("num_identities", "images_per_identity", "captions_per_image"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        fractions = self.split_fractions
+        if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+            raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, "
+                             f"got {fractions}")
+        for name in ("template_fraction", "mention_probability", "contradiction_probability",
+                     "occlusion_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def cache_key(self) -> str:
+        fields = dataclasses.asdict(self) | {"format": CACHE_FORMAT}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SyntheticFaces:
+    """All generated photos: ``images`` uint8 [N, S, S, 3], ``identities`` int64 [N],
+    ``captions`` N tuples, ``attributes`` N dicts (identity attributes plus photo facts)."""
+
+    images: np.ndarray
+    identities: np.ndarray
+    captions: list[tuple[str, ...]]
+    attributes: list[dict]
+
+    def records(self, indices=None) -> list[FaceRecord]:
+        indices = range(len(self.identities)) if indices is None else indices
+        return [FaceRecord(identity=int(self.identities[i]), captions=self.captions[i],
+                           pixels=self.images[i], name=f"synthetic/{int(self.identities[i]):06d}_{i}",
+                           attributes=self.attributes[i]) for i in indices]
+
+
+def identity_profiles(config: SyntheticConfig) -> list[IdentityProfile]:
+    return [sample_identity(config.seed, k) for k in range(config.num_identities)]
+
+
+def _photo(config: SyntheticConfig, profile: IdentityProfile, photo_index: int):
+    variation = sample_variation(profile, np.random.default_rng([config.seed, profile.identity, photo_index, 1]),
+                                 config.occlusion_probability)
+    photo_facts = {"smiling": variation.smiling, "mouth_open": variation.mouth_open}
+    rng = np.random.default_rng([config.seed, profile.identity, photo_index, 2])
+    captions = tuple(
+        make_caption(profile.attributes, photo_facts,
+                     "template" if rng.random() < config.template_fraction else "free", rng,
+                     config.mention_probability, config.contradiction_probability).text
+        for _ in range(config.captions_per_image))
+    return render_face(profile, variation, config.image_size), captions, dict(profile.attributes) | photo_facts
+
+
+def generate_synthetic(config: SyntheticConfig, cache_dir: str | Path | None = None) -> SyntheticFaces:
+    """Render every photo of ``config`` (or load them from ``cache_dir``)."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"tgfr_synthetic_{config.cache_key()}.npz"
+        if cache_file.exists():
+            with np.load(cache_file, allow_pickle=False) as cached:
+                return SyntheticFaces(cached["images"], cached["identities"],
+                                      [tuple(c) for c in json.loads(str(cached["captions"]))],
+                                      json.loads(str(cached["attributes"])))
+    count = config.num_identities * config.images_per_identity
+    images = np.empty((count, config.image_size, config.image_size, 3), dtype=np.uint8)
+    identities = np.repeat(np.arange(config.num_identities, dtype=np.int64), config.images_per_identity)
+    captions, attributes = [], []
+    for index, profile in enumerate(p for p in identity_profiles(config)
+                                    for _ in range(config.images_per_identity)):
+        images[index], photo_captions, photo_attributes = _photo(
+            config, profile, index % config.images_per_identity)
+        captions.append(photo_captions)
+        attributes.append(photo_attributes)
+    faces = SyntheticFaces(images, identities, captions, attributes)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(".partial.npz")
+        np.savez(partial, images=images, identities=identities, captions=json.dumps(captions),
+                 attributes=json.dumps(attributes))
+        partial.replace(cache_file)  # readers never see a half-written cache
+    return faces
+
+
+def split_identities(config: SyntheticConfig) -> dict[str, np.ndarray]:
+    """Disjoint identity ids of each split, drawn reproducibly from the seed."""
+    order = np.random.default_rng([config.seed, 7]).permutation(config.num_identities)
+    n_train = round(config.split_fractions[0] * config.num_identities)
+    n_valid = round(config.split_fractions[1] * config.num_identities)
+    bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid),
+              "test": (n_train + n_valid, config.num_identities)}
+    splits = {name: np.sort(order[lo:hi]) for name, (lo, hi) in bounds.items()}
+    for name, fraction in zip(SPLITS, config.split_fractions):
+        if fraction > 0 and splits[name].size == 0:
+            raise ValueError(f"split {name!r} gets no identity: raise num_identities "
+                             f"({config.num_identities}) or its split fraction ({fraction})")
+    return splits
+
+
+def build_synthetic_splits(config: SyntheticConfig = SyntheticConfig(), cache_dir: str | Path | None = None,
+                           quality: str = "normal") -> dict[str, FaceCaptionDataset]:
+    """``{"train", "valid", "test"}`` datasets with disjoint identities.
+
+    Splits with a zero fraction are left out. Each dataset labels its own identities
+    ``0..num_identities-1``; its ``identity_keys`` are the synthetic identity ids. Use
+    ``quality="mixed"`` (or ``dataset.with_quality``) for degraded photos.
+    """
+    faces = generate_synthetic(config, cache_dir)
+    datasets = {}
+    for name, members in split_identities(config).items():
+        if members.size:
+            indices = np.flatnonzero(np.isin(faces.identities, members))
+            datasets[name] = FaceCaptionDataset(faces.records(indices), quality=quality,
+                                                seed=config.seed + SPLITS.index(name))
+    return datasets
