@@ -1,3 +1,257 @@
-"""placeholder"""
-def word_region_scores_forward(*a): raise NotImplementedError
-def word_region_scores_backward(*a): raise NotImplementedError
+"""Word-region matching scores (DAMSM words loss) in Triton, flash-attention style.
+
+A program takes one image ``i`` and a block of ``CAPS`` captions: its rows are the
+``M = CAPS * T_PAD`` words of those captions (``T`` padded to a power of two), so the
+two products ``S = W R_i^T`` and ``C = A R_i`` are GEMMs with ``M`` rows. All ``N``
+regions (196, padded to 256) stay on chip as the columns of ``S``/``P``/``A``
+(``[M, N_PAD]`` in float32): the softmax over words (eq. 3) runs down each column
+within one caption, the softmax over regions (eq. 4) along each row, and both need
+whole columns/rows. ``D`` is the reduction width of ``S`` and the output width of
+``C``, so it is walked in ``BLOCK_D`` chunks: ``S`` accumulates over chunks, and the
+cosine needs only ``<w,c>``, ``|w|^2`` and ``|c|^2``, which also accumulate chunk by
+chunk, so ``C`` is never held whole. Only the scores leave the chip.
+
+The backward pass recomputes ``S``, ``P``, ``A``, the cosines and the scores (in the
+accumulation dtype: the saved scores may be 16-bit) per block, then walks ``D``
+twice more: once for ``dA = dC R^T`` and once for the input gradients. Gradient
+accumulation without races:
+
+* ``d_regions[i]`` sums over every caption. A backward program owns image ``i``
+  and loops over all caption blocks, so it adds into its own rows of a float32
+  (float64) buffer with plain loads and stores; a barrier after each caption block
+  makes the stores visible to the threads of the program that load them next.
+  Atomics here would cost ``N * D`` per caption block.
+* ``d_words[k]`` sums over every image and is added with float32 (float64) atomics,
+  ``M * D`` per (image, caption block): the smaller of the two, since ``T < N``.
+  The order of the additions varies, so ``d_words`` is not bitwise deterministic.
+
+16-bit inputs use tensor cores with float32 accumulation: ``A`` and the gradient
+tiles ``dC``/``dS`` are rounded to the input dtype for the products, as in
+flash-attention. float32 products are exact (IEEE) unless TF32 is enabled
+(``set_allow_tf32``); float64 runs the same kernels in float64.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import accumulation_dtype, check_block, dot_precision, interpreted, next_power_of_2
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+@triton.jit
+def _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS: tl.constexpr, T_PAD: tl.constexpr):
+    """Rows of a caption block: caption index, element offset of the word, real word or not."""
+    m = tl.arange(0, CAPS * T_PAD)
+    caption = kblk * CAPS + m // T_PAD
+    t = m % T_PAD
+    in_range = (caption < B_t) & (t < T)
+    word_index = caption.to(tl.int64) * T + t
+    real = tl.load(mask_ptr + word_index, mask=in_range, other=0) != 0
+    return caption, word_index * D, real
+
+
+@triton.jit
+def _load_chunk(ptr, row_offsets, row_ok, d0, D, BLOCK_D: tl.constexpr):
+    dims = d0 + tl.arange(0, BLOCK_D)
+    return tl.load(ptr + row_offsets[:, None] + dims[None, :], mask=row_ok[:, None] & (dims < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
+               CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+               ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """``P`` (eq. 3, softmax over each caption's real words) and ``A`` (eq. 4), ``[M, N_PAD]``."""
+    M: tl.constexpr = CAPS * T_PAD
+    s = tl.zeros([M, N_PAD], ACC)
+    for d0 in range(0, D, BLOCK_D):
+        w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
+        r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
+        s = tl.dot(w, tl.trans(r), s, input_precision=INPUT_PRECISION)
+    s = tl.reshape(tl.where(w_ok[:, None], s, float("-inf")), [CAPS, T_PAD, N_PAD])
+    col_max = tl.max(s, axis=1)
+    col_max = tl.where(col_max == float("-inf"), 0.0, col_max)  # captions beyond B_t have no real word
+    e = tl.exp(s - col_max[:, None, :])
+    col_sum = tl.sum(e, axis=1)
+    p = tl.reshape(e / tl.where(col_sum == 0.0, 1.0, col_sum)[:, None, :], [M, N_PAD])
+    z = tl.where(r_ok[None, :], gamma1 * p, float("-inf"))  # padded regions leave the softmax
+    e = tl.exp(z - tl.max(z, axis=1)[:, None])
+    a = e / tl.sum(e, axis=1)[:, None]
+    return p, a
+
+
+@triton.jit
+def _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
+                  CAPS: tl.constexpr, T_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+                  ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """``<w_t, c_t>``, ``|w_t|^2``, ``|c_t|^2`` with ``C = A R`` produced chunk by chunk."""
+    M: tl.constexpr = CAPS * T_PAD
+    num = tl.zeros([M], ACC)
+    ww = tl.zeros([M], ACC)
+    cc = tl.zeros([M], ACC)
+    for d0 in range(0, D, BLOCK_D):
+        w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D).to(ACC)
+        c = tl.dot(a_in, _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D), input_precision=INPUT_PRECISION)
+        num += tl.sum(w * c, axis=1)
+        ww += tl.sum(w * w, axis=1)
+        cc += tl.sum(c * c, axis=1)
+    return num, ww, cc
+
+
+@triton.jit
+def _caption_logsumexp(x, CAPS: tl.constexpr, T_PAD: tl.constexpr):
+    """Log-sum-exp of ``x[M]`` within each caption; ``-inf`` entries are left out.
+
+    Captions beyond ``B_t`` (all ``-inf``) get 0, so nothing downstream turns NaN.
+    """
+    x = tl.reshape(x, [CAPS, T_PAD])
+    peak = tl.max(x, axis=1)
+    peak = tl.where(peak == float("-inf"), 0.0, peak)
+    total = tl.sum(tl.exp(x - peak[:, None]), axis=1)
+    return peak + tl.log(tl.where(total == 0.0, 1.0, total))
+
+
+@triton.jit
+def _scores_forward_kernel(words_ptr, regions_ptr, mask_ptr, scores_ptr, B_t, T, N, D,
+                           GAMMA1: tl.constexpr, GAMMA2: tl.constexpr, EPS: tl.constexpr,
+                           CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+                           ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    image = tl.program_id(0)
+    kblk = tl.program_id(1)
+    _, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
+    regions = tl.arange(0, N_PAD)
+    r_ok = regions < N
+    r_rows = (image.to(tl.int64) * N + regions) * D
+
+    _, a = _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, tl.full([], GAMMA1, ACC),
+                      CAPS, T_PAD, N_PAD, BLOCK_D, ACC, INPUT_PRECISION)
+    num, ww, cc = _cosine_terms(words_ptr, regions_ptr, a.to(regions_ptr.dtype.element_ty), w_rows, w_ok, r_rows,
+                                r_ok, D, CAPS, T_PAD, BLOCK_D, ACC, INPUT_PRECISION)
+    cos = num / tl.maximum(tl.sqrt(ww) * tl.sqrt(cc), tl.full([], EPS, ACC))
+    score = _caption_logsumexp(tl.where(w_ok, tl.full([], GAMMA2, ACC) * cos, float("-inf")), CAPS, T_PAD)
+    captions = kblk * CAPS + tl.arange(0, CAPS)
+    tl.store(scores_ptr + image.to(tl.int64) * B_t + captions, score.to(scores_ptr.dtype.element_ty),
+             mask=captions < B_t)
+
+
+@triton.jit
+def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, grad_words_ptr, grad_regions_ptr,
+                            B_t, T, N, D,
+                            GAMMA1: tl.constexpr, GAMMA2: tl.constexpr, EPS: tl.constexpr,
+                            CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+                            ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """One program per image: adds its ``grad_regions`` rows itself, ``grad_words`` atomically."""
+    M: tl.constexpr = CAPS * T_PAD
+    in_ty = regions_ptr.dtype.element_ty
+    gamma1 = tl.full([], GAMMA1, ACC)
+    gamma2 = tl.full([], GAMMA2, ACC)
+    eps = tl.full([], EPS, ACC)
+    image = tl.program_id(0)
+    regions = tl.arange(0, N_PAD)
+    r_ok = regions < N
+    r_rows = (image.to(tl.int64) * N + regions) * D
+
+    for kblk in range(0, tl.cdiv(B_t, CAPS)):
+        caption, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
+        p, a = _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
+                          CAPS, T_PAD, N_PAD, BLOCK_D, ACC, INPUT_PRECISION)
+        a_in = a.to(in_ty)
+        num, ww, cc = _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
+                                    CAPS, T_PAD, BLOCK_D, ACC, INPUT_PRECISION)
+        norms = tl.sqrt(ww) * tl.sqrt(cc)
+        unclamped = norms > eps
+        den = tl.where(unclamped, norms, eps)
+        cos = num / den
+        logit = tl.where(w_ok, gamma2 * cos, float("-inf"))
+        score = tl.reshape(tl.broadcast_to(_caption_logsumexp(logit, CAPS, T_PAD)[:, None], [CAPS, T_PAD]), [M])
+        grad_score = tl.load(grad_scores_ptr + image.to(tl.int64) * B_t + caption, mask=w_ok, other=0.0).to(ACC)
+        # d score / d cos_t = gamma2 * softmax_t(gamma2 * cos)
+        d_cos = tl.where(w_ok, grad_score * gamma2 * tl.exp(logit - score), 0.0)
+        # d cos = alpha * (c dw + w dc) + beta_w * w dw + beta_c * c dc; the clamped branch has no beta terms
+        alpha = d_cos / den
+        beta_w = tl.where(unclamped, -d_cos * cos / tl.where(unclamped, ww, 1.0), 0.0)
+        beta_c = tl.where(unclamped, -d_cos * cos / tl.where(unclamped, cc, 1.0), 0.0)
+
+        d_attn = tl.zeros([M, N_PAD], ACC)
+        for d0 in range(0, D, BLOCK_D):
+            w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
+            r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
+            c = tl.dot(a_in, r, input_precision=INPUT_PRECISION)
+            d_context = alpha[:, None] * w.to(ACC) + beta_c[:, None] * c
+            d_attn = tl.dot(d_context.to(in_ty), tl.trans(r), d_attn, input_precision=INPUT_PRECISION)
+        # back through eq. 4 (softmax along the row) and eq. 3 (softmax down the caption's column)
+        d_p = gamma1 * a * (d_attn - tl.sum(d_attn * a, axis=1)[:, None])
+        col_dot = tl.sum(tl.reshape(d_p * p, [CAPS, T_PAD, N_PAD]), axis=1)
+        d_s = p * (d_p - tl.reshape(tl.broadcast_to(col_dot[:, None, :], [CAPS, T_PAD, N_PAD]), [M, N_PAD]))
+        d_s_in = d_s.to(in_ty)
+
+        for d0 in range(0, D, BLOCK_D):
+            dims = d0 + tl.arange(0, BLOCK_D)
+            d_ok = dims < D
+            w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
+            r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
+            c = tl.dot(a_in, r, input_precision=INPUT_PRECISION)
+            d_context = alpha[:, None] * w.to(ACC) + beta_c[:, None] * c
+            d_r = tl.dot(tl.trans(a_in), d_context.to(in_ty), input_precision=INPUT_PRECISION)
+            d_r = tl.dot(tl.trans(d_s_in), w, d_r, input_precision=INPUT_PRECISION)
+            r_ptrs = grad_regions_ptr + r_rows[:, None] + dims[None, :]
+            r_mask = r_ok[:, None] & d_ok[None, :]
+            tl.store(r_ptrs, tl.load(r_ptrs, mask=r_mask, other=0.0) + d_r, mask=r_mask)
+            d_w = tl.dot(d_s_in, r, input_precision=INPUT_PRECISION)
+            d_w += alpha[:, None] * c + beta_w[:, None] * w.to(ACC)
+            tl.atomic_add(grad_words_ptr + w_rows[:, None] + dims[None, :], d_w, mask=w_ok[:, None] & d_ok[None, :])
+        # the next caption block reloads grad_regions rows, possibly in other threads of this program
+        tl.debug_barrier()
+
+
+def _launch_config(words: torch.Tensor, regions: torch.Tensor, rows_per_program: int, caps: int | None,
+                   block_d: int | None) -> dict:
+    """Tile sizes: ``CAPS`` captions of ``T_PAD`` words per block, all regions, ``BLOCK_D`` chunks.
+
+    ``caps``/``block_d`` override the choice (tests use them to cross block boundaries).
+    """
+    T, N, D = words.shape[1], regions.shape[1], words.shape[2]
+    t_pad = next_power_of_2(T)
+    n_pad = next_power_of_2(N)
+    if interpreted():
+        config = dict(CAPS=2, BLOCK_D=8, num_warps=4)
+    else:
+        # tensor-core products need M, N_PAD and BLOCK_D >= 16
+        n_pad = max(16, n_pad)
+        config = dict(CAPS=max(1, rows_per_program // t_pad), BLOCK_D=min(64, max(16, next_power_of_2(D))),
+                      num_warps=8 if n_pad >= 128 else 4)
+    config["CAPS"] = caps or config["CAPS"]
+    config["BLOCK_D"] = block_d or config["BLOCK_D"]
+    check_block("caps", config["CAPS"])
+    check_block("block_d", config["BLOCK_D"])
+    config.update(T_PAD=t_pad, N_PAD=n_pad, ACC=_TL_DTYPES.get(words.dtype, tl.float32),
+                  INPUT_PRECISION=dot_precision(words.dtype), num_stages=1)
+    return config
+
+
+def word_region_scores_forward(words, regions, word_mask, gamma1, gamma2, eps,
+                               caps: int | None = None, block_d: int | None = None):
+    """``scores[B_v, B_t]``; ``caps``/``block_d`` override the tile sizes."""
+    (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
+    config = _launch_config(words, regions, 64, caps, block_d)
+    scores = torch.empty(B_v, B_t, dtype=words.dtype, device=words.device)
+    grid = (B_v, triton.cdiv(B_t, config["CAPS"]))
+    _scores_forward_kernel[grid](words, regions, word_mask.view(torch.uint8), scores, B_t, T, N, D,
+                                 GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
+    return scores
+
+
+def word_region_scores_backward(grad_scores, words, regions, word_mask, scores, gamma1, gamma2, eps,
+                                caps: int | None = None, block_d: int | None = None):
+    """``(grad_words, grad_regions)``; ``scores`` are recomputed in the accumulation dtype instead of read."""
+    (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
+    config = _launch_config(words, regions, 32, caps, block_d)
+    acc_dtype = accumulation_dtype(words.dtype)
+    grad_words = torch.zeros(words.shape, dtype=acc_dtype, device=words.device)
+    grad_regions = torch.zeros(regions.shape, dtype=acc_dtype, device=regions.device)
+    _scores_backward_kernel[(B_v,)](grad_scores, words, regions, word_mask.view(torch.uint8), grad_words,
+                                    grad_regions, B_t, T, N, D,
+                                    GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
+    return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
