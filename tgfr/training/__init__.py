@@ -1,0 +1,24 @@
+"""TGFR training: configuration, the two-step training loop, checkpoints and ``load_model``."""
+from .checkpoint import load_model, read_checkpoint
+from .config import (PRESETS, AlignStepConfig, FusionStepConfig, ImageStepConfig, TrainConfig, config_from_dict,
+                     config_to_dict, load_config, save_config)
+from .data import TrainingSet, synthetic_config
+from .loop import STEPS, train
+
+__all__ = [
+    "PRESETS",
+    "STEPS",
+    "AlignStepConfig",
+    "FusionStepConfig",
+    "ImageStepConfig",
+    "TrainConfig",
+    "TrainingSet",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "load_model",
+    "read_checkpoint",
+    "save_config",
+    "synthetic_config",
+    "train",
+]
