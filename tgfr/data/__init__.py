@@ -42,6 +42,8 @@ from .identities import ATTRIBUTE_VALUES, GEOMETRY_NAMES, IdentityProfile, sampl
 from .protocols import (IdentificationSplit, VerificationPairs, identification_split, impostors_needed,
                         verification_pairs)
 from .quality import QUALITY_LEVELS, degrade
+from .readers import celebahq_identities, read_celeba_dialog, read_celeba_identities, read_face2text, read_mmcelebahq
+from .real_captions import REAL_CAPTION_CORPORA, load_real_captions
 from .render import ImageVariation, render_face, sample_variation
 from .synthetic import (SyntheticConfig, SyntheticFaces, build_synthetic_splits, generate_synthetic,
                         split_identities)
@@ -49,8 +51,9 @@ from .synthetic import (SyntheticConfig, SyntheticFaces, build_synthetic_splits,
 __all__ = [
     "ATTRIBUTE_VALUES", "CAPTION_STYLES", "GEOMETRY_NAMES", "QUALITY_LEVELS", "Caption", "CaptionFact",
     "FaceCaptionDataset", "FaceRecord", "IdentificationSplit", "IdentityProfile", "ImageVariation",
-    "SyntheticConfig", "SyntheticFaces", "VerificationPairs", "build_synthetic_splits",
-    "collate_face_captions", "degrade", "generate_synthetic", "identification_split", "image_to_tensor",
-    "impostors_needed", "make_caption", "render_face", "sample_identity", "sample_variation",
-    "split_identities", "verification_pairs",
+    "REAL_CAPTION_CORPORA", "SyntheticConfig", "SyntheticFaces", "VerificationPairs", "build_synthetic_splits",
+    "celebahq_identities", "collate_face_captions", "degrade", "generate_synthetic", "identification_split",
+    "image_to_tensor", "impostors_needed", "load_real_captions", "make_caption", "read_celeba_dialog",
+    "read_celeba_identities", "read_face2text", "read_mmcelebahq", "render_face", "sample_identity",
+    "sample_variation", "split_identities", "verification_pairs",
 ]
