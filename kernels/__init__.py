@@ -11,5 +11,6 @@ except ImportError:  # triton is an optional dependency
     TRITON_AVAILABLE = False
 
 if TRITON_AVAILABLE:
+    from ._common import set_allow_tf32
     from .info_nce import info_nce_backward, info_nce_forward
     from .word_region import word_region_scores_backward, word_region_scores_forward

@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
+import triton.language as tl
+
+TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
 
 _allow_tf32 = os.environ.get("TGFR_TRITON_ALLOW_TF32", "0") == "1"
 
@@ -26,6 +30,24 @@ def dot_precision(dtype: torch.dtype) -> str:
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Sums and statistics are float64 for float64 inputs, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dot_operand_dtype(dtype: torch.dtype):
+    """The ``tl`` dtype the operands of ``tl.dot`` are cast to, for inputs of ``dtype``.
+
+    The input dtype itself (so 16-bit inputs run on tensor cores), except bfloat16
+    under the interpreter, whose ``tl.dot`` multiplies the raw bits of bfloat16
+    values; there the (exact) float32 upcast gives the same products.
+    """
+    if dtype == torch.bfloat16 and interpreted():
+        return tl.float32
+    return TL_DTYPES[dtype]
+
+
+@triton.jit
+def dot(x, y, acc, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """``acc + x @ y`` with both operands in ``DOT_DTYPE`` (see ``dot_operand_dtype``)."""
+    return tl.dot(x.to(DOT_DTYPE), y.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
 
 
 def interpreted() -> bool:

@@ -28,12 +28,21 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulation_dtype, check_block, dot_precision, interpreted, next_power_of_2
+from ._common import (
+    accumulation_dtype,
+    check_block,
+    dot,
+    dot_operand_dtype,
+    dot_precision,
+    interpreted,
+    next_power_of_2,
+)
 
 
 @triton.jit
 def _logit_tile(x, y_ptr, ids_ptr, rows, row_ids, start, B, D, inv_t,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                INPUT_PRECISION: tl.constexpr):
     """One tile of logits ``x y[start:start+BLOCK_N]^T / tau`` with what it excludes.
 
     Returns ``(y_block, logits, excluded, cols)``; ``excluded`` marks same-class
@@ -44,7 +53,7 @@ def _logit_tile(x, y_ptr, ids_ptr, rows, row_ids, start, B, D, inv_t,
     dims = tl.arange(0, BLOCK_D)
     y = tl.load(y_ptr + cols.to(tl.int64)[:, None] * D + dims[None, :],
                 mask=col_ok[:, None] & (dims < D)[None, :], other=0.0)
-    logits = tl.dot(x, tl.trans(y), input_precision=INPUT_PRECISION) * inv_t
+    logits = dot(x, tl.trans(y), None, DOT_DTYPE, INPUT_PRECISION) * inv_t
     col_ids = tl.load(ids_ptr + cols, mask=col_ok, other=0)
     same_class = (row_ids[:, None] == col_ids[None, :]) & (rows[:, None] != cols[None, :])
     excluded = same_class | ~col_ok[None, :]
@@ -61,7 +70,7 @@ def _load_rows(x_ptr, rows, row_ok, D, BLOCK_D: tl.constexpr):
 @triton.jit
 def _row_lse_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, lse_ptr, nll_ptr, B, D,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                    INPUT_PRECISION: tl.constexpr):
+                    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """``lse[i] = logsumexp_j l_ij`` over kept ``j`` and ``nll[i] = lse[i] - l_ii``."""
     acc_ty = lse_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -75,7 +84,7 @@ def _row_lse_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, lse_ptr, nll_ptr, B, D,
     run_sum = tl.zeros([BLOCK_M], acc_ty)
     for start in range(0, B, BLOCK_N):
         _, logits, excluded, _ = _logit_tile(x, y_ptr, ids_ptr, rows, row_ids, start, B, D, inv_t,
-                                             BLOCK_N, BLOCK_D, INPUT_PRECISION)
+                                             BLOCK_N, BLOCK_D, DOT_DTYPE, INPUT_PRECISION)
         logits = tl.where(excluded, float("-inf"), logits)
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
         # a row whose kept entries are all still ahead has max -inf: shift by 0 instead
@@ -92,7 +101,7 @@ def _row_lse_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, lse_ptr, nll_ptr, B, D,
 def _row_grad_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, grad_loss_ptr, lse_x_ptr, lse_y_ptr, grad_x_ptr,
                      tau_partial_ptr, B, D,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     INPUT_PRECISION: tl.constexpr, REDUCE_TAU: tl.constexpr):
+                     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, REDUCE_TAU: tl.constexpr):
     """``grad_x = dl y / tau`` for a block of rows; optionally ``sum(dl * l)`` of the block."""
     acc_ty = lse_x_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -107,12 +116,12 @@ def _row_grad_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, grad_loss_ptr, lse_x_ptr, 
     tau_sum = tl.zeros([BLOCK_M], acc_ty)
     for start in range(0, B, BLOCK_N):
         y, logits, excluded, cols = _logit_tile(x, y_ptr, ids_ptr, rows, row_ids, start, B, D, inv_t,
-                                                BLOCK_N, BLOCK_D, INPUT_PRECISION)
+                                                BLOCK_N, BLOCK_D, DOT_DTYPE, INPUT_PRECISION)
         lse_y = tl.load(lse_y_ptr + cols, mask=cols < B, other=0.0)
         prob = tl.exp(logits - lse_x[:, None]) + tl.exp(logits - lse_y[None, :])
         prob -= tl.where(rows[:, None] == cols[None, :], 2.0, 0.0)
         d_logits = tl.where(excluded | ~row_ok[:, None], 0.0, prob * scale)
-        grad = tl.dot(d_logits.to(y.dtype), y, grad, input_precision=INPUT_PRECISION)
+        grad = dot(d_logits.to(y.dtype), y, grad, DOT_DTYPE, INPUT_PRECISION)
         if REDUCE_TAU:
             tau_sum += tl.sum(d_logits * logits, axis=1)
     dims = tl.arange(0, BLOCK_D)
@@ -142,7 +151,7 @@ def _launch_config(x: torch.Tensor, block_m: int | None, block_n: int | None) ->
     config["BLOCK_N"] = block_n or config["BLOCK_N"]
     check_block("block_m", config["BLOCK_M"])
     check_block("block_n", config["BLOCK_N"])
-    config["INPUT_PRECISION"] = dot_precision(x.dtype)
+    config.update(DOT_DTYPE=dot_operand_dtype(x.dtype), INPUT_PRECISION=dot_precision(x.dtype))
     return config
 
 

@@ -36,10 +36,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulation_dtype, check_block, dot_precision, interpreted, next_power_of_2
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
-
+from ._common import (
+    TL_DTYPES,
+    accumulation_dtype,
+    check_block,
+    dot,
+    dot_operand_dtype,
+    dot_precision,
+    interpreted,
+    next_power_of_2,
+)
 
 @triton.jit
 def _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS: tl.constexpr, T_PAD: tl.constexpr):
@@ -62,14 +68,14 @@ def _load_chunk(ptr, row_offsets, row_ok, d0, D, BLOCK_D: tl.constexpr):
 @triton.jit
 def _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
                CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-               ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+               ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """``P`` (eq. 3, softmax over each caption's real words) and ``A`` (eq. 4), ``[M, N_PAD]``."""
     M: tl.constexpr = CAPS * T_PAD
     s = tl.zeros([M, N_PAD], ACC)
     for d0 in range(0, D, BLOCK_D):
         w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
         r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
-        s = tl.dot(w, tl.trans(r), s, input_precision=INPUT_PRECISION)
+        s = dot(w, tl.trans(r), s, DOT_DTYPE, INPUT_PRECISION)
     s = tl.reshape(tl.where(w_ok[:, None], s, float("-inf")), [CAPS, T_PAD, N_PAD])
     col_max = tl.max(s, axis=1)
     col_max = tl.where(col_max == float("-inf"), 0.0, col_max)  # captions beyond B_t have no real word
@@ -85,7 +91,7 @@ def _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
 @triton.jit
 def _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
                   CAPS: tl.constexpr, T_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-                  ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                  ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """``<w_t, c_t>``, ``|w_t|^2``, ``|c_t|^2`` with ``C = A R`` produced chunk by chunk."""
     M: tl.constexpr = CAPS * T_PAD
     num = tl.zeros([M], ACC)
@@ -93,7 +99,7 @@ def _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
     cc = tl.zeros([M], ACC)
     for d0 in range(0, D, BLOCK_D):
         w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D).to(ACC)
-        c = tl.dot(a_in, _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D), input_precision=INPUT_PRECISION)
+        c = dot(a_in, _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D), None, DOT_DTYPE, INPUT_PRECISION)
         num += tl.sum(w * c, axis=1)
         ww += tl.sum(w * w, axis=1)
         cc += tl.sum(c * c, axis=1)
@@ -117,7 +123,7 @@ def _caption_logsumexp(x, CAPS: tl.constexpr, T_PAD: tl.constexpr):
 def _scores_forward_kernel(words_ptr, regions_ptr, mask_ptr, scores_ptr, B_t, T, N, D,
                            GAMMA1: tl.constexpr, GAMMA2: tl.constexpr, EPS: tl.constexpr,
                            CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-                           ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                           ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     image = tl.program_id(0)
     kblk = tl.program_id(1)
     _, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
@@ -126,9 +132,9 @@ def _scores_forward_kernel(words_ptr, regions_ptr, mask_ptr, scores_ptr, B_t, T,
     r_rows = (image.to(tl.int64) * N + regions) * D
 
     _, a = _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, tl.full([], GAMMA1, ACC),
-                      CAPS, T_PAD, N_PAD, BLOCK_D, ACC, INPUT_PRECISION)
+                      CAPS, T_PAD, N_PAD, BLOCK_D, ACC, DOT_DTYPE, INPUT_PRECISION)
     num, ww, cc = _cosine_terms(words_ptr, regions_ptr, a.to(regions_ptr.dtype.element_ty), w_rows, w_ok, r_rows,
-                                r_ok, D, CAPS, T_PAD, BLOCK_D, ACC, INPUT_PRECISION)
+                                r_ok, D, CAPS, T_PAD, BLOCK_D, ACC, DOT_DTYPE, INPUT_PRECISION)
     cos = num / tl.maximum(tl.sqrt(ww) * tl.sqrt(cc), tl.full([], EPS, ACC))
     score = _caption_logsumexp(tl.where(w_ok, tl.full([], GAMMA2, ACC) * cos, float("-inf")), CAPS, T_PAD)
     captions = kblk * CAPS + tl.arange(0, CAPS)
@@ -141,7 +147,7 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
                             B_t, T, N, D,
                             GAMMA1: tl.constexpr, GAMMA2: tl.constexpr, EPS: tl.constexpr,
                             CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-                            ACC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                            ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """One program per image: adds its ``grad_regions`` rows itself, ``grad_words`` atomically."""
     M: tl.constexpr = CAPS * T_PAD
     in_ty = regions_ptr.dtype.element_ty
@@ -156,10 +162,10 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
     for kblk in range(0, tl.cdiv(B_t, CAPS)):
         caption, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
         p, a = _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
-                          CAPS, T_PAD, N_PAD, BLOCK_D, ACC, INPUT_PRECISION)
+                          CAPS, T_PAD, N_PAD, BLOCK_D, ACC, DOT_DTYPE, INPUT_PRECISION)
         a_in = a.to(in_ty)
         num, ww, cc = _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
-                                    CAPS, T_PAD, BLOCK_D, ACC, INPUT_PRECISION)
+                                    CAPS, T_PAD, BLOCK_D, ACC, DOT_DTYPE, INPUT_PRECISION)
         norms = tl.sqrt(ww) * tl.sqrt(cc)
         unclamped = norms > eps
         den = tl.where(unclamped, norms, eps)
@@ -178,9 +184,9 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         for d0 in range(0, D, BLOCK_D):
             w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
             r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
-            c = tl.dot(a_in, r, input_precision=INPUT_PRECISION)
+            c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
             d_context = alpha[:, None] * w.to(ACC) + beta_c[:, None] * c
-            d_attn = tl.dot(d_context.to(in_ty), tl.trans(r), d_attn, input_precision=INPUT_PRECISION)
+            d_attn = dot(d_context.to(in_ty), tl.trans(r), d_attn, DOT_DTYPE, INPUT_PRECISION)
         # back through eq. 4 (softmax along the row) and eq. 3 (softmax down the caption's column)
         d_p = gamma1 * a * (d_attn - tl.sum(d_attn * a, axis=1)[:, None])
         col_dot = tl.sum(tl.reshape(d_p * p, [CAPS, T_PAD, N_PAD]), axis=1)
@@ -192,14 +198,14 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
             d_ok = dims < D
             w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
             r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
-            c = tl.dot(a_in, r, input_precision=INPUT_PRECISION)
+            c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
             d_context = alpha[:, None] * w.to(ACC) + beta_c[:, None] * c
-            d_r = tl.dot(tl.trans(a_in), d_context.to(in_ty), input_precision=INPUT_PRECISION)
-            d_r = tl.dot(tl.trans(d_s_in), w, d_r, input_precision=INPUT_PRECISION)
+            d_r = dot(tl.trans(a_in), d_context.to(in_ty), None, DOT_DTYPE, INPUT_PRECISION)
+            d_r = dot(tl.trans(d_s_in), w, d_r, DOT_DTYPE, INPUT_PRECISION)
             r_ptrs = grad_regions_ptr + r_rows[:, None] + dims[None, :]
             r_mask = r_ok[:, None] & d_ok[None, :]
             tl.store(r_ptrs, tl.load(r_ptrs, mask=r_mask, other=0.0) + d_r, mask=r_mask)
-            d_w = tl.dot(d_s_in, r, input_precision=INPUT_PRECISION)
+            d_w = dot(d_s_in, r, None, DOT_DTYPE, INPUT_PRECISION)
             d_w += alpha[:, None] * c + beta_w[:, None] * w.to(ACC)
             tl.atomic_add(grad_words_ptr + w_rows[:, None] + dims[None, :], d_w, mask=w_ok[:, None] & d_ok[None, :])
         # the next caption block reloads grad_regions rows, possibly in other threads of this program
@@ -226,8 +232,8 @@ def _launch_config(words: torch.Tensor, regions: torch.Tensor, rows_per_program:
     config["BLOCK_D"] = block_d or config["BLOCK_D"]
     check_block("caps", config["CAPS"])
     check_block("block_d", config["BLOCK_D"])
-    config.update(T_PAD=t_pad, N_PAD=n_pad, ACC=_TL_DTYPES.get(words.dtype, tl.float32),
-                  INPUT_PRECISION=dot_precision(words.dtype), num_stages=1)
+    config.update(T_PAD=t_pad, N_PAD=n_pad, ACC=TL_DTYPES[accumulation_dtype(words.dtype)],
+                  DOT_DTYPE=dot_operand_dtype(words.dtype), INPUT_PRECISION=dot_precision(words.dtype), num_stages=1)
     return config
 
 
