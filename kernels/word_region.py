@@ -47,6 +47,7 @@ from ._common import (
     next_power_of_2,
 )
 
+
 @triton.jit
 def _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS: tl.constexpr, T_PAD: tl.constexpr):
     """Rows of a caption block: caption index, element offset of the word, real word or not."""
@@ -233,7 +234,10 @@ def _launch_config(words: torch.Tensor, regions: torch.Tensor, rows_per_program:
     check_block("caps", config["CAPS"])
     check_block("block_d", config["BLOCK_D"])
     config.update(T_PAD=t_pad, N_PAD=n_pad, ACC=TL_DTYPES[accumulation_dtype(words.dtype)],
-                  DOT_DTYPE=dot_operand_dtype(words.dtype), INPUT_PRECISION=dot_precision(words.dtype), num_stages=1)
+                  DOT_DTYPE=dot_operand_dtype(words.dtype), INPUT_PRECISION=dot_precision(words.dtype),
+                  # pipelining prefetches only loads that feed products (words, regions) within one
+                  # D walk, never the grad_regions rows read back across caption blocks
+                  num_stages=2)
     return config
 
 
