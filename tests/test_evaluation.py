@@ -1,5 +1,6 @@
 """Metrics against scikit-learn and constructed cases; report writing on fake embeddings."""
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 
-from tgfr.evaluation import metrics, report
+from tgfr.evaluation import metrics, protocol, report
 
 
 def _scores(seed, num_genuine, num_impostor, rounding=None):
@@ -101,16 +102,17 @@ def test_rank1_on_constructed_gallery():
     assert metrics.rank1_accuracy(probe, probe_ids, gallery, gallery_ids, chunk_size=4) == pytest.approx(5 / 6)
 
 
-def test_pair_scores_split_by_identity():
+def test_pair_scores_of_indexed_pairs():
     generator = torch.Generator().manual_seed(4)
-    probe, reference = torch.randn(6, 8, generator=generator), torch.randn(5, 8, generator=generator)
-    probe_ids, reference_ids = torch.tensor([0, 0, 1, 2, 3, 3]), torch.tensor([0, 1, 1, 3, 4])
-    genuine, impostor = metrics.pair_scores(probe, probe_ids, reference, reference_ids)
-    cosine = torch.nn.functional.normalize(probe, dim=1) @ torch.nn.functional.normalize(reference, dim=1).T
-    same = probe_ids[:, None] == reference_ids[None, :]
-    assert genuine.size == int(same.sum()) == 6 and impostor.size == 30 - 6
-    np.testing.assert_allclose(np.sort(genuine), np.sort(cosine[same].numpy()), rtol=1e-6)
-    np.testing.assert_allclose(np.sort(impostor), np.sort(cosine[~same].numpy()), rtol=1e-6)
+    probe, reference = torch.randn(6, 8, generator=generator), 3.0 * torch.randn(5, 8, generator=generator)
+    pairs = np.array([[0, 0], [5, 4], [2, 1], [3, 3], [0, 4]])
+    genuine = np.array([True, False, True, False, False])
+    genuine_scores, impostor_scores = metrics.pair_scores(probe, reference, pairs, genuine)
+    cosine = torch.nn.functional.cosine_similarity(probe[pairs[:, 0]], reference[pairs[:, 1]], dim=1).numpy()
+    np.testing.assert_allclose(genuine_scores, cosine[genuine], rtol=1e-5)
+    np.testing.assert_allclose(impostor_scores, cosine[~genuine], rtol=1e-5)
+    with pytest.raises(ValueError, match="pairs must index"):
+        metrics.pair_scores(probe, reference, np.array([[6, 0]]), np.array([True]))
 
 
 def test_metric_inputs_are_checked():
@@ -124,33 +126,39 @@ def test_metric_inputs_are_checked():
         metrics.min_impostors_for_far(0.0)
 
 
-def _fake_embeddings(seed, num_identities, per_identity, dim, noise):
-    """Identity centres plus noise: larger noise plays the part of a worse probe quality."""
+def _labels(num_identities, per_identity):
+    return torch.arange(num_identities).repeat_interleave(per_identity)
+
+
+def _noisy(centres, labels, noise, seed):
     generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(num_identities, dim, generator=generator)
-    ids = torch.arange(num_identities).repeat_interleave(per_identity)
-    return centres[ids] + noise * torch.randn(ids.numel(), dim, generator=generator), ids
+    return centres[labels] + noise * torch.randn(len(labels), *centres.shape[1:], generator=generator)
 
 
 def test_write_report_on_fake_embeddings(tmp_path):
     noise_per_level = {"normal": 0.3, "poor": 0.8, "bad": 1.2, "very_bad": 2.0}
+    labels = _labels(40, 4)
+    test_protocol = protocol.TestProtocol.for_labels(labels.numpy())
     results = []
     for mode_index, mode in enumerate(("image", "tgfr")):
+        centres = torch.randn(40, 16, generator=torch.Generator().manual_seed(mode_index))
+        reference = _noisy(centres, labels, noise_per_level["normal"], seed=100 + mode_index)
         for level, noise in noise_per_level.items():
-            probe, probe_ids = _fake_embeddings(10 + mode_index, 40, 3, 16, noise)
-            gallery, gallery_ids = _fake_embeddings(10 + mode_index, 40, 1, 16, 0.0)
-            results.append(report.score_embeddings(mode, level, probe, probe_ids, gallery, gallery_ids))
+            probe = reference if level == "normal" else _noisy(centres, labels, noise, seed=200 + mode_index)
+            results.append(protocol.score_embeddings(mode, level, probe, reference, test_protocol))
     paths = report.write_report(results, tmp_path / "out", metadata={"checkpoint": "fake"})
 
     table_rows = [line for line in paths["markdown"].read_text().splitlines() if line.startswith("| ")]
     for level in noise_per_level:
         assert sum(f"| {level} |" in row for row in table_rows) == 2
-    # 120 probes x 40 gallery, 120 genuine: 4680 impostors resolve FAR 1e-3 only.
-    assert sum(row.count("n/a") for row in table_rows) == 2 * 2 * 4
+    # 160 photos: 240 genuine and 12 480 impostor pairs resolve FAR 1e-4 but not 1e-5.
+    assert sum(row.count("n/a") for row in table_rows) == 2 * 4
     document = json.loads(paths["json"].read_text())
     assert [(row["mode"], row["level"]) for row in document["results"]] == [(r.mode, r.level) for r in results]
-    assert document["results"][0]["num_impostor_pairs"] == 120 * 40 - 120
+    assert document["results"][0]["num_genuine_pairs"] == 40 * 6
+    assert document["results"][0]["num_impostor_pairs"] == 160 * 159 // 2 - 40 * 6
     assert document["results"][0]["tar_at_far"]["1e-05"] is None
+    assert document["results"][0]["tar_at_far"]["0.0001"] is not None
     assert document["metadata"] == {"checkpoint": "fake"}
     assert paths["roc"].stat().st_size > 10_000
     # Noisier probes verify worse and identify worse.
@@ -159,7 +167,75 @@ def test_write_report_on_fake_embeddings(tmp_path):
     assert image_rows[0].rank1 > image_rows[-1].rank1
 
 
-def test_score_embeddings_rejects_disjoint_identities():
-    probe, probe_ids = _fake_embeddings(5, 3, 2, 8, 0.1)
-    with pytest.raises(ValueError, match="no probe shares an identity"):
-        report.score_embeddings("image", "normal", probe, probe_ids, probe, probe_ids + 100)
+def test_score_embeddings_needs_one_row_per_photo():
+    test_protocol = protocol.TestProtocol.for_labels(_labels(3, 2).numpy())
+    with pytest.raises(ValueError, match="one row per test photo"):
+        protocol.score_embeddings("image", "normal", torch.randn(5, 4), torch.randn(6, 4), test_protocol)
+
+
+class _FakeModel(torch.nn.Module):
+    """A fixed random projection of the pixels; in the fused modes each caption adds a fixed cue."""
+
+    def __init__(self, pixels, dim=16):
+        super().__init__()
+        self.projection = torch.nn.Linear(pixels, dim)
+        self.embed_calls = []
+
+    def embed(self, images, captions, mode):
+        assert not self.training
+        self.embed_calls.append((mode, images.shape[0]))
+        embeddings = self.projection(images.flatten(1))
+        if mode != "image":
+            columns = [zlib.crc32(caption.encode()) % self.projection.in_features for caption in captions]
+            embeddings = embeddings + 10.0 * self.projection.weight[:, columns].T
+        return torch.nn.functional.normalize(embeddings, dim=1)
+
+    def word_region_attention(self, image, caption):
+        words = caption.split()
+        return words, torch.softmax(torch.randn(len(words), 3, 3), dim=-1)
+
+
+def _face_set(labels, noise, seed):
+    centres = torch.randn(int(labels.max()) + 1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    return protocol.FaceSet(_noisy(centres, labels, noise, seed), [f"a person number {int(i)}" for i in labels],
+                            labels)
+
+
+def test_evaluate_face_sets_rows_batches_and_reuse():
+    torch.manual_seed(0)
+    model = _FakeModel(48).train()
+    labels = _labels(8, 3)
+    reference = _face_set(labels, 0.2, seed=1)
+    degraded = protocol.FaceSet(reference.images + 2.0 * torch.randn(reference.images.shape), reference.captions,
+                                labels)
+    test_protocol = protocol.TestProtocol.for_labels(labels.numpy())
+    results = protocol.evaluate_face_sets(model, reference, {"normal": reference, "bad": degraded}, test_protocol,
+                                          modes=("image", "tgfr"), batch_size=10)
+    assert [(r.mode, r.level) for r in results] == [("image", "normal"), ("image", "bad"), ("tgfr", "normal"),
+                                                     ("tgfr", "bad")]
+    assert model.training  # restored after evaluation
+    # Per mode: the 24 reference photos in batches of 10, 10, 4; "normal" reuses them; "bad" embeds its own.
+    assert model.embed_calls == [(mode, size) for mode in ("image", "tgfr") for size in (10, 10, 4) * 2]
+    assert results[0].rank1 > results[1].rank1
+    # The caption cue is the same for all photos of an identity, so fusion identifies degraded probes better.
+    assert results[3].rank1 > results[1].rank1
+
+
+def test_evaluate_face_sets_checks_modes_and_sets():
+    model = _FakeModel(48)
+    labels = _labels(4, 2)
+    reference = _face_set(labels, 0.0, seed=1)
+    test_protocol = protocol.TestProtocol.for_labels(labels.numpy())
+    with pytest.raises(ValueError, match="modes"):
+        protocol.evaluate_face_sets(model, reference, {"normal": reference}, test_protocol, modes=("clip",))
+    with pytest.raises(ValueError, match="probes"):
+        protocol.evaluate_face_sets(model, reference, {}, test_protocol)
+    with pytest.raises(ValueError, match="one caption and one identity per image"):
+        protocol.FaceSet(reference.images, reference.captions[:3], labels)
+
+
+def test_attention_grid_written(tmp_path):
+    torch.manual_seed(1)
+    faces = _face_set(_labels(3, 1), 0.1, seed=3)
+    path = protocol.plot_word_attention(_FakeModel(48), faces, [2, 0], tmp_path / "attention.png")
+    assert path.stat().st_size > 5_000

@@ -131,21 +131,25 @@ def _as_ids(name: str, ids, count: int) -> torch.Tensor:
     return ids.long()
 
 
-def pair_scores(probe, probe_ids, reference, reference_ids) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine-similarity scores of all probe x reference pairs, split into (genuine, impostor).
+def pair_scores(probe, reference, pairs, genuine) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity of each pair ``(probe[i], reference[j])`` for ``(i, j)`` in ``pairs``,
+    split into (genuine, impostor) scores by the boolean ``genuine``.
 
-    Embeddings are L2-normalised here, so raw features work too. Every cross-identity pair is an
-    impostor, which gives enough of them to resolve small FARs (1e-5 needs 100 000).
+    Embeddings are L2-normalised here, so raw features work too. The pairs index one
+    probe x reference similarity matrix, so hundreds of thousands of them cost one matrix product.
     """
     probe = torch.nn.functional.normalize(_as_embeddings("probe", probe), dim=1)
     reference = torch.nn.functional.normalize(_as_embeddings("reference", reference), dim=1)
     if probe.shape[1] != reference.shape[1]:
         raise ValueError(f"probe and reference must have the same width, got {probe.shape[1]} and {reference.shape[1]}")
-    probe_ids = _as_ids("probe_ids", probe_ids, probe.shape[0])
-    reference_ids = _as_ids("reference_ids", reference_ids, reference.shape[0])
-    similarity = probe @ reference.T
-    same_identity = probe_ids[:, None] == reference_ids[None, :]
-    return similarity[same_identity].numpy().astype(np.float64), similarity[~same_identity].numpy().astype(np.float64)
+    pairs = torch.as_tensor(np.asarray(pairs), dtype=torch.long)
+    genuine = torch.as_tensor(np.asarray(genuine), dtype=torch.bool)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or genuine.shape != (pairs.shape[0],):
+        raise ValueError(f"pairs must be [P, 2] with genuine [P], got {tuple(pairs.shape)} and {tuple(genuine.shape)}")
+    if pairs.numel() and (pairs.min() < 0 or pairs[:, 0].max() >= probe.shape[0] or pairs[:, 1].max() >= reference.shape[0]):
+        raise ValueError(f"pairs must index {probe.shape[0]} probes and {reference.shape[0]} references")
+    scores = (probe @ reference.T)[pairs[:, 0], pairs[:, 1]].double().numpy()
+    return scores[genuine.numpy()], scores[~genuine.numpy()]
 
 
 def rank1_accuracy(probe, probe_ids, gallery, gallery_ids, chunk_size: int = 4096) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import FAR_TARGETS, VerificationResult, pair_scores, rank1_accuracy, verification_metrics
+from .metrics import FAR_TARGETS, VerificationResult
 
 MODE_LABELS = {"image": "image only", "flf": "feature-level fusion", "tgfr": "TGFR"}
 # Enough points to draw a ROC faithfully; the full curve can hold a million.
@@ -34,19 +34,6 @@ class Result:
             "num_genuine_pairs": self.verification.num_genuine,
             "num_impostor_pairs": self.verification.num_impostor,
         }
-
-
-def score_embeddings(mode: str, level: str, probe, probe_ids, gallery, gallery_ids) -> Result:
-    """Verification over all probe x gallery pairs and rank-1 identification of the probes."""
-    genuine, impostor = pair_scores(probe, probe_ids, gallery, gallery_ids)
-    if genuine.size == 0:
-        raise ValueError(f"{mode}/{level}: no probe shares an identity with the gallery, so nothing can be verified")
-    return Result(
-        mode=mode,
-        level=level,
-        verification=verification_metrics(genuine, impostor),
-        rank1=rank1_accuracy(probe, probe_ids, gallery, gallery_ids),
-    )
 
 
 def _percent(value: float | None) -> str:

@@ -1,0 +1,177 @@
+"""The paper's evaluation protocol: per embedding mode and probe quality level, on one test set.
+
+The reference side of verification and the identification gallery are normal-quality photos;
+the probes are the same test photos degraded to each level. Verification scores every pair
+``(i, j)``, ``i < j``, of the test set (:func:`tgfr.data.verification_pairs`) as probe ``i``
+(degraded) against reference ``j`` (normal), so all cross-identity pairs are impostors and a
+few hundred photos resolve small FARs. Identification matches the probes of
+:func:`tgfr.data.identification_split` against its one-photo-per-identity gallery.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attention import plot_attention_grid
+from .metrics import pair_scores, rank1_accuracy, verification_metrics
+from .report import Result, write_report
+
+EVAL_MODES = ("image", "flf", "tgfr")
+
+
+@dataclass(frozen=True)
+class FaceSet:
+    """Images ``[n, 3, H, W]`` with one caption and one identity each."""
+
+    images: torch.Tensor
+    captions: list[str]
+    identities: torch.Tensor
+
+    def __post_init__(self):
+        count = self.images.shape[0]
+        if len(self.captions) != count or self.identities.shape != (count,):
+            raise ValueError(
+                f"a face set needs one caption and one identity per image: {count} images, "
+                f"{len(self.captions)} captions, identities of shape {tuple(self.identities.shape)}"
+            )
+
+    @classmethod
+    def from_dataset(cls, dataset) -> "FaceSet":
+        """Every item of a :class:`tgfr.data.FaceCaptionDataset`, rendered at its quality."""
+        from ..data import collate_face_captions
+
+        batch = collate_face_captions([dataset[i] for i in range(len(dataset))])
+        return cls(batch["image"], batch["caption"], batch["identity"])
+
+
+@dataclass(frozen=True)
+class TestProtocol:
+    """Verification pairs and the identification split over the photos of one test set."""
+
+    labels: np.ndarray
+    pairs: np.ndarray  # [P, 2] (probe index, reference index)
+    genuine: np.ndarray  # [P] bool
+    gallery: np.ndarray  # photo indices, one per identity
+    probes: np.ndarray  # all other photo indices
+
+    @classmethod
+    def for_labels(cls, labels, seed: int = 0) -> "TestProtocol":
+        from ..data import identification_split, verification_pairs
+
+        labels = np.asarray(labels)
+        pairs = verification_pairs(labels)
+        split = identification_split(labels, seed)
+        return cls(labels, pairs.pairs, pairs.genuine, split.gallery, split.probes)
+
+
+def score_embeddings(mode: str, level: str, probe_embeddings, reference_embeddings, protocol: TestProtocol) -> Result:
+    """Verification and rank-1 identification of one level's probe embeddings against the references."""
+    count = len(protocol.labels)
+    if probe_embeddings.shape[0] != count or reference_embeddings.shape[0] != count:
+        raise ValueError(
+            f"probe and reference embeddings must have one row per test photo ({count}), "
+            f"got {probe_embeddings.shape[0]} and {reference_embeddings.shape[0]}"
+        )
+    genuine, impostor = pair_scores(probe_embeddings, reference_embeddings, protocol.pairs, protocol.genuine)
+    labels = torch.as_tensor(protocol.labels)
+    probes, gallery = torch.as_tensor(protocol.probes), torch.as_tensor(protocol.gallery)
+    rank1 = rank1_accuracy(probe_embeddings[probes], labels[probes], reference_embeddings[gallery], labels[gallery])
+    return Result(mode, level, verification_metrics(genuine, impostor), rank1)
+
+
+@torch.no_grad()
+def embed_faces(model, faces: FaceSet, mode: str, batch_size: int = 128) -> torch.Tensor:
+    """Embeddings of ``faces`` in ``mode``, computed in batches in evaluation mode, returned on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            model.embed(faces.images[start:start + batch_size].to(device), faces.captions[start:start + batch_size],
+                        mode).float().cpu()
+            for start in range(0, faces.images.shape[0], batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def evaluate_face_sets(model, reference: FaceSet, probes: dict[str, FaceSet], protocol: TestProtocol,
+                       modes=EVAL_MODES, batch_size: int = 128) -> list[Result]:
+    """Score each level's probes (the reference photos at that quality) for each mode; rows mode-major.
+
+    A level whose probe set *is* ``reference`` (normal quality) reuses the reference embeddings.
+    """
+    unknown = [mode for mode in modes if mode not in EVAL_MODES]
+    if unknown or not modes:
+        raise ValueError(f"modes must be a non-empty subset of {EVAL_MODES}, got {tuple(modes)}")
+    if not probes:
+        raise ValueError("probes must hold at least one quality level")
+    results = []
+    for mode in modes:
+        reference_embeddings = embed_faces(model, reference, mode, batch_size)
+        for level, faces in probes.items():
+            probe_embeddings = reference_embeddings if faces is reference else embed_faces(model, faces, mode,
+                                                                                            batch_size)
+            results.append(score_embeddings(mode, level, probe_embeddings, reference_embeddings, protocol))
+    return results
+
+
+def plot_word_attention(model, faces: FaceSet, indices, path) -> Path:
+    """Heat-maps of the caption words' attention over the image regions of ``faces[indices]``."""
+    device = next(model.parameters()).device
+    indices = [int(i) for i in indices]
+    words, attention = zip(*(model.word_region_attention(faces.images[i].to(device), faces.captions[i])
+                             for i in indices))
+    return plot_attention_grid(faces.images[indices], list(words), [a.cpu() for a in attention], path)
+
+
+def evaluate(model, test_data, out_dir, levels=None, modes=EVAL_MODES, attention_examples: int = 4,
+             metadata: dict | None = None) -> dict[str, Path]:
+    """Evaluate ``model`` on ``test_data`` (a :class:`tgfr.data.FaceCaptionDataset`) and write the report.
+
+    Writes report.md, report.json and roc.png into ``out_dir`` and, with ``attention_examples > 0``
+    and the "tgfr" mode, attention.png: the word -> region attention of that many gallery photos.
+    Returns the paths written, by kind.
+    """
+    from ..data import QUALITY_LEVELS
+
+    levels = tuple(QUALITY_LEVELS if levels is None else levels)
+    unknown = [level for level in levels if level not in QUALITY_LEVELS]
+    if unknown or not levels:
+        raise ValueError(f"levels must be a non-empty subset of {QUALITY_LEVELS}, got {levels}")
+    started = time.perf_counter()
+    reference = FaceSet.from_dataset(test_data.with_quality("normal"))
+    probes = {level: reference if level == "normal" else FaceSet.from_dataset(test_data.with_quality(level))
+              for level in levels}
+    protocol = TestProtocol.for_labels(test_data.labels)
+    results = evaluate_face_sets(model, reference, probes, protocol, modes)
+    details = {
+        "test_photos": len(protocol.labels),
+        "test_identities": int(np.unique(protocol.labels).size),
+        "evaluation_seconds": round(time.perf_counter() - started, 1),
+        **(metadata or {}),
+    }
+    out_dir = Path(out_dir)
+    paths = write_report(results, out_dir, details)
+    if attention_examples > 0 and "tgfr" in modes:
+        paths["attention"] = plot_word_attention(model, reference, protocol.gallery[:attention_examples],
+                                                 out_dir / "attention.png")
+    return paths
+
+
+def evaluate_checkpoint(checkpoint, out_dir, levels=None, modes=EVAL_MODES, attention_examples: int = 4,
+                        device: str = "cpu") -> dict[str, Path]:
+    """Evaluate a checkpoint of :func:`tgfr.training.train` on the test split of the data it was trained with."""
+    from ..data import build_synthetic_splits
+    from ..training import config_from_dict, load_model, read_checkpoint, synthetic_config
+
+    config = config_from_dict(read_checkpoint(checkpoint)["config"])
+    model = load_model(checkpoint, device=device)
+    test_data = build_synthetic_splits(synthetic_config(config.data, config.model.image_size, config.seed))["test"]
+    return evaluate(model, test_data, out_dir, levels, modes, attention_examples,
+                    metadata={"checkpoint": str(checkpoint)})
