@@ -1,0 +1,223 @@
+"""Triton kernel specifics the shared backend suite does not cover.
+
+The kernel entry points are called directly, with tile sizes forced small so that
+tiny shapes still cross every block boundary (captions per block, D chunks, row and
+column blocks of the logits). 16-bit inputs are checked against the float64
+reference with tolerances a few units of their rounding (bfloat16: 8 bits of
+mantissa, float16: 11). On the CPU the kernels run under ``TRITON_INTERPRET=1``
+(set by ``conftest.py``).
+"""
+import pytest
+import torch
+
+from tgfr.ops import backends, reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    not backends.is_available("triton", DEVICE), reason="triton not installed (or no GPU and no TRITON_INTERPRET=1)"
+)
+kernels = backends.kernels("triton")
+
+# dtype -> (rtol, atol) of values and gradients against the float64 reference
+LOW_PRECISION = {
+    torch.float32: (1e-5, 1e-6),
+    torch.bfloat16: (3e-2, 2e-2),
+    torch.float16: (4e-3, 3e-3),
+}
+
+
+def _word_region_inputs(shape, gen, ragged=True):
+    B_v, B_t, T, N, D = shape
+    words = torch.nn.functional.normalize(torch.randn(B_t, T, D, generator=gen, dtype=torch.float64), dim=-1)
+    regions = torch.randn(B_v, N, D, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B_t,), generator=gen) if ragged else torch.full((B_t,), T)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    return words, regions, mask
+
+
+def _reference_word_region(words, regions, mask, upstream, gamma1=4.0, gamma2=5.0, eps=1e-8):
+    w = words.double().cpu().requires_grad_()
+    r = regions.double().cpu().requires_grad_()
+    scores = reference.word_region_scores_loop(w, r, mask.cpu(), gamma1, gamma2, eps)
+    (scores * upstream.double().cpu()).sum().backward()
+    return scores.detach(), w.grad, r.grad
+
+
+def _run_word_region(words, regions, mask, upstream, gamma1=4.0, gamma2=5.0, eps=1e-8, **tiles):
+    words, regions, mask, upstream = (x.to(DEVICE) for x in (words, regions, mask, upstream))
+    scores = kernels.word_region_scores_forward(words, regions, mask, gamma1, gamma2, eps, **tiles)
+    grad_words, grad_regions = kernels.word_region_scores_backward(
+        upstream, words, regions, mask, scores, gamma1, gamma2, eps, **tiles
+    )
+    return scores.cpu(), grad_words.cpu(), grad_regions.cpu()
+
+
+def _close(actual, expected, rtol, atol):
+    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol)
+
+
+# (B_v, B_t, T, N, D) and the tiles: captions per block, D chunk
+BOUNDARY_CASES = [
+    ((2, 5, 4, 7, 16), 2, 8),  # T a power of two, D a multiple of the chunk, B_t odd
+    ((3, 4, 3, 5, 10), 4, 4),  # one caption block holding every caption, ragged D tail
+    ((2, 3, 6, 9, 7), 1, 16),  # one caption per block, one D chunk wider than D
+    ((1, 2, 8, 16, 12), 2, 4),  # N a power of two, a single image
+]
+
+
+@pytest.mark.parametrize("shape,caps,block_d", BOUNDARY_CASES, ids=str)
+def test_word_region_block_boundaries_float64(shape, caps, block_d):
+    gen = torch.Generator().manual_seed(7)
+    words, regions, mask = _word_region_inputs(shape, gen)
+    upstream = torch.randn(shape[0], shape[1], generator=gen, dtype=torch.float64)
+    expected = _reference_word_region(words, regions, mask, upstream)
+    actual = _run_word_region(words, regions, mask, upstream, caps=caps, block_d=block_d)
+    for got, want in zip(actual, expected):
+        _close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=str)
+def test_word_region_low_precision_inputs(dtype):
+    gen = torch.Generator().manual_seed(11)
+    words, regions, mask = _word_region_inputs((3, 4, 5, 7, 12), gen)
+    words, regions = words.to(dtype), regions.to(dtype)  # the reference sees the same rounded inputs
+    upstream = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    expected = _reference_word_region(words, regions, mask, upstream)
+    scores, grad_words, grad_regions = _run_word_region(words, regions, mask, upstream.to(dtype), caps=2, block_d=8)
+    assert scores.dtype == grad_words.dtype == grad_regions.dtype == dtype
+    rtol, atol = LOW_PRECISION[dtype]
+    _close(scores, expected[0], rtol, atol)
+    _close(grad_words, expected[1], rtol, atol)
+    _close(grad_regions, expected[2], rtol, atol)
+
+
+def test_word_region_padded_words_are_inert():
+    gen = torch.Generator().manual_seed(3)
+    words, regions, mask = _word_region_inputs((2, 3, 5, 6, 9), gen)
+    mask[1, 2:] = False
+    upstream = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    scores, grad_words, grad_regions = _run_word_region(words, regions, mask, upstream)
+    garbage = words.clone()
+    garbage[~mask] = 1e3 * torch.randn(int((~mask).sum()), 9, generator=gen, dtype=torch.float64)
+    scores_g, grad_words_g, grad_regions_g = _run_word_region(garbage, regions, mask, upstream)
+    torch.testing.assert_close(scores_g, scores, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_regions_g, grad_regions, rtol=1e-12, atol=1e-12)
+    assert torch.all(grad_words_g[~mask] == 0) and torch.all(grad_words[~mask] == 0)
+    assert torch.all(grad_words[mask].abs().sum(-1) > 0)
+
+
+def test_word_region_clamped_cosine_branch():
+    # a word of tiny norm makes |w||c| fall below eps: the cosine is <w,c>/eps there
+    gen = torch.Generator().manual_seed(5)
+    words, regions, mask = _word_region_inputs((2, 2, 4, 5, 6), gen, ragged=False)
+    words[0, 1] *= 1e-4
+    eps = 1e-2
+    upstream = torch.randn(2, 2, generator=gen, dtype=torch.float64)
+    norms = words[0, 1].norm() * regions.norm(dim=-1).max()
+    assert norms < eps  # the branch is really taken
+    expected = _reference_word_region(words, regions, mask, upstream, eps=eps)
+    actual = _run_word_region(words, regions, mask, upstream, eps=eps, caps=1, block_d=4)
+    for got, want in zip(actual, expected):
+        _close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_word_region_rejects_bad_tiles():
+    words, regions, mask = _word_region_inputs((1, 1, 2, 3, 4), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="caps"):
+        kernels.word_region_scores_forward(words, regions, mask, 4.0, 5.0, 1e-8, caps=3)
+    with pytest.raises(ValueError, match="block_d"):
+        kernels.word_region_scores_forward(words, regions, mask, 4.0, 5.0, 1e-8, block_d=6)
+
+
+# --------------------------------------------------------------------------- InfoNCE
+
+
+def _info_nce_inputs(B, D, gen, temperature=0.1):
+    a = torch.nn.functional.normalize(torch.randn(B, D, generator=gen, dtype=torch.float64), dim=1)
+    b = torch.nn.functional.normalize(a + 0.5 * torch.randn(B, D, generator=gen, dtype=torch.float64), dim=1)
+    return a, b, torch.tensor(temperature, dtype=torch.float64)
+
+
+def _reference_info_nce(a, b, temperature, class_ids, grad_loss):
+    a, b, t = (x.double().cpu().requires_grad_() for x in (a, b, temperature))
+    loss = reference.info_nce_reference(a, b, t, class_ids)
+    (loss * grad_loss).backward()
+    return loss.detach(), a.grad, b.grad, t.grad
+
+
+def _run_info_nce(a, b, temperature, class_ids, grad_loss, **tiles):
+    stat_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    a, b, class_ids = a.to(DEVICE), b.to(DEVICE), class_ids.to(DEVICE)
+    temperature = temperature.to(DEVICE, stat_dtype)
+    loss, lse_rows, lse_cols = kernels.info_nce_forward(a, b, temperature, class_ids, **tiles)
+    assert lse_rows.dtype == lse_cols.dtype == loss.dtype == stat_dtype
+    grads = kernels.info_nce_backward(
+        torch.tensor(grad_loss, dtype=stat_dtype, device=DEVICE), a, b, temperature, class_ids, lse_rows, lse_cols,
+        **tiles,
+    )
+    return (loss.cpu(),) + tuple(g.cpu() for g in grads), (lse_rows.cpu(), lse_cols.cpu())
+
+
+@pytest.mark.parametrize(
+    "B,D,block_m,block_n",
+    [(9, 12, 4, 2), (8, 16, 2, 8), (5, 3, 8, 8), (2, 20, 1, 1)],
+    ids=str,
+)
+def test_info_nce_block_boundaries_float64(B, D, block_m, block_n):
+    gen = torch.Generator().manual_seed(B * 100 + D)
+    a, b, temperature = _info_nce_inputs(B, D, gen)
+    class_ids = torch.randint(0, max(1, B // 2), (B,), generator=gen)
+    expected = _reference_info_nce(a, b, temperature, class_ids, grad_loss=0.7)
+    actual, (lse_rows, lse_cols) = _run_info_nce(a, b, temperature, class_ids, 0.7, block_m=block_m, block_n=block_n)
+    for got, want in zip(actual, expected):
+        _close(got, want, rtol=1e-10, atol=1e-12)
+    # the statistics themselves: log-sum-exp of the masked rows and columns
+    logits = (a @ b.t()) / temperature
+    logits = logits.masked_fill(reference.same_identity_mask(class_ids), float("-inf"))
+    _close(lse_rows, torch.logsumexp(logits, dim=1), rtol=1e-12, atol=1e-12)
+    _close(lse_cols, torch.logsumexp(logits, dim=0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=str)
+def test_info_nce_low_precision_inputs(dtype):
+    gen = torch.Generator().manual_seed(13)
+    a, b, temperature = _info_nce_inputs(11, 24, gen, temperature=0.07)
+    a, b = a.to(dtype), b.to(dtype)
+    class_ids = torch.tensor([0, 1, 2, 0, 3, 4, 1, 5, 6, 7, 3])
+    expected = _reference_info_nce(a, b, temperature.float(), class_ids, grad_loss=1.0)
+    actual, _ = _run_info_nce(a, b, temperature, class_ids, 1.0, block_m=4, block_n=8)
+    assert actual[1].dtype == actual[2].dtype == dtype
+    rtol, atol = LOW_PRECISION[dtype]
+    for got, want in zip(actual, expected):
+        _close(got, want, rtol, atol)
+
+
+def test_info_nce_sharp_temperature_stays_finite():
+    # logits up to 1/0.005 = 200: exp would overflow float32 without the running maximum
+    gen = torch.Generator().manual_seed(17)
+    a, b, temperature = _info_nce_inputs(7, 8, gen, temperature=0.005)
+    a, b = a.float(), b.float()
+    class_ids = torch.arange(7)
+    expected = _reference_info_nce(a, b, temperature.float(), class_ids, grad_loss=1.0)
+    actual, _ = _run_info_nce(a, b, temperature, class_ids, 1.0, block_m=2, block_n=4)
+    for got, want in zip(actual, expected):
+        assert torch.isfinite(got).all()
+        _close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_info_nce_rejects_bad_tiles():
+    a, b, temperature = _info_nce_inputs(3, 4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="block_m"):
+        kernels.info_nce_forward(a, b, temperature, torch.arange(3), block_m=3)
+
+
+def test_tf32_switch_only_touches_float32():
+    from tgfr.kernels import _common
+
+    try:
+        kernels.set_allow_tf32(True)
+        assert _common.dot_precision(torch.float32) == "tf32"
+        assert _common.dot_precision(torch.float64) == "ieee"
+    finally:
+        kernels.set_allow_tf32(False)
+    assert _common.dot_precision(torch.float32) == "ieee"
