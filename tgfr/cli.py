@@ -2,20 +2,24 @@
 
     tgfr demo [--out DIR] [--preset demo|smoke] [key=value ...]
     tgfr train (--config FILE | --preset NAME) --out DIR [--resume] [key=value ...]
-    tgfr eval --checkpoint PATH --out DIR [--levels ...] [--modes ...]
+    tgfr eval --checkpoint PATH --out DIR [--levels LEVEL ...] [--modes MODE ...]
     tgfr bench [args ...]
 
-Heavy modules (models, training, benchmarks) are imported only by the command that needs them,
-so ``tgfr --help`` and argument errors answer at once.
+``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``),
+values read as YAML. The benchmark module is imported only by ``tgfr bench``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
+from .data import QUALITY_LEVELS
+from .evaluation import EVAL_MODES
+from .training import PRESETS
+
 DEMO_PRESETS = ("demo", "smoke")
-EVAL_MODES = ("image", "flf", "tgfr")
 
 
 def _override(text: str) -> str:
@@ -51,10 +55,11 @@ def _non_negative_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tgfr", description="Text-guided face recognition: train, evaluate, benchmark.")
+    parser = argparse.ArgumentParser(prog="tgfr", description="Text-guided face recognition: train, evaluate, "
+                                                              "benchmark.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="make the embedded data, train both steps and evaluate, end to end")
+    demo = commands.add_parser("demo", help="make the embedded data, train all steps and evaluate, end to end")
     demo.add_argument("--out", type=Path, default=Path("tgfr-demo"), help="output directory (default: tgfr-demo)")
     demo.add_argument("--preset", choices=DEMO_PRESETS, default="demo", help="training preset (default: demo)")
     demo.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help="config overrides")
@@ -62,64 +67,77 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model from a config file or preset")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=_existing_file, help="YAML config file")
-    source.add_argument("--preset", help="name of a built-in config preset")
-    train.add_argument("--out", type=Path, required=True, help="output directory for checkpoints and logs")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="built-in config preset")
+    train.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help="config overrides")
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained checkpoint on the test split")
-    evaluate.add_argument("--checkpoint", type=_existing_path, required=True, help="checkpoint saved by tgfr train")
+    evaluate = commands.add_parser("eval", help="evaluate a trained checkpoint on its test split")
+    evaluate.add_argument("--checkpoint", type=_existing_path, required=True,
+                          help="checkpoint (or training output directory) of tgfr train")
     evaluate.add_argument("--out", type=Path, required=True, help="output directory for the report")
-    evaluate.add_argument("--levels", nargs="+", metavar="LEVEL", help="probe quality levels (default: all)")
-    evaluate.add_argument("--modes", nargs="+", choices=EVAL_MODES, default=list(EVAL_MODES), help="embedding modes")
+    evaluate.add_argument("--levels", nargs="+", choices=QUALITY_LEVELS, default=list(QUALITY_LEVELS),
+                          help="probe quality levels (default: all)")
+    evaluate.add_argument("--modes", nargs="+", choices=EVAL_MODES, default=list(EVAL_MODES),
+                          help="embedding modes (default: all)")
     evaluate.add_argument("--attention-examples", type=_non_negative_int, default=4, metavar="N",
-                          help="word-region attention heat-maps to draw (0: none)")
+                          help="photos whose word-region attention is drawn (default: 4; 0: none)")
 
     # Listed for the help text only: main() hands everything after "bench" to the benchmark's parser.
     commands.add_parser("bench", help="benchmark the op backends (tgfr bench -h for its options)")
     return parser
 
 
+def _usage_error(command: str, message: str) -> SystemExit:
+    print(f"usage: tgfr {command} ...\ntgfr {command}: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def _load_config(command: str, source, overrides: list[str]):
+    """The config of a preset name or YAML file with overrides; config mistakes end as usage errors."""
+    from .training import load_config
+
+    try:
+        return load_config(source, overrides)
+    except (KeyError, ValueError) as error:  # unknown config key, bad value, non-mapping YAML file
+        raise _usage_error(command, error.args[0] if error.args else str(error)) from error
+
+
 def _print_report(paths: dict[str, Path]) -> None:
     print(paths["markdown"].read_text())
-    print(f"report: {paths['markdown']}  ({paths['json'].name})")
+    print(f"report: {paths['markdown']} and {paths['json'].name}")
     print(f"ROC:    {paths['roc']}")
     if "attention" in paths:
-        print(f"attention maps: {paths['attention']}")
+        print(f"word-region attention: {paths['attention']}")
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    paths = run_demo(args.out, preset=args.preset, overrides=args.overrides)
+    started = time.perf_counter()
+    config = _load_config("demo", args.preset, args.overrides)
+    paths = run_demo(args.out, config, metadata={"preset": args.preset, "overrides": " ".join(args.overrides)})
     _print_report(paths)
+    print(f"total wall time: {time.perf_counter() - started:.1f} s")
     return 0
 
 
 def _run_train(args) -> int:
     from .training import train
 
-    config = str(args.config) if args.config is not None else args.preset
-    train(_load_config(config, args.overrides), args.out, resume=args.resume)
-    print(f"checkpoints in {args.out}")
+    config = _load_config("train", args.config or args.preset, args.overrides)
+    try:
+        checkpoint = train(config, args.out, resume=args.resume)
+    except FileExistsError as error:
+        raise _usage_error("train", str(error)) from error
+    print(f"checkpoint: {checkpoint}")
     return 0
 
 
-def _load_config(config_or_preset: str, overrides: list[str]):
-    from .training import load_config
-
-    return load_config(config_or_preset, overrides)
-
-
 def _run_eval(args) -> int:
-    from .data import QUALITY_LEVELS
     from .evaluation import evaluate_checkpoint
 
-    levels = args.levels or list(QUALITY_LEVELS)
-    unknown = [level for level in levels if level not in QUALITY_LEVELS]
-    if unknown:
-        raise SystemExit(f"tgfr eval: error: --levels must be among {', '.join(QUALITY_LEVELS)}; got {', '.join(unknown)}")
-    paths = evaluate_checkpoint(args.checkpoint, args.out, levels=levels, modes=args.modes,
+    paths = evaluate_checkpoint(args.checkpoint, args.out, levels=args.levels, modes=args.modes,
                                 attention_examples=args.attention_examples)
     _print_report(paths)
     return 0
@@ -140,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         # The benchmark parses its own options, so they pass through untouched.
         return _run_bench(argv[1:])
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args) or 0
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,14 @@
+"""Evaluation: verification and identification metrics, the per-quality-level protocol, reports."""
+from .attention import plot_attention_grid
+from .metrics import (FAR_TARGETS, VerificationResult, area_under_curve, equal_error_rate, min_impostors_for_far,
+                      pair_scores, rank1_accuracy, roc_curve, tar_at_far, verification_metrics)
+from .protocol import (EVAL_MODES, FaceSet, TestProtocol, embed_faces, evaluate, evaluate_checkpoint,
+                       evaluate_face_sets, score_embeddings)
+from .report import Result, markdown_table, plot_roc, write_report
+
+__all__ = [
+    "EVAL_MODES", "FAR_TARGETS", "FaceSet", "Result", "TestProtocol", "VerificationResult", "area_under_curve",
+    "embed_faces", "equal_error_rate", "evaluate", "evaluate_checkpoint", "evaluate_face_sets", "markdown_table",
+    "min_impostors_for_far", "pair_scores", "plot_attention_grid", "plot_roc", "rank1_accuracy", "roc_curve",
+    "score_embeddings", "tar_at_far", "verification_metrics", "write_report",
+]

@@ -165,13 +165,14 @@ def evaluate(model, test_data, out_dir, levels=None, modes=EVAL_MODES, attention
 
 
 def evaluate_checkpoint(checkpoint, out_dir, levels=None, modes=EVAL_MODES, attention_examples: int = 4,
-                        device: str = "cpu") -> dict[str, Path]:
+                        device: str = "auto", metadata: dict | None = None) -> dict[str, Path]:
     """Evaluate a checkpoint of :func:`tgfr.training.train` on the test split of the data it was trained with."""
     from ..data import build_synthetic_splits
     from ..training import config_from_dict, load_model, read_checkpoint, synthetic_config
+    from ..training.loop import resolve_device
 
     config = config_from_dict(read_checkpoint(checkpoint)["config"])
-    model = load_model(checkpoint, device=device)
+    model = load_model(checkpoint, device=resolve_device(device))
     test_data = build_synthetic_splits(synthetic_config(config.data, config.model.image_size, config.seed))["test"]
     return evaluate(model, test_data, out_dir, levels, modes, attention_examples,
-                    metadata={"checkpoint": str(checkpoint)})
+                    metadata={"checkpoint": str(checkpoint), **(metadata or {})})

@@ -91,7 +91,7 @@ def plot_roc(results: list[Result], path: Path) -> None:
         axis.set_title(level)
         axis.set_xlabel("false accept rate")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(loc="lower right", fontsize=8)
+        axis.legend(loc="upper left", fontsize=8)
     axes[0][0].set_ylabel("true accept rate")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
