@@ -9,6 +9,7 @@ import torch
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 
+from tgfr.evaluation import attention as attention_maps
 from tgfr.evaluation import metrics, protocol, report
 
 
@@ -232,6 +233,14 @@ def test_evaluate_face_sets_checks_modes_and_sets():
         protocol.evaluate_face_sets(model, reference, {}, test_protocol)
     with pytest.raises(ValueError, match="one caption and one identity per image"):
         protocol.FaceSet(reference.images, reference.captions[:3], labels)
+
+
+def test_sharpest_words_in_caption_order():
+    generator = torch.Generator().manual_seed(6)
+    attention = torch.softmax(torch.randn(6, 3, 3, generator=generator), dim=-1) * 0.1
+    attention[4, 1, 2], attention[1, 0, 0], attention[3, 2, 2] = 0.9, 0.8, 0.7
+    assert attention_maps.sharpest_words(attention, 3) == [1, 3, 4]
+    assert attention_maps.sharpest_words(attention, 10) == list(range(6))
 
 
 def test_attention_grid_written(tmp_path):

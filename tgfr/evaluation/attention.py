@@ -24,11 +24,19 @@ def _upsample(attention: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return (heat / heat.max().clamp_min(1e-12)).numpy()
 
 
+def sharpest_words(attention: torch.Tensor, count: int) -> list[int]:
+    """Indices, in caption order, of the ``count`` words of ``attention`` [T, h, w] with the highest peak."""
+    peaks = attention.flatten(1).amax(dim=1)
+    return sorted(peaks.topk(min(count, peaks.numel())).indices.tolist())
+
+
 def plot_attention_grid(images, words, attention, path, words_per_image: int = 5) -> Path:
-    """One row per example: the image, then the attention of its first words overlaid on it.
+    """One row per example: the image, then the attention of a few of its caption words overlaid on it.
 
     ``images``: K tensors [3, H, W]; ``words``: K lists of caption words; ``attention``: K tensors
-    [T, h, w] holding, for each word, its attention over the h x w image regions (T >= len(words)).
+    [T, h, w] holding, for word t, its attention over the h x w image regions (T == len(words)).
+    Each row shows the ``words_per_image`` words of :func:`sharpest_words`: function words like
+    "a" or "has" tend to spread their attention and drop out.
     """
     if not len(images) == len(words) == len(attention) or len(images) == 0:
         raise ValueError(
@@ -43,21 +51,18 @@ def plot_attention_grid(images, words, attention, path, words_per_image: int = 5
     columns = 1 + words_per_image
     figure, axes = plt.subplots(len(images), columns, figsize=(1.9 * columns, 2.1 * len(images)), squeeze=False)
     for row, (image, caption_words, word_attention) in enumerate(zip(images, words, attention)):
-        if word_attention.ndim != 3 or word_attention.shape[0] < len(caption_words):
+        if word_attention.ndim != 3 or word_attention.shape[0] != len(caption_words):
             raise ValueError(
-                f"attention[{row}] must be [T, h, w] with T >= {len(caption_words)} words, "
+                f"attention[{row}] must be [T, h, w] with T = {len(caption_words)} words, "
                 f"got shape {tuple(word_attention.shape)}"
             )
         picture = _image_for_display(image)
         axes[row][0].imshow(picture)
         axes[row][0].set_title("image", fontsize=9)
-        for column in range(1, columns):
-            axis = axes[row][column]
-            word_index = column - 1
-            if word_index < len(caption_words):
-                axis.imshow(picture)
-                axis.imshow(_upsample(word_attention[word_index], picture.shape[:2]), cmap="jet", alpha=0.5)
-                axis.set_title(caption_words[word_index], fontsize=9)
+        for axis, word_index in zip(axes[row][1:], sharpest_words(word_attention, words_per_image)):
+            axis.imshow(picture)
+            axis.imshow(_upsample(word_attention[word_index], picture.shape[:2]), cmap="jet", alpha=0.5)
+            axis.set_title(caption_words[word_index], fontsize=9)
         for axis in axes[row]:
             axis.axis("off")
     figure.tight_layout()
