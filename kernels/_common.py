@@ -7,7 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
-TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
+TL_DTYPES = {
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+}
 
 _allow_tf32 = os.environ.get("TGFR_TRITON_ALLOW_TF32", "0") == "1"
 

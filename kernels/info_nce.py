@@ -125,8 +125,8 @@ def _row_grad_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, grad_loss_ptr, lse_x_ptr, 
         if REDUCE_TAU:
             tau_sum += tl.sum(d_logits * logits, axis=1)
     dims = tl.arange(0, BLOCK_D)
-    tl.store(grad_x_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :], (grad * inv_t).to(grad_x_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & (dims < D)[None, :])
+    tl.store(grad_x_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :],
+             (grad * inv_t).to(grad_x_ptr.dtype.element_ty), mask=row_ok[:, None] & (dims < D)[None, :])
     if REDUCE_TAU:
         tl.store(tau_partial_ptr + tl.program_id(0), tl.sum(tau_sum, axis=0))
 

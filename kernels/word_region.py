@@ -50,14 +50,16 @@ from ._common import (
 
 @triton.jit
 def _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS: tl.constexpr, T_PAD: tl.constexpr):
-    """Rows of a caption block: caption index, element offset of the word, real word or not."""
+    """Rows of a caption block: caption index, word offset from the block's first word, real or not.
+
+    Offsets within a block (or an image) are int32; only the block's base is 64-bit.
+    """
     m = tl.arange(0, CAPS * T_PAD)
     caption = kblk * CAPS + m // T_PAD
     t = m % T_PAD
     in_range = (caption < B_t) & (t < T)
-    word_index = caption.to(tl.int64) * T + t
-    real = tl.load(mask_ptr + word_index, mask=in_range, other=0) != 0
-    return caption, word_index * D, real
+    real = tl.load(mask_ptr + caption * T + t, mask=in_range, other=0) != 0
+    return caption, ((m // T_PAD) * T + t) * D, real
 
 
 @triton.jit
@@ -128,9 +130,11 @@ def _scores_forward_kernel(words_ptr, regions_ptr, mask_ptr, scores_ptr, B_t, T,
     image = tl.program_id(0)
     kblk = tl.program_id(1)
     _, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
+    words_ptr += tl.cast(kblk * CAPS, tl.int64) * T * D
+    regions_ptr += image.to(tl.int64) * N * D
     regions = tl.arange(0, N_PAD)
     r_ok = regions < N
-    r_rows = (image.to(tl.int64) * N + regions) * D
+    r_rows = regions * D
 
     _, a = _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, tl.full([], GAMMA1, ACC),
                       CAPS, T_PAD, N_PAD, BLOCK_D, ACC, DOT_DTYPE, INPUT_PRECISION)
@@ -156,16 +160,23 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
     gamma2 = tl.full([], GAMMA2, ACC)
     eps = tl.full([], EPS, ACC)
     image = tl.program_id(0)
+    regions_ptr += image.to(tl.int64) * N * D
+    grad_regions_ptr += image.to(tl.int64) * N * D
     regions = tl.arange(0, N_PAD)
     r_ok = regions < N
-    r_rows = (image.to(tl.int64) * N + regions) * D
+    r_rows = regions * D
 
     for kblk in range(0, tl.cdiv(B_t, CAPS)):
         caption, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
-        p, a = _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
+        block_words_ptr = words_ptr + tl.cast(kblk * CAPS, tl.int64) * T * D
+        block_grad_words_ptr = grad_words_ptr + tl.cast(kblk * CAPS, tl.int64) * T * D
+        p, a = _attention(block_words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
                           CAPS, T_PAD, N_PAD, BLOCK_D, ACC, DOT_DTYPE, INPUT_PRECISION)
+        # P and A live through the whole D walk below: keep them in the input dtype (halves
+        # their registers for 16-bit inputs; exact for float32/float64)
+        p = p.to(in_ty)
         a_in = a.to(in_ty)
-        num, ww, cc = _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
+        num, ww, cc = _cosine_terms(block_words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
                                     CAPS, T_PAD, BLOCK_D, ACC, DOT_DTYPE, INPUT_PRECISION)
         norms = tl.sqrt(ww) * tl.sqrt(cc)
         unclamped = norms > eps
@@ -183,13 +194,15 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
 
         d_attn = tl.zeros([M, N_PAD], ACC)
         for d0 in range(0, D, BLOCK_D):
-            w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
+            w = _load_chunk(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
             r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
             c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
             d_context = alpha[:, None] * w.to(ACC) + beta_c[:, None] * c
             d_attn = dot(d_context.to(in_ty), tl.trans(r), d_attn, DOT_DTYPE, INPUT_PRECISION)
         # back through eq. 4 (softmax along the row) and eq. 3 (softmax down the caption's column)
+        a = a_in.to(ACC)
         d_p = gamma1 * a * (d_attn - tl.sum(d_attn * a, axis=1)[:, None])
+        p = p.to(ACC)
         col_dot = tl.sum(tl.reshape(d_p * p, [CAPS, T_PAD, N_PAD]), axis=1)
         d_s = p * (d_p - tl.reshape(tl.broadcast_to(col_dot[:, None, :], [CAPS, T_PAD, N_PAD]), [M, N_PAD]))
         d_s_in = d_s.to(in_ty)
@@ -197,7 +210,7 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         for d0 in range(0, D, BLOCK_D):
             dims = d0 + tl.arange(0, BLOCK_D)
             d_ok = dims < D
-            w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
+            w = _load_chunk(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
             r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
             c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
             d_context = alpha[:, None] * w.to(ACC) + beta_c[:, None] * c
@@ -208,7 +221,8 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
             tl.store(r_ptrs, tl.load(r_ptrs, mask=r_mask, other=0.0) + d_r, mask=r_mask)
             d_w = dot(d_s_in, r, None, DOT_DTYPE, INPUT_PRECISION)
             d_w += alpha[:, None] * c + beta_w[:, None] * w.to(ACC)
-            tl.atomic_add(grad_words_ptr + w_rows[:, None] + dims[None, :], d_w, mask=w_ok[:, None] & d_ok[None, :])
+            tl.atomic_add(block_grad_words_ptr + w_rows[:, None] + dims[None, :], d_w,
+                          mask=w_ok[:, None] & d_ok[None, :])
         # the next caption block reloads grad_regions rows, possibly in other threads of this program
         tl.debug_barrier()
 
