@@ -227,31 +227,45 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         tl.debug_barrier()
 
 
-def _launch_config(words: torch.Tensor, regions: torch.Tensor, rows_per_program: int, caps: int | None,
+# GPU tiles per (pass, operand kind): (words per block, BLOCK_D, num_warps, num_stages).
+# Picked by compiling for sm_90 and reading ptxas' register, spill and SMEM usage at
+# T_PAD = 32, N_PAD = 256: the backward holds three [M, N_PAD] tiles through a D walk, so
+# it takes half the words and narrower D chunks. "fp32" covers IEEE and TF32 products.
+# Pipelining (num_stages) prefetches only loads that feed products (words, regions) within
+# one D walk, never the grad_regions rows the backward reads back across caption blocks.
+_GPU_TILES = {
+    ("forward", "16bit"): (64, 32, 8, 2),
+    ("backward", "16bit"): (32, 16, 8, 2),
+    ("forward", "fp32"): (32, 16, 8, 2),
+    ("backward", "fp32"): (32, 16, 8, 2),
+    ("forward", "fp64"): (32, 16, 4, 1),
+    ("backward", "fp64"): (32, 16, 4, 1),
+}
+
+
+def _launch_config(words: torch.Tensor, regions: torch.Tensor, kernel: str, caps: int | None,
                    block_d: int | None) -> dict:
-    """Tile sizes: ``CAPS`` captions of ``T_PAD`` words per block, all regions, ``BLOCK_D`` chunks.
+    """Tiles of ``kernel`` ("forward" or "backward"): ``CAPS`` captions of ``T_PAD`` words per block,
+    all ``N_PAD`` regions, ``BLOCK_D`` chunks of the embedding.
 
     ``caps``/``block_d`` override the choice (tests use them to cross block boundaries).
     """
-    T, N, D = words.shape[1], regions.shape[1], words.shape[2]
+    T, N = words.shape[1], regions.shape[1]
     t_pad = next_power_of_2(T)
     n_pad = next_power_of_2(N)
     if interpreted():
-        config = dict(CAPS=2, BLOCK_D=8, num_warps=4)
+        tile_caps, tile_d, num_warps, num_stages = 2, 8, 4, 1
     else:
-        # tensor-core products need M, N_PAD and BLOCK_D >= 16
+        kind = {torch.float64: "fp64", torch.float32: "fp32"}.get(words.dtype, "16bit")
+        rows, tile_d, num_warps, num_stages = _GPU_TILES[kernel, kind]
+        # M = CAPS * T_PAD rows; products need M, N_PAD >= 16 (T_PAD <= 16 gives M >= rows)
+        tile_caps = max(1, rows // t_pad)
         n_pad = max(16, n_pad)
-        config = dict(CAPS=max(1, rows_per_program // t_pad), BLOCK_D=min(64, max(16, next_power_of_2(D))),
-                      num_warps=8 if n_pad >= 128 else 4)
-    config["CAPS"] = caps or config["CAPS"]
-    config["BLOCK_D"] = block_d or config["BLOCK_D"]
+    config = dict(CAPS=caps or tile_caps, BLOCK_D=block_d or tile_d, num_warps=num_warps, num_stages=num_stages)
     check_block("caps", config["CAPS"])
     check_block("block_d", config["BLOCK_D"])
     config.update(T_PAD=t_pad, N_PAD=n_pad, ACC=TL_DTYPES[accumulation_dtype(words.dtype)],
-                  DOT_DTYPE=dot_operand_dtype(words.dtype), INPUT_PRECISION=dot_precision(words.dtype),
-                  # pipelining prefetches only loads that feed products (words, regions) within one
-                  # D walk, never the grad_regions rows read back across caption blocks
-                  num_stages=2)
+                  DOT_DTYPE=dot_operand_dtype(words.dtype), INPUT_PRECISION=dot_precision(words.dtype))
     return config
 
 
@@ -259,7 +273,7 @@ def word_region_scores_forward(words, regions, word_mask, gamma1, gamma2, eps,
                                caps: int | None = None, block_d: int | None = None):
     """``scores[B_v, B_t]``; ``caps``/``block_d`` override the tile sizes."""
     (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
-    config = _launch_config(words, regions, 64, caps, block_d)
+    config = _launch_config(words, regions, "forward", caps, block_d)
     scores = torch.empty(B_v, B_t, dtype=words.dtype, device=words.device)
     grid = (B_v, triton.cdiv(B_t, config["CAPS"]))
     _scores_forward_kernel[grid](words, regions, word_mask.view(torch.uint8), scores, B_t, T, N, D,
@@ -271,7 +285,7 @@ def word_region_scores_backward(grad_scores, words, regions, word_mask, scores, 
                                 caps: int | None = None, block_d: int | None = None):
     """``(grad_words, grad_regions)``; ``scores`` are recomputed in the accumulation dtype instead of read."""
     (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
-    config = _launch_config(words, regions, 32, caps, block_d)
+    config = _launch_config(words, regions, "backward", caps, block_d)
     acc_dtype = accumulation_dtype(words.dtype)
     grad_words = torch.zeros(words.shape, dtype=acc_dtype, device=words.device)
     grad_regions = torch.zeros(regions.shape, dtype=acc_dtype, device=regions.device)
