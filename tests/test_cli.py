@@ -1,4 +1,5 @@
 """The tgfr command line: argument parsing, errors and forwarding; an end-to-end demo run."""
+import json
 import sys
 import types
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tgfr import cli
+from tgfr.data import QUALITY_LEVELS
 
 
 def _parse(*argv):
@@ -51,6 +53,29 @@ def test_bad_arguments_are_named(capsys, tmp_path):
     assert "COMMAND" in _parse_error(capsys)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.nope=3", "unknown config key 'model.nope'"),
+    ("align.epochs=[1", "not valid YAML"),
+])
+def test_config_mistakes_are_usage_errors(capsys, tmp_path, override, message):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["train", "--preset", "smoke", "--out", str(tmp_path / "run"), override])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_to_overwrite_a_run(capsys, tmp_path):
+    from tgfr.training.checkpoint import CHECKPOINT_NAME
+
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"a run")
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["train", "--preset", "smoke", "--out", str(tmp_path)])
+    assert raised.value.code == 2
+    assert "add --resume" in capsys.readouterr().err
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == b"a run"
+
+
 def test_eval_arguments(tmp_path):
     args = _parse("eval", "--checkpoint", str(tmp_path), "--out", "o", "--modes", "image", "tgfr",
                   "--levels", "normal", "bad")
@@ -66,3 +91,24 @@ def test_bench_forwards_every_argument(monkeypatch):
     monkeypatch.setattr("tgfr.bench", fake_bench, raising=False)
     assert cli.main(["bench", "--quick", "--repeats", "2", "-h"]) == 3
     assert received == [["--quick", "--repeats", "2", "-h"]]
+
+
+@pytest.mark.slow
+def test_demo_smoke(tmp_path, capsys):
+    """The README's command end to end on the smoke preset: data, all training steps, evaluation, report."""
+    assert cli.main(["demo", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "total wall time" in printed and str(tmp_path / "roc.png") in printed
+
+    table_rows = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| ")]
+    document = json.loads((tmp_path / "report.json").read_text())
+    for mode in ("image", "flf", "tgfr"):
+        levels = [row["level"] for row in document["results"] if row["mode"] == mode]
+        assert levels == list(QUALITY_LEVELS)
+    for row in document["results"]:
+        assert 0.0 <= row["eer"] <= 1.0 and 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["rank1"] <= 1.0
+        assert row["num_impostor_pairs"] >= 100_000  # every TAR@FAR column is resolved
+    assert len(table_rows) == 2 + 3 * len(QUALITY_LEVELS)
+    assert all(f"| {level} |" in "".join(table_rows) for level in QUALITY_LEVELS)
+    assert (tmp_path / "roc.png").stat().st_size > 10_000
+    assert (tmp_path / "attention.png").stat().st_size > 10_000

@@ -95,12 +95,16 @@ def _usage_error(command: str, message: str) -> SystemExit:
 
 def _load_config(command: str, source, overrides: list[str]):
     """The config of a preset name or YAML file with overrides; config mistakes end as usage errors."""
+    import yaml
+
     from .training import load_config
 
     try:
         return load_config(source, overrides)
     except (KeyError, ValueError) as error:  # unknown config key, bad value, non-mapping YAML file
         raise _usage_error(command, error.args[0] if error.args else str(error)) from error
+    except yaml.YAMLError as error:  # a config file or override value that is not YAML
+        raise _usage_error(command, f"not valid YAML: {error}") from error
 
 
 def _print_report(paths: dict[str, Path]) -> None:
@@ -129,7 +133,8 @@ def _run_train(args) -> int:
     try:
         checkpoint = train(config, args.out, resume=args.resume)
     except FileExistsError as error:
-        raise _usage_error("train", str(error)) from error
+        message = f"{args.out} already holds a training run: add --resume to continue it, or choose another --out"
+        raise _usage_error("train", message) from error
     print(f"checkpoint: {checkpoint}")
     return 0
 
