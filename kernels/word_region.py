@@ -17,10 +17,11 @@ twice more: once for ``dA = dC R^T`` and once for the input gradients. Gradient
 accumulation without races:
 
 * ``d_regions[i]`` sums over every caption. A backward program owns image ``i``
-  and loops over all caption blocks, so it adds into its own rows of a float32
-  (float64) buffer with plain loads and stores; a barrier after each caption block
-  makes the stores visible to the threads of the program that load them next.
-  Atomics here would cost ``N * D`` per caption block.
+  and loops over a group of caption blocks (all of them unless ``B_v`` is too small
+  to fill the GPU), so it adds into its own rows of a float32 (float64) buffer, one
+  per group, with plain loads and stores; a barrier after each caption block makes
+  the stores visible to the threads of the program that load them next. The groups'
+  buffers are summed at the end. Atomics here would cost ``N * D`` per caption block.
 * ``d_words[k]`` sums over every image and is added with float32 (float64) atomics,
   ``M * D`` per (image, caption block): the smaller of the two, since ``T < N``.
   The order of the additions varies, so ``d_words`` is not bitwise deterministic.
@@ -149,24 +150,30 @@ def _scores_forward_kernel(words_ptr, regions_ptr, mask_ptr, scores_ptr, B_t, T,
 
 @triton.jit
 def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, grad_words_ptr, grad_regions_ptr,
-                            B_t, T, N, D,
+                            B_t, T, N, D, blocks_per_group,
                             GAMMA1: tl.constexpr, GAMMA2: tl.constexpr, EPS: tl.constexpr,
                             CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
                             ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """One program per image: adds its ``grad_regions`` rows itself, ``grad_words`` atomically."""
+    """One program per (image, group of caption blocks).
+
+    It adds into its own ``grad_regions[group, image]`` rows with plain loads and stores,
+    and into ``grad_words`` atomically.
+    """
     M: tl.constexpr = CAPS * T_PAD
     in_ty = regions_ptr.dtype.element_ty
     gamma1 = tl.full([], GAMMA1, ACC)
     gamma2 = tl.full([], GAMMA2, ACC)
     eps = tl.full([], EPS, ACC)
     image = tl.program_id(0)
+    group = tl.program_id(1)
     regions_ptr += image.to(tl.int64) * N * D
-    grad_regions_ptr += image.to(tl.int64) * N * D
+    grad_regions_ptr += (group.to(tl.int64) * tl.num_programs(0) + image) * N * D
     regions = tl.arange(0, N_PAD)
     r_ok = regions < N
     r_rows = regions * D
 
-    for kblk in range(0, tl.cdiv(B_t, CAPS)):
+    first_block = group * blocks_per_group
+    for kblk in range(first_block, tl.minimum(first_block + blocks_per_group, tl.cdiv(B_t, CAPS))):
         caption, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
         block_words_ptr = words_ptr + tl.cast(kblk * CAPS, tl.int64) * T * D
         block_grad_words_ptr = grad_words_ptr + tl.cast(kblk * CAPS, tl.int64) * T * D
@@ -281,15 +288,40 @@ def word_region_scores_forward(words, regions, word_mask, gamma1, gamma2, eps,
     return scores
 
 
+def _caption_groups(regions: torch.Tensor, caption_blocks: int) -> int:
+    """How many groups the caption blocks of the backward are split into.
+
+    One program per image leaves SMs idle when ``B_v`` is small; splitting the captions
+    into groups gives each (image, group) program its own ``grad_regions`` copy, summed
+    afterwards. Aim at two programs per SM with the extra copies under 64 MB.
+    """
+    if regions.device.type != "cuda":
+        return 1
+    B_v = regions.shape[0]
+    sms = torch.cuda.get_device_properties(regions.device).multi_processor_count
+    copy_bytes = regions[0].numel() * B_v * accumulation_dtype(regions.dtype).itemsize
+    wanted = triton.cdiv(2 * sms, B_v)
+    affordable = 1 + (64 << 20) // copy_bytes
+    return max(1, min(wanted, affordable, caption_blocks))
+
+
 def word_region_scores_backward(grad_scores, words, regions, word_mask, scores, gamma1, gamma2, eps,
-                                caps: int | None = None, block_d: int | None = None):
-    """``(grad_words, grad_regions)``; ``scores`` are recomputed in the accumulation dtype instead of read."""
+                                caps: int | None = None, block_d: int | None = None,
+                                caption_groups: int | None = None):
+    """``(grad_words, grad_regions)``; ``scores`` are recomputed in the accumulation dtype instead of read.
+
+    ``caps``/``block_d`` override the tiles and ``caption_groups`` the split of the captions.
+    """
     (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
     config = _launch_config(words, regions, "backward", caps, block_d)
+    caption_blocks = triton.cdiv(B_t, config["CAPS"])
+    blocks_per_group = triton.cdiv(caption_blocks, caption_groups or _caption_groups(regions, caption_blocks))
+    groups = triton.cdiv(caption_blocks, blocks_per_group)
     acc_dtype = accumulation_dtype(words.dtype)
     grad_words = torch.zeros(words.shape, dtype=acc_dtype, device=words.device)
-    grad_regions = torch.zeros(regions.shape, dtype=acc_dtype, device=regions.device)
-    _scores_backward_kernel[(B_v,)](grad_scores, words, regions, word_mask.view(torch.uint8), grad_words,
-                                    grad_regions, B_t, T, N, D,
-                                    GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
+    grad_regions = torch.zeros((groups,) + tuple(regions.shape), dtype=acc_dtype, device=regions.device)
+    _scores_backward_kernel[(B_v, groups)](grad_scores, words, regions, word_mask.view(torch.uint8), grad_words,
+                                           grad_regions, B_t, T, N, D, blocks_per_group,
+                                           GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
+    grad_regions = grad_regions[0] if groups == 1 else grad_regions.sum(0)
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)

@@ -43,11 +43,12 @@ def _reference_word_region(words, regions, mask, upstream, gamma1=4.0, gamma2=5.
     return scores.detach(), w.grad, r.grad
 
 
-def _run_word_region(words, regions, mask, upstream, gamma1=4.0, gamma2=5.0, eps=1e-8, **tiles):
+def _run_word_region(words, regions, mask, upstream, gamma1=4.0, gamma2=5.0, eps=1e-8, caption_groups=None,
+                     **tiles):
     words, regions, mask, upstream = (x.to(DEVICE) for x in (words, regions, mask, upstream))
     scores = kernels.word_region_scores_forward(words, regions, mask, gamma1, gamma2, eps, **tiles)
     grad_words, grad_regions = kernels.word_region_scores_backward(
-        upstream, words, regions, mask, scores, gamma1, gamma2, eps, **tiles
+        upstream, words, regions, mask, scores, gamma1, gamma2, eps, caption_groups=caption_groups, **tiles
     )
     return scores.cpu(), grad_words.cpu(), grad_regions.cpu()
 
@@ -56,22 +57,22 @@ def _close(actual, expected, rtol, atol):
     torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol)
 
 
-# (B_v, B_t, T, N, D) and the tiles: captions per block, D chunk
+# (B_v, B_t, T, N, D), the tiles (captions per block, D chunk) and the backward's caption groups
 BOUNDARY_CASES = [
-    ((2, 5, 4, 7, 16), 2, 8),  # T a power of two, D a multiple of the chunk, B_t odd
-    ((3, 4, 3, 5, 10), 4, 4),  # one caption block holding every caption, ragged D tail
-    ((2, 3, 6, 9, 7), 1, 16),  # one caption per block, one D chunk wider than D
-    ((1, 2, 8, 16, 12), 2, 4),  # N a power of two, a single image
+    ((2, 5, 4, 7, 16), 2, 8, 2),  # T a power of two, D a multiple of the chunk, B_t odd, uneven groups
+    ((3, 4, 3, 5, 10), 4, 4, 1),  # one caption block holding every caption, ragged D tail
+    ((2, 3, 6, 9, 7), 1, 16, 3),  # one caption per block and per group, one D chunk wider than D
+    ((1, 2, 8, 16, 12), 2, 4, 1),  # N a power of two, a single image
 ]
 
 
-@pytest.mark.parametrize("shape,caps,block_d", BOUNDARY_CASES, ids=str)
-def test_word_region_block_boundaries_float64(shape, caps, block_d):
+@pytest.mark.parametrize("shape,caps,block_d,groups", BOUNDARY_CASES, ids=str)
+def test_word_region_block_boundaries_float64(shape, caps, block_d, groups):
     gen = torch.Generator().manual_seed(7)
     words, regions, mask = _word_region_inputs(shape, gen)
     upstream = torch.randn(shape[0], shape[1], generator=gen, dtype=torch.float64)
     expected = _reference_word_region(words, regions, mask, upstream)
-    actual = _run_word_region(words, regions, mask, upstream, caps=caps, block_d=block_d)
+    actual = _run_word_region(words, regions, mask, upstream, caps=caps, block_d=block_d, caption_groups=groups)
     for got, want in zip(actual, expected):
         _close(got, want, rtol=1e-10, atol=1e-12)
 
