@@ -25,11 +25,13 @@ class WordProjection(nn.Module):
 
     def __init__(self, in_features: int, dim: int = 256, kernel_sizes=CNN_KERNEL_SIZES):
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv1d(in_features, dim, k, padding="same") for k in kernel_sizes)
+        self.convs = nn.ModuleList(nn.Conv1d(in_features, dim, k) for k in kernel_sizes)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (tokens * mask.unsqueeze(-1)).transpose(1, 2)  # [B, C, T]
-        words = torch.stack([conv(x) for conv in self.convs]).amax(0).transpose(1, 2)  # [B, T, D]
+        # 'same' padding, the extra zero of even kernels on the right
+        outputs = [conv(F.pad(x, ((conv.kernel_size[0] - 1) // 2, conv.kernel_size[0] // 2))) for conv in self.convs]
+        words = torch.stack(outputs).amax(0).transpose(1, 2)  # [B, T, D]
         words = F.normalize(words, dim=-1)
         caption = words.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
         return words, F.normalize(caption, dim=-1)

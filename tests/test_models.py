@@ -1,0 +1,376 @@
+"""TGFR models: iResNet and its checkpoint layouts, caption encoders, heads, the FCAM loss, the full model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgfr.models import (
+    FCFM,
+    IMIM,
+    ArcFaceHead,
+    BiLSTMTextEncoder,
+    FCAMLoss,
+    FCAMWeights,
+    HFTextEncoder,
+    IResNet,
+    ModelConfig,
+    TGFRModel,
+    Vocabulary,
+    WordProjection,
+    iresnet18,
+    load_adaface_iresnet,
+    load_arcface_iresnet,
+    tokenize,
+)
+
+CAPTIONS = [
+    "A young woman with long blond hair and blue eyes.",
+    "An old man with a grey beard, wearing glasses.",
+    "She has brown hair, a small nose and is smiling.",
+    "The middle-aged man has short black hair and a big nose.",
+]
+# words the model never saw in training, to exercise <unk>
+OTHER_CAPTION = "A freckled person with auburn curls."
+SMALL = dict(image_size=32, image_width=8, text_embedding_dim=16, text_hidden=16, dim=32, embedding_size=24,
+             fusion_heads=2, max_words=16)
+
+
+@pytest.fixture
+def vocabulary():
+    return Vocabulary.from_captions(CAPTIONS)
+
+
+def _randomise(module: nn.Module, seed: int) -> nn.Module:
+    """Random weights and BatchNorm statistics, so that a wrong mapping changes the outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=generator)
+                tensor.copy_(values + 0.5 if "running_var" in name else values - 0.5)
+    return module.eval()
+
+
+# ---------------------------------------------------------------- iResNet
+
+
+def test_iresnet18_gives_512_global_and_256x14x14_regions_at_112():
+    model = iresnet18().eval()
+    feature, regions = model(torch.randn(2, 3, 112, 112))
+    assert feature.shape == (2, 512)
+    assert regions.shape == (2, 256, 14, 14)
+    assert sum(p.numel() for p in model.parameters()) > 20_000_000  # the real iResNet-18, not a stand-in
+
+
+def test_small_iresnet_regions_follow_width_and_input_size():
+    model = IResNet((1, 1, 1, 1), base_width=8, input_size=32, embedding_size=40)
+    feature, regions = model(torch.randn(3, 3, 32, 32))
+    assert feature.shape == (3, 40)
+    assert regions.shape == (3, 32, 4, 4)
+    assert (model.region_channels, model.region_size) == (32, 4)
+
+
+def test_iresnet_rejects_wrong_input_shape():
+    model = IResNet((1, 1, 1, 1), base_width=8, input_size=32)
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, 32, 32\]"):
+        model(torch.randn(2, 3, 48, 48))
+    with pytest.raises(ValueError, match="divisible by 16"):
+        IResNet(input_size=40)
+
+
+def test_arcface_checkpoint_round_trip_in_insightface_layout(tmp_path):
+    model = _randomise(IResNet((2, 1, 2, 1), base_width=8, input_size=32, embedding_size=64), seed=1)
+    state = model.state_dict()
+    for key in ("conv1.weight", "bn1.running_mean", "prelu.weight", "layer1.0.bn1.weight",
+                "layer1.0.downsample.0.weight", "layer3.1.conv2.weight", "bn2.weight", "fc.weight",
+                "features.running_var"):
+        assert key in state
+    path = tmp_path / "backbone.pth"
+    torch.save(state, path)
+    loaded = load_arcface_iresnet(path, input_size=32).eval()
+    assert loaded.layers == (2, 1, 2, 1) and loaded.base_width == 8
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x)[0], model(x)[0])
+
+
+def test_arcface_loader_names_missing_and_unexpected_keys(tmp_path):
+    state = IResNet((1, 1, 1, 1), base_width=8, input_size=32).state_dict()
+    del state["layer2.0.bn3.weight"]
+    state["head.kernel"] = torch.zeros(3)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"(?s)missing keys \(1\).*layer2\.0\.bn3\.weight.*unexpected keys \(1\).*head\.kernel"):
+        load_arcface_iresnet(path, input_size=32)
+
+
+def test_loaders_reject_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        load_arcface_iresnet(tmp_path / "none.pth")
+
+
+class _AdaFaceBlock(nn.Module):
+    """AdaFace ``net.py`` BasicBlockIR, written with its own naming."""
+
+    def __init__(self, in_channel, depth, stride):
+        super().__init__()
+        if in_channel == depth:
+            self.shortcut_layer = nn.MaxPool2d(1, stride)
+        else:
+            self.shortcut_layer = nn.Sequential(nn.Conv2d(in_channel, depth, 1, stride, bias=False),
+                                                nn.BatchNorm2d(depth))
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_channel), nn.Conv2d(in_channel, depth, 3, 1, 1, bias=False), nn.BatchNorm2d(depth),
+            nn.PReLU(depth), nn.Conv2d(depth, depth, 3, stride, 1, bias=False), nn.BatchNorm2d(depth))
+
+    def forward(self, x):
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class _AdaFaceBackbone(nn.Module):
+    """AdaFace ``net.py`` Backbone (IR, 2 units per stage), scaled down."""
+
+    def __init__(self, width=8, size=32):
+        super().__init__()
+        self.input_layer = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                         nn.PReLU(width))
+        units, in_channel = [], width
+        for depth in (width, 2 * width, 4 * width, 8 * width):
+            units += [_AdaFaceBlock(in_channel, depth, 2), _AdaFaceBlock(depth, depth, 1)]
+            in_channel = depth
+        self.body = nn.Sequential(*units)
+        final = size // 16
+        self.output_layer = nn.Sequential(nn.BatchNorm2d(in_channel, affine=False), nn.Dropout(0.4), nn.Flatten(),
+                                          nn.Linear(in_channel * final * final, 512),
+                                          nn.BatchNorm1d(512, affine=False))
+
+    def forward(self, x):
+        out = self.output_layer(self.body(self.input_layer(x)))
+        return F.normalize(out, dim=1)
+
+
+def test_adaface_checkpoint_matches_the_adaface_network(tmp_path):
+    reference = _randomise(_AdaFaceBackbone(), seed=2)
+    state = {f"model.{k}": v for k, v in reference.state_dict().items()}
+    state["head.kernel"] = torch.randn(512, 10)  # the margin head is not part of the backbone
+    path = tmp_path / "adaface_ir18.ckpt"
+    torch.save({"epoch": 3, "state_dict": state}, path)
+    model = load_adaface_iresnet(path, input_size=32).eval()
+    assert model.variant == "adaface"
+    rgb = torch.rand(2, 3, 32, 32) * 2 - 1
+    # AdaFace was trained on BGR: the loaded model takes RGB and flips it
+    torch.testing.assert_close(F.normalize(model(rgb)[0], dim=1), reference(rgb.flip(1)))
+
+
+def test_adaface_loader_reports_a_wrong_depth(tmp_path):
+    state = {f"model.{k}": v for k, v in _AdaFaceBackbone().state_dict().items()}
+    path = tmp_path / "ir.ckpt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(ValueError, match="unexpected keys"):
+        load_adaface_iresnet(path, layers=(1, 1, 1, 1), input_size=32)
+
+
+# ---------------------------------------------------------------- caption encoders
+
+
+def test_tokenize_and_vocabulary(vocabulary):
+    assert tokenize("Middle-aged, BLOND hair!") == ["middle", "aged", "blond", "hair"]
+    assert vocabulary.words[:2] == ["<pad>", "<unk>"]
+    ids, mask = vocabulary.encode([CAPTIONS[0], OTHER_CAPTION], max_length=5)
+    assert ids.shape == mask.shape == (2, 5)
+    assert mask.all()  # both captions have at least 5 words
+    assert (ids[1] == 1).sum() >= 3  # freckled, person, auburn, curls are unknown
+    with pytest.raises(ValueError, match=r"captions \[1\] have none"):
+        vocabulary.encode(["a man", "..."], max_length=8)
+
+
+def test_bilstm_encoder_shapes_and_mask(vocabulary):
+    torch.manual_seed(0)
+    encoder = BiLSTMTextEncoder(vocabulary, embedding_dim=12, hidden_size=10, max_length=6).eval()
+    tokens, mask = encoder(["a man", CAPTIONS[1]])
+    assert tokens.shape == (2, 6, 20)
+    assert mask.tolist() == [[True, True, False, False, False, False], [True] * 6]
+    # a caption's features do not depend on the captions batched with it
+    alone, _ = encoder(["a man"])
+    torch.testing.assert_close(alone[0], tokens[0, :2])
+
+
+def _save_tiny_bert(path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w for c in CAPTIONS for w in tokenize(c)})
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
+    config = BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+
+
+def _save_tiny_clip(path):
+    """A full (text + vision) CLIP with a BERT word-piece tokenizer: only the text tower must load."""
+    from transformers import CLIPConfig, CLIPModel
+
+    _save_tiny_bert(path)  # leaves the tokenizer files; the BERT weights are overwritten below
+    (path / "model.safetensors").unlink()
+    vocab_size = len((path / "vocab.txt").read_text().split())
+    config = CLIPConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64, eos_token_id=3, bos_token_id=2,
+                         pad_token_id=0),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        projection_dim=8,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path)
+
+
+@pytest.mark.parametrize("save, model_type", [(_save_tiny_bert, "bert"), (_save_tiny_clip, "clip")])
+def test_hf_text_encoder_loads_local_models(tmp_path, save, model_type):
+    save(tmp_path)
+    encoder = HFTextEncoder(tmp_path, max_length=32).eval()
+    assert encoder.model_type == model_type
+    assert type(encoder.model).__name__ == ("BertModel" if model_type == "bert" else "CLIPTextModel")
+    tokens, mask = encoder([CAPTIONS[0], "a man"])
+    assert tokens.shape[0] == 2 and tokens.shape[2] == encoder.output_size == 16
+    # special tokens ([CLS], [SEP]) and padding are not words
+    assert mask.sum(1).tolist() == [len(tokenize(CAPTIONS[0])) + 1, 2]  # "." is a word piece
+
+
+def test_hf_text_encoder_needs_a_local_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        HFTextEncoder(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- heads
+
+
+def test_word_projection_is_unit_norm_and_ignores_padding():
+    torch.manual_seed(0)
+    projection = WordProjection(12, dim=20)
+    tokens = torch.randn(2, 7, 12)
+    mask = torch.tensor([[True] * 4 + [False] * 3, [True] * 7])
+    words, caption = projection(tokens, mask)
+    assert words.shape == (2, 7, 20) and caption.shape == (2, 20)
+    torch.testing.assert_close(words.norm(dim=-1), torch.ones(2, 7))
+    torch.testing.assert_close(caption.norm(dim=-1), torch.ones(2))
+    # the first caption padded to 7 tokens equals the same caption alone (padding = the conv's zero padding)
+    alone_words, alone_caption = projection(tokens[:1, :4], mask[:1, :4])
+    torch.testing.assert_close(words[0, :4], alone_words[0])
+    torch.testing.assert_close(caption[0], alone_caption[0])
+    torch.testing.assert_close(caption[0], F.normalize(words[0, :4].amax(0), dim=0))
+
+
+def test_imim_projects_regions_to_the_shared_width():
+    torch.manual_seed(0)
+    imim = IMIM(in_channels=24, dim=32)
+    regions = imim(torch.randn(3, 24, 5, 6))
+    assert regions.shape == (3, 30, 32)
+    assert isinstance(IMIM(32, 32).input, nn.Identity)
+
+
+def test_fcfm_ignores_padded_words():
+    torch.manual_seed(0)
+    fcfm = FCFM(dim=16, image_features=12, heads=2, embedding_size=10).eval()
+    words, regions = torch.randn(2, 6, 16), torch.randn(2, 9, 16)
+    caption, image_global, feature = torch.randn(2, 16), torch.randn(2, 16), torch.randn(2, 12)
+    mask = torch.tensor([[True, True, True, False, False, False], [True] * 6])
+    fused = fcfm(words, mask, caption, regions, image_global, feature)
+    assert fused.shape == (2, 10)
+    changed = words.clone()
+    changed[0, 3:] = 100.0
+    torch.testing.assert_close(fcfm(changed, mask, caption, regions, image_global, feature), fused)
+
+
+def test_arcface_head_without_margin_is_scaled_cosine_softmax():
+    torch.manual_seed(0)
+    head = ArcFaceHead(8, 5, scale=16.0, margin=0.0)
+    x, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    cos = F.normalize(x) @ F.normalize(head.weight).t()
+    torch.testing.assert_close(head(x, labels), F.cross_entropy(16.0 * cos, labels))
+    # the margin makes the target harder: the loss grows
+    with_margin = ArcFaceHead(8, 5, scale=16.0, margin=0.5)
+    with_margin.load_state_dict(head.state_dict())
+    assert with_margin(x, labels) > head(x, labels)
+
+
+# ---------------------------------------------------------------- FCAM loss and the full model
+
+
+def _model(vocabulary, **overrides):
+    torch.manual_seed(0)
+    return TGFRModel(ModelConfig(**{**SMALL, **overrides}), vocabulary)
+
+
+def test_embed_modes_give_unit_embeddings(vocabulary):
+    model = _model(vocabulary).eval()
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    for mode, width in (("image", 512), ("flf", 24), ("tgfr", 24)):
+        out = model.embed(images, CAPTIONS, mode)
+        assert out.shape == (4, width)
+        torch.testing.assert_close(out.norm(dim=-1), torch.ones(4))
+    # image-only ignores the captions; the fusions depend on them
+    torch.testing.assert_close(model.embed(images, None, "image"), model.embed(images, CAPTIONS, "image"))
+    swapped = CAPTIONS[1:] + CAPTIONS[:1]
+    assert not torch.allclose(model.embed(images, swapped, "tgfr"), model.embed(images, CAPTIONS, "tgfr"))
+
+
+def test_embed_rejects_bad_arguments(vocabulary):
+    model = _model(vocabulary).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        model.embed(images, CAPTIONS[:2], "text")
+    with pytest.raises(ValueError, match="needs one caption per image: 2 images, 3 captions"):
+        model.embed(images, CAPTIONS[:3], "tgfr")
+    with pytest.raises(TypeError, match="list of strings"):
+        model.encode_text("a man")
+
+
+def test_word_region_attention_rows_are_distributions(vocabulary):
+    model = _model(vocabulary)
+    tokens, attention = model.word_region_attention(torch.rand(3, 32, 32), CAPTIONS[1])
+    assert tokens == tokenize(CAPTIONS[1])
+    assert attention.shape == (len(tokens), 4, 4)
+    torch.testing.assert_close(attention.sum((1, 2)), torch.ones(len(tokens)))
+    assert model.training  # restored
+
+
+@pytest.mark.parametrize("off", [None, "wrcl", "id", "cicl", "imcl"])
+def test_fcam_loss_terms_are_switchable(vocabulary, off):
+    model = _model(vocabulary)
+    weights = FCAMWeights(**({off: 0.0} if off else {}))
+    loss = FCAMLoss(32, num_classes=3, weights=weights, backend="vectorized")
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 0])
+    terms = loss(model.encode_image(images), model.encode_text(CAPTIONS), labels)
+    expected = {"wrcl", "id", "cicl", "imcl"} - {off}
+    assert set(terms) == expected | {"loss"}
+    total = sum(getattr(weights, name) * terms[name] for name in expected)
+    torch.testing.assert_close(terms["loss"], total)
+    terms["loss"].backward()
+    assert model.word_projection.convs[0].weight.grad.abs().sum() > 0
+    assert all(math.isfinite(float(v.detach())) for v in terms.values())
+
+
+def test_fcam_loss_needs_a_term():
+    with pytest.raises(ValueError, match="at least one loss term"):
+        FCAMLoss(8, 3, FCAMWeights(0, 0, 0, 0))(None, None, None)
+
+
+def test_model_needs_a_vocabulary_for_bilstm():
+    with pytest.raises(ValueError, match="needs a vocabulary"):
+        TGFRModel(ModelConfig(**SMALL))
+
+
+def test_model_with_arcface_weights_records_their_architecture(tmp_path, vocabulary):
+    encoder = _randomise(IResNet((1, 2, 1, 1), base_width=8, input_size=32, embedding_size=48), seed=3)
+    torch.save(encoder.state_dict(), tmp_path / "r.pth")
+    config = ModelConfig(**{**SMALL, "image_weights": str(tmp_path / "r.pth")})
+    model = TGFRModel(config, vocabulary).eval()
+    assert (config.image_layers, config.image_width, config.image_embedding) == ([1, 2, 1, 1], 8, 48)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model.embed(x, mode="image"), F.normalize(encoder(x)[0], dim=-1))
