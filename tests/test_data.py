@@ -174,16 +174,18 @@ def test_very_bad_keeps_coarse_colour_but_not_detail():
     config = SyntheticConfig(num_identities=4, images_per_identity=2, image_size=112, captions_per_image=1)
     images = generate_synthetic(config).images.astype(np.float64)
     detail_kept = {level: [] for level in QUALITY_LEVELS[1:]}
+    coarse_kept = []
     for index, clean in enumerate(images):
         clean_detail = clean - _blocks(clean, 4)  # landmark-scale structure
         for level in detail_kept:
             degraded = degrade(clean.astype(np.uint8), level, np.random.default_rng(index)).astype(np.float64)
             detail = degraded - _blocks(degraded, 4)
             detail_kept[level].append(np.corrcoef(clean_detail.ravel(), detail.ravel())[0, 1])
-            if level == "very_bad":  # hair, skin and background colours of 28-pixel tiles survive
-                assert np.abs(_blocks(degraded, 28) - _blocks(clean, 28)).mean() < 12.0
+            if level == "very_bad":  # colours of 28-pixel tiles (hair, skin, background)
+                coarse_kept.append(np.corrcoef(_blocks(clean, 28).ravel(), _blocks(degraded, 28).ravel())[0, 1])
     kept = [np.mean(detail_kept[level]) for level in QUALITY_LEVELS[1:]]
     assert kept[0] > kept[1] > kept[2] and kept[2] < 0.3, kept
+    assert np.mean(coarse_kept) > 0.8 and min(coarse_kept) > 0.6, coarse_kept
 
 
 def test_degrade_is_reproducible_and_checks_input(small_faces):

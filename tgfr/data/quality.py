@@ -1,11 +1,12 @@
-"""Image-quality levels: Gaussian blur, down- then up-sampling, additive noise, JPEG.
+"""Image-quality levels: colour cast and contrast loss, Gaussian blur, down- then up-sampling,
+additive noise, JPEG.
 
 Strengths are given for a 112-pixel image and scale with the image size, so a 64-pixel
 image at ``bad`` loses the same share of its detail as a 112-pixel one. Each strength is
 drawn per image from a range (``rng``), so one level is a spread of degradations, not a
 single filter. At ``very_bad`` the face is an eighth of its resolution, heavily blurred,
-noisy and blocky: landmark geometry is gone while large colour regions (hair colour,
-beard, glasses frames, hat) partly survive.
+noisy, blocky and colour-shifted: landmark geometry and exact skin and hair shades are
+gone, while large colour regions (hair colour, beard, hat, dark frames) partly survive.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ QUALITY_LEVELS: tuple[str, ...] = ("normal", "poor", "bad", "very_bad")
 class Degradation:
     """Ranges ``(low, high)`` from which each image's degradation is drawn (112-pixel units)."""
 
+    colour_cast: float  # each channel's gain is drawn from [1 - cast, 1 + cast]
+    contrast: tuple[float, float]  # factor towards the image mean
     blur_sigma: tuple[float, float]
     downsample: tuple[float, float]  # factor; 1 keeps the resolution
     noise_std: tuple[float, float]  # in uint8 grey levels
@@ -29,9 +32,9 @@ class Degradation:
 
 
 DEGRADATIONS: dict[str, Degradation] = {
-    "poor": Degradation((0.6, 1.0), (1.8, 2.4), (3.0, 6.0), (45, 70)),
-    "bad": Degradation((1.2, 1.8), (3.2, 4.2), (8.0, 13.0), (25, 40)),
-    "very_bad": Degradation((2.2, 3.0), (6.5, 8.5), (16.0, 22.0), (10, 18)),
+    "poor": Degradation(0.05, (0.85, 1.0), (0.6, 1.0), (1.8, 2.4), (3.0, 6.0), (45, 70)),
+    "bad": Degradation(0.1, (0.7, 0.9), (1.2, 1.8), (3.2, 4.2), (8.0, 13.0), (25, 40)),
+    "very_bad": Degradation(0.16, (0.55, 0.75), (2.2, 3.0), (7.0, 9.5), (16.0, 22.0), (10, 18)),
 }
 REFERENCE_SIZE = 112
 
@@ -53,8 +56,14 @@ def degrade(image: np.ndarray, level: str, rng: np.random.Generator) -> np.ndarr
     height, width = image.shape[:2]
     size_scale = min(height, width) / REFERENCE_SIZE
 
-    blurred = Image.fromarray(image).filter(
-        ImageFilter.GaussianBlur(rng.uniform(*spec.blur_sigma) * size_scale))
+    # Camera colour response first: a white-balance cast and flattened contrast.
+    pixels = image.astype(np.float32)
+    mean = pixels.mean(axis=(0, 1), keepdims=True)
+    gain = rng.uniform(1.0 - spec.colour_cast, 1.0 + spec.colour_cast, size=3).astype(np.float32)
+    pixels = ((pixels - mean) * rng.uniform(*spec.contrast) + mean) * gain
+    toned = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+    blurred = toned.filter(ImageFilter.GaussianBlur(rng.uniform(*spec.blur_sigma) * size_scale))
     factor = rng.uniform(*spec.downsample)
     small = (max(4, round(width / factor)), max(4, round(height / factor)))
     resampled = blurred.resize(small, Image.BILINEAR).resize((width, height), Image.BICUBIC)
