@@ -83,8 +83,10 @@ FREE_CLAUSES: dict[str, dict[object, tuple[str, ...]]] = {
     "hat": {True: ("is wearing a hat", "has a hat on")},
     "makeup": {"lipstick": ("is wearing lipstick",), "heavy": ("is wearing make-up", "wears heavy make-up")},
     "smiling": {True: ("is smiling",), False: ("has a serious expression", "is not smiling")},
-    "mouth_open": {True: ("has her mouth slightly open",)},
+    "mouth_open": {True: ("has {possessive} mouth slightly open",)},
 }
+# Worded in the free style for every value (in the head noun phrase or the hair and eye phrases).
+FREE_ALWAYS_WORDED = ("gender", "age", "skin_tone", "hair_color", "hair_style", "eye_color", "eye_shape")
 FREE_AGE = {"young": ("young",), "middle_aged": ("middle-aged",), "old": ("old", "elderly")}
 FREE_SKIN = {"pale": ("pale", "pale-skinned"), "fair": ("fair-skinned", "white"),
              "olive": ("olive-skinned",), "tan": ("tanned", "sun-tanned"),
@@ -203,7 +205,7 @@ def _free_caption(facts: list[CaptionFact], gender: str, rng: np.random.Generato
         if attribute in FREE_WITH and value in FREE_WITH[attribute]:
             with_phrases.append(_pick(rng, FREE_WITH[attribute][value]))
         elif attribute in FREE_CLAUSES and value in FREE_CLAUSES[attribute]:
-            clauses.append(_pick(rng, FREE_CLAUSES[attribute][value]).replace("her", possessive))
+            clauses.append(_pick(rng, FREE_CLAUSES[attribute][value]).format(possessive=possessive))
 
     article = "An" if (adjectives[0] if adjectives else noun)[0] in "aeiou" else "A"
     head = " ".join([article] + adjectives + [noun])
@@ -228,11 +230,8 @@ def _join_free(items: list[str]) -> str:
 def _expressible(fact: CaptionFact, style: str) -> bool:
     if style == "template":
         return fact.value in TEMPLATE_PHRASES.get(fact.attribute, {})
-    if fact.attribute in ("gender", "age", "skin_tone", "hair_color", "eye_color"):
+    if fact.attribute in FREE_ALWAYS_WORDED:
         return True
-    if fact.attribute in ("hair_style", "eye_shape"):
-        return fact.value in (FREE_HAIR_STYLE if fact.attribute == "hair_style" else FREE_EYE_SHAPE) \
-            or fact.value == "bald"
     table = FREE_WITH if fact.attribute in FREE_WITH else FREE_CLAUSES
     return fact.value in table.get(fact.attribute, {})
 

@@ -52,6 +52,8 @@ class SyntheticConfig:
     occlusion_probability: float = 0.25
 
     def __post_init__(self):
+        # Configs read from YAML/JSON give lists; keep the config hashable.
+        object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
         for name in ("num_identities", "images_per_identity", "captions_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
