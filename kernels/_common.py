@@ -1,6 +1,7 @@
 """What the Triton kernels of both ops share: precision and launch choices."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -58,6 +59,11 @@ def dot(x, y, acc, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
 def interpreted() -> bool:
     """True when triton runs the kernels on the CPU (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def device_of(tensor: torch.Tensor):
+    """Context making ``tensor``'s GPU current: triton launches on the current device."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def next_power_of_2(n: int) -> int:

@@ -31,6 +31,7 @@ import triton.language as tl
 from ._common import (
     accumulation_dtype,
     check_block,
+    device_of,
     dot,
     dot_operand_dtype,
     dot_precision,
@@ -179,8 +180,9 @@ def info_nce_forward(a, b, temperature, class_ids, block_m: int | None = None, b
     lse_cols = torch.empty_like(lse_rows)
     nll = torch.empty(2, B, dtype=stat_dtype, device=a.device)  # lse - positive logit, rows then columns
     grid = (triton.cdiv(B, config["BLOCK_M"]),)
-    for x, y, lse, side_nll in ((a, b, lse_rows, nll[0]), (b, a, lse_cols, nll[1])):
-        _row_lse_kernel[grid](x, y, class_ids, temperature, lse, side_nll, B, D, **config)
+    with device_of(a):
+        for x, y, lse, side_nll in ((a, b, lse_rows, nll[0]), (b, a, lse_cols, nll[1])):
+            _row_lse_kernel[grid](x, y, class_ids, temperature, lse, side_nll, B, D, **config)
     loss = nll.sum() / (2 * B)
     return loss, lse_rows, lse_cols
 
@@ -194,9 +196,10 @@ def info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_col
     grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
     tau_partial = torch.empty(grid[0], dtype=lse_rows.dtype, device=a.device)
     passes = ((a, b, lse_rows, lse_cols, grad_a, True), (b, a, lse_cols, lse_rows, grad_b, False))
-    for x, y, lse_x, lse_y, grad_x, reduce_tau in passes:
-        _row_grad_kernel[grid](x, y, class_ids, temperature, grad_loss, lse_x, lse_y, grad_x, tau_partial, B, D,
-                               REDUCE_TAU=reduce_tau, **config)
+    with device_of(a):
+        for x, y, lse_x, lse_y, grad_x, reduce_tau in passes:
+            _row_grad_kernel[grid](x, y, class_ids, temperature, grad_loss, lse_x, lse_y, grad_x, tau_partial, B, D,
+                                   REDUCE_TAU=reduce_tau, **config)
     # l = s / tau, so dL/dtau = -sum(dl * l) / tau
     grad_temperature = -tau_partial.sum() / temperature
     return grad_a, grad_b, grad_temperature.to(temperature.dtype)

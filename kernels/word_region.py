@@ -41,6 +41,7 @@ from ._common import (
     TL_DTYPES,
     accumulation_dtype,
     check_block,
+    device_of,
     dot,
     dot_operand_dtype,
     dot_precision,
@@ -128,8 +129,10 @@ def _scores_forward_kernel(words_ptr, regions_ptr, mask_ptr, scores_ptr, B_t, T,
                            GAMMA1: tl.constexpr, GAMMA2: tl.constexpr, EPS: tl.constexpr,
                            CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
                            ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    image = tl.program_id(0)
-    kblk = tl.program_id(1)
+    # caption blocks vary fastest: programs running together share one image's regions in L2
+    caption_blocks = tl.cdiv(B_t, CAPS)
+    image = tl.program_id(0) // caption_blocks
+    kblk = tl.program_id(0) % caption_blocks
     _, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
     words_ptr += tl.cast(kblk * CAPS, tl.int64) * T * D
     regions_ptr += image.to(tl.int64) * N * D
@@ -282,9 +285,10 @@ def word_region_scores_forward(words, regions, word_mask, gamma1, gamma2, eps,
     (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
     config = _launch_config(words, regions, "forward", caps, block_d)
     scores = torch.empty(B_v, B_t, dtype=words.dtype, device=words.device)
-    grid = (B_v, triton.cdiv(B_t, config["CAPS"]))
-    _scores_forward_kernel[grid](words, regions, word_mask.view(torch.uint8), scores, B_t, T, N, D,
-                                 GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
+    grid = (B_v * triton.cdiv(B_t, config["CAPS"]),)
+    with device_of(words):
+        _scores_forward_kernel[grid](words, regions, word_mask.view(torch.uint8), scores, B_t, T, N, D,
+                                     GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
     return scores
 
 
@@ -320,8 +324,9 @@ def word_region_scores_backward(grad_scores, words, regions, word_mask, scores, 
     acc_dtype = accumulation_dtype(words.dtype)
     grad_words = torch.zeros(words.shape, dtype=acc_dtype, device=words.device)
     grad_regions = torch.zeros((groups,) + tuple(regions.shape), dtype=acc_dtype, device=regions.device)
-    _scores_backward_kernel[(B_v, groups)](grad_scores, words, regions, word_mask.view(torch.uint8), grad_words,
-                                           grad_regions, B_t, T, N, D, blocks_per_group,
-                                           GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
+    with device_of(words):
+        _scores_backward_kernel[(B_v, groups)](grad_scores, words, regions, word_mask.view(torch.uint8), grad_words,
+                                               grad_regions, B_t, T, N, D, blocks_per_group,
+                                               GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
     grad_regions = grad_regions[0] if groups == 1 else grad_regions.sum(0)
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
