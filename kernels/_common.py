@@ -70,6 +70,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+# Smallest M, N and K of a product compiled for a GPU: 16 suits the tensor-core shapes of
+# every input dtype. Tile overrides are raised to it there (the interpreter takes any size).
+MIN_GPU_TILE = 16
+
+
 def check_block(name: str, value: int) -> None:
     if value < 1 or value & (value - 1):
         raise ValueError(f"{name} must be a positive power of two, got {value}")

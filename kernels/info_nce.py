@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    MIN_GPU_TILE,
     accumulation_dtype,
     check_block,
     device_of,
@@ -155,18 +156,19 @@ def _launch_config(x: torch.Tensor, kernel: str, block_m: int | None, block_n: i
     """
     block_d = next_power_of_2(x.shape[1])
     if interpreted():
-        tile_m, tile_n, num_warps, num_stages = 4, 4, 4, 1
+        tile_m, tile_n, num_warps, num_stages, smallest = 4, 4, 4, 1, 1
     else:
-        block_d = max(16, block_d)  # K of the logit product: tensor-core shapes need 16
         precision = dot_precision(x.dtype)
         kind = {torch.float64: "fp64", torch.float32: "tf32" if precision == "tf32" else "fp32"}.get(x.dtype, "16bit")
         tile_m, tile_n, num_warps, num_stages = _GPU_TILES[kernel, kind]
         # wider rows: fewer of them, so the resident block and accumulator keep their size
-        tile_m = max(16, tile_m * 256 // max(256, block_d))
-    config = dict(BLOCK_M=block_m or tile_m, BLOCK_N=block_n or tile_n, BLOCK_D=block_d,
+        tile_m = max(MIN_GPU_TILE, tile_m * 256 // max(256, block_d))
+        smallest = MIN_GPU_TILE
+    block_m, block_n = block_m or tile_m, block_n or tile_n
+    check_block("block_m", block_m)
+    check_block("block_n", block_n)
+    config = dict(BLOCK_M=max(smallest, block_m), BLOCK_N=max(smallest, block_n), BLOCK_D=max(smallest, block_d),
                   num_warps=num_warps, num_stages=num_stages)
-    check_block("block_m", config["BLOCK_M"])
-    check_block("block_n", config["BLOCK_N"])
     config.update(DOT_DTYPE=dot_operand_dtype(x.dtype), INPUT_PRECISION=dot_precision(x.dtype))
     return config
 

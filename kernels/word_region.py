@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    MIN_GPU_TILE,
     TL_DTYPES,
     accumulation_dtype,
     check_block,
@@ -264,16 +265,19 @@ def _launch_config(words: torch.Tensor, regions: torch.Tensor, kernel: str, caps
     t_pad = next_power_of_2(T)
     n_pad = next_power_of_2(N)
     if interpreted():
-        tile_caps, tile_d, num_warps, num_stages = 2, 8, 4, 1
+        tile_caps, tile_d, num_warps, num_stages, smallest = 2, 8, 4, 1, 1
     else:
         kind = {torch.float64: "fp64", torch.float32: "fp32"}.get(words.dtype, "16bit")
         rows, tile_d, num_warps, num_stages = _GPU_TILES[kernel, kind]
-        # M = CAPS * T_PAD rows; products need M, N_PAD >= 16 (T_PAD <= 16 gives M >= rows)
         tile_caps = max(1, rows // t_pad)
-        n_pad = max(16, n_pad)
-    config = dict(CAPS=caps or tile_caps, BLOCK_D=block_d or tile_d, num_warps=num_warps, num_stages=num_stages)
-    check_block("caps", config["CAPS"])
-    check_block("block_d", config["BLOCK_D"])
+        smallest = MIN_GPU_TILE
+    caps, block_d = caps or tile_caps, block_d or tile_d
+    check_block("caps", caps)
+    check_block("block_d", block_d)
+    # the products' M is CAPS * T_PAD words, N (or K) N_PAD regions, K (or N) BLOCK_D
+    config = dict(CAPS=max(caps, triton.cdiv(smallest, t_pad)), BLOCK_D=max(smallest, block_d),
+                  num_warps=num_warps, num_stages=num_stages)
+    n_pad = max(smallest, n_pad)
     config.update(T_PAD=t_pad, N_PAD=n_pad, ACC=TL_DTYPES[accumulation_dtype(words.dtype)],
                   DOT_DTYPE=dot_operand_dtype(words.dtype), INPUT_PRECISION=dot_precision(words.dtype))
     return config
