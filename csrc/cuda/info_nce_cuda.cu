@@ -4,8 +4,9 @@
 // in kScratchBytes. Each tile is one GEMM (input dtype in, accumulation dtype out);
 // the forward folds it into running row and column log-sum-exps, the backward
 // recomputes it, turns it into d(loss)/d(logits) and accumulates the gradients of
-// a and b with two more GEMMs. The temperature and the incoming gradient stay on the
-// device: kernels read them through pointers, the host never synchronises.
+// a and b with two more GEMMs. The temperature stays on the device (kernels read it
+// through a pointer) and the incoming gradient is applied with tensor ops: the host
+// never synchronises.
 #include "../tgfr.h"
 #include "common.cuh"
 
@@ -82,35 +83,35 @@ __global__ void column_merge_kernel(const acc_t* __restrict__ partial, int group
   lse_cols[col0 + c] = lse;
 }
 
-// One warp per tile row: d(loss)/d(l_ij) = grad / (2B) * (softmax_row + softmax_col - 2[i == j]),
-// 0 where masked, written in the input dtype for the gradient GEMMs; adds the row's
-// sum of dl_ij * l_ij to tau_terms (for d(loss)/d(tau) = -sum(dl * l) / tau).
+// One warp per tile row: d(loss)/d(l_ij) = grad / (2B) * q_ij with
+// q_ij = softmax_row + softmax_col - 2[i == j] (0 where masked). Writes q, which lies in
+// [-2, 2] whatever B (grad / (2B) could underflow float16), in the input dtype for the
+// gradient GEMMs, and adds the row's sum of q_ij * l_ij to tau_terms.
 template <typename scalar_t, typename acc_t>
-__global__ void logit_grad_kernel(Tile<acc_t> tile, const acc_t* __restrict__ grad_loss, int64_t batch,
-                                  const acc_t* __restrict__ lse_rows, const acc_t* __restrict__ lse_cols,
-                                  scalar_t* __restrict__ grad_logits, acc_t* __restrict__ tau_terms) {
+__global__ void logit_grad_kernel(Tile<acc_t> tile, const acc_t* __restrict__ lse_rows,
+                                  const acc_t* __restrict__ lse_cols, scalar_t* __restrict__ grad_logits,
+                                  acc_t* __restrict__ tau_terms) {
   const int64_t r = int64_t{blockIdx.x} * kBlockWarps + threadIdx.x / kWarpSize;
   if (r >= tile.rows) return;  // r is the same for the whole warp
   const int lane = threadIdx.x % kWarpSize;
   const acc_t inv_tau = acc_t(1) / *tile.temperature;
-  const acc_t scale = *grad_loss / acc_t(2 * batch);
   const int64_t row = tile.row0 + r;
   const acc_t lse_row = lse_rows[row];
   const acc_t* l_row = tile.logits + r * tile.cols;
   scalar_t* dl_row = grad_logits + r * tile.cols;
-  acc_t dl_times_l = 0;
+  acc_t q_times_l = 0;
   for (int64_t c = lane; c < tile.cols; c += kWarpSize) {
     const int64_t col = tile.col0 + c;
-    acc_t dl = 0;
+    acc_t q = 0;
     if (!masked_out(row, col, tile.class_ids)) {
       const acc_t l = l_row[c] * inv_tau;
-      dl = scale * (exp(l - lse_row) + exp(l - lse_cols[col]) - (col == row ? acc_t(2) : acc_t(0)));
-      dl_times_l += dl * l;
+      q = exp(l - lse_row) + exp(l - lse_cols[col]) - (col == row ? acc_t(2) : acc_t(0));
+      q_times_l += q * l;
     }
-    dl_row[c] = static_cast<scalar_t>(dl);
+    dl_row[c] = static_cast<scalar_t>(q);
   }
-  dl_times_l = warp_sum(dl_times_l);
-  if (lane == 0) tau_terms[row] += dl_times_l;
+  q_times_l = warp_sum(q_times_l);
+  if (lane == 0) tau_terms[row] += q_times_l;
 }
 
 // Tile extents: kTileRows rows, and as many columns as `bytes_per_logit` allows.
@@ -140,8 +141,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor
                                                                 const at::Tensor& class_ids) {
   c10::cuda::CUDAGuard guard(a.device());
   const int64_t batch = a.size(0);
-  const auto acc_options = a.options().dtype(accumulation_dtype(a.scalar_type()));
-  const TileSize size = plan_tiles(batch, c10::elementSize(acc_options.dtype().toScalarType()));
+  const auto acc_dtype = accumulation_dtype(a.scalar_type());
+  const auto acc_options = a.options().dtype(acc_dtype);
+  const TileSize size = plan_tiles(batch, c10::elementSize(acc_dtype));
   const at::Tensor logits_buffer = at::empty({size.rows * size.cols}, acc_options);
   const at::Tensor partial_buffer = at::empty({ceil_div(size.rows, kColumnGroupRows) * size.cols}, acc_options);
   at::Tensor lse_rows = at::full({batch}, -INFINITY, acc_options);
@@ -186,7 +188,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(const at::Tenso
   const TileSize size = plan_tiles(batch, c10::elementSize(acc_dtype) + a.element_size());
   const at::Tensor logits_buffer = at::empty({size.rows * size.cols}, acc_options);
   const at::Tensor grad_logits_buffer = at::empty({size.rows * size.cols}, a.options());
-  const at::Tensor grad = grad_loss.to(acc_dtype).contiguous();
   at::Tensor grad_a = at::zeros(a.sizes(), acc_options);
   at::Tensor grad_b = at::zeros(b.sizes(), acc_options);
   at::Tensor tau_terms = at::zeros({batch}, acc_options);
@@ -202,17 +203,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(const at::Tenso
       const Tile<acc_t> tile{logits.data_ptr<acc_t>(), rows, cols, row0, col0, class_ids.data_ptr<int64_t>(),
                              temperature.data_ptr<acc_t>()};
       logit_grad_kernel<scalar_t, acc_t><<<ceil_div(rows, kBlockWarps), kBlockThreads, 0, stream>>>(
-          tile, grad.data_ptr<acc_t>(), batch, lse_rows.data_ptr<acc_t>(), lse_cols.data_ptr<acc_t>(),
-          grad_logits.data_ptr<scalar_t>(), tau_terms.data_ptr<acc_t>());
+          tile, lse_rows.data_ptr<acc_t>(), lse_cols.data_ptr<acc_t>(), grad_logits.data_ptr<scalar_t>(),
+          tau_terms.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      // l = a b^T / tau: the 1/tau is applied once at the end
+      // l = a b^T / tau: grad / (2B) and 1/tau are applied once at the end
       matmul_accumulate(grad_a.narrow(0, row0, rows), grad_logits, b_cols);
       matmul_accumulate(grad_b.narrow(0, col0, cols), grad_logits.t(), a_rows);
     });
   });
   const at::Tensor tau = temperature.reshape({});
-  return {(grad_a / tau).to(a.scalar_type()), (grad_b / tau).to(b.scalar_type()),
-          (-tau_terms.sum() / tau).reshape(temperature.sizes())};
+  const at::Tensor scale = grad_loss.reshape({}).to(acc_dtype) / (2.0 * static_cast<double>(batch));
+  return {(grad_a * (scale / tau)).to(a.scalar_type()), (grad_b * (scale / tau)).to(b.scalar_type()),
+          (-tau_terms.sum() * (scale / tau)).reshape(temperature.sizes())};
 }
 
 }  // namespace tgfr::cuda

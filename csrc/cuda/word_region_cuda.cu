@@ -166,10 +166,13 @@ __global__ void cosine_lse_kernel(const scalar_t* __restrict__ words, const acc_
 // cos_t and the score in acc_t, then with dcos_t = g * gamma2 * exp(gamma2*cos_t - score)
 // writes d_context (layout of C, input dtype) and adds the direct cosine term to
 // grad_words (the chunk's [captions*T, D] rows; this block owns its caption's rows).
+// g is grad_scores divided by *grad_scale, so that every gradient stored in the input
+// dtype stays in float16's range; the caller multiplies the results back.
 template <typename scalar_t, typename acc_t>
 __global__ void cosine_backward_kernel(const scalar_t* __restrict__ words, const acc_t* __restrict__ context,
                                        const bool* __restrict__ word_mask, const scalar_t* __restrict__ grad_scores,
-                                       int64_t ld_scores, scalar_t* __restrict__ grad_context,
+                                       int64_t ld_scores, const acc_t* __restrict__ grad_scale,
+                                       scalar_t* __restrict__ grad_context,
                                        acc_t* __restrict__ grad_words, int T, int D, int images, int captions,
                                        acc_t gamma2, acc_t eps) {
   extern __shared__ unsigned char shared_bytes[];
@@ -186,7 +189,7 @@ __global__ void cosine_backward_kernel(const scalar_t* __restrict__ words, const
     scalar_t* gc_pair = grad_context + pair_rows * D;
     const acc_t score = pair_cosine_lse<scalar_t, acc_t>(w_caption, c_pair, valid, T, D, gamma2, eps, logits,
                                                          logits + T);
-    const acc_t g = static_cast<acc_t>(grad_scores[image * ld_scores + caption]);
+    const acc_t g = static_cast<acc_t>(grad_scores[image * ld_scores + caption]) / *grad_scale;
     for (int t = warp; t < T; t += blockDim.x / kWarpSize) {
       const scalar_t* w = w_caption + int64_t{t} * D;
       const acc_t* c = c_pair + int64_t{t} * D;
@@ -372,6 +375,7 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
   const at::Tensor grad_sim_buffer = at::empty({max_pairs * pb.T * pb.N}, words.options());
   at::Tensor grad_words = at::zeros({pb.B_t * pb.T, pb.D}, acc_options);
   at::Tensor grad_regions = at::zeros({pb.B_v * pb.N, pb.D}, acc_options);
+  const at::Tensor grad_scale = grad_scores.abs().amax().to(acc_dtype).clamp_min(1e-30);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, words.scalar_type(), "word_region_scores_backward_cuda", [&] {
@@ -396,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
       cosine_backward_kernel<scalar_t, acc_t><<<c.captions, kBlockThreads,
                                                 pb.logits_shared_bytes(sizeof(acc_t)), stream>>>(
           w_chunk.data_ptr<scalar_t>(), context.data_ptr<acc_t>(), mask,
-          grad_scores.data_ptr<scalar_t>() + c.image0 * pb.B_t + c.caption0, pb.B_t,
+          grad_scores.data_ptr<scalar_t>() + c.image0 * pb.B_t + c.caption0, pb.B_t, grad_scale.data_ptr<acc_t>(),
           grad_context.data_ptr<scalar_t>(), gw_chunk.data_ptr<acc_t>(), pb.T, pb.D, c.images, c.captions,
           static_cast<acc_t>(gamma2), static_cast<acc_t>(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -413,8 +417,8 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
       matmul_accumulate(gr_chunk, grad_sim.t(), w_chunk);
     });
   });
-  return {grad_words.view({pb.B_t, pb.T, pb.D}).to(words.scalar_type()),
-          grad_regions.view({pb.B_v, pb.N, pb.D}).to(regions.scalar_type())};
+  return {grad_words.mul_(grad_scale).view({pb.B_t, pb.T, pb.D}).to(words.scalar_type()),
+          grad_regions.mul_(grad_scale).view({pb.B_v, pb.N, pb.D}).to(regions.scalar_type())};
 }
 
 }  // namespace tgfr::cuda
