@@ -204,4 +204,4 @@ def info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_col
                                    REDUCE_TAU=reduce_tau, **config)
     # l = s / tau, so dL/dtau = -sum(dl * l) / tau
     grad_temperature = -tau_partial.sum() / temperature
-    return grad_a, grad_b, grad_temperature.to(temperature.dtype)
+    return grad_a, grad_b, grad_temperature
