@@ -114,6 +114,8 @@ def _row_grad_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, grad_loss_ptr, lse_x_ptr, 
     row_ids = tl.load(ids_ptr + rows, mask=row_ok, other=0)
     lse_x = tl.load(lse_x_ptr + rows, mask=row_ok, other=0.0)
 
+    # sums of q_ij = dl_ij / scale, which lies in [-2, 2]: 16-bit operands of the product
+    # keep their precision (dl itself is ~1/B, below float16's normal range for large B)
     grad = tl.zeros([BLOCK_M, BLOCK_D], acc_ty)
     tau_sum = tl.zeros([BLOCK_M], acc_ty)
     for start in range(0, B, BLOCK_N):
@@ -122,15 +124,15 @@ def _row_grad_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, grad_loss_ptr, lse_x_ptr, 
         lse_y = tl.load(lse_y_ptr + cols, mask=cols < B, other=0.0)
         prob = tl.exp(logits - lse_x[:, None]) + tl.exp(logits - lse_y[None, :])
         prob -= tl.where(rows[:, None] == cols[None, :], 2.0, 0.0)
-        d_logits = tl.where(excluded | ~row_ok[:, None], 0.0, prob * scale)
-        grad = dot(d_logits.to(y.dtype), y, grad, DOT_DTYPE, INPUT_PRECISION)
+        q = tl.where(excluded | ~row_ok[:, None], 0.0, prob)
+        grad = dot(q.to(y.dtype), y, grad, DOT_DTYPE, INPUT_PRECISION)
         if REDUCE_TAU:
-            tau_sum += tl.sum(d_logits * logits, axis=1)
+            tau_sum += tl.sum(q * logits, axis=1)
     dims = tl.arange(0, BLOCK_D)
     tl.store(grad_x_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :],
-             (grad * inv_t).to(grad_x_ptr.dtype.element_ty), mask=row_ok[:, None] & (dims < D)[None, :])
+             (grad * (scale * inv_t)).to(grad_x_ptr.dtype.element_ty), mask=row_ok[:, None] & (dims < D)[None, :])
     if REDUCE_TAU:
-        tl.store(tau_partial_ptr + tl.program_id(0), tl.sum(tau_sum, axis=0))
+        tl.store(tau_partial_ptr + tl.program_id(0), tl.sum(tau_sum, axis=0) * scale)
 
 
 # GPU tiles per (pass, operand kind) for D <= 256: (BLOCK_M, BLOCK_N, num_warps, num_stages).

@@ -197,6 +197,19 @@ def test_info_nce_low_precision_inputs(dtype):
         _close(got, want, rtol, atol)
 
 
+def test_info_nce_float16_gradients_of_a_large_batch():
+    # dl_ij ~ 1/B^2 here, far below float16's normal range: the products must not see it raw
+    gen = torch.Generator().manual_seed(29)
+    a, b, temperature = _info_nce_inputs(4096, 8, gen, temperature=0.5)
+    a, b = a.half(), b.half()
+    class_ids = torch.arange(4096)
+    expected = _reference_info_nce(a, b, temperature.float(), class_ids, grad_loss=1.0)
+    actual, _ = _run_info_nce(a, b, temperature, class_ids, 1.0, block_m=256, block_n=256)
+    rtol, atol = LOW_PRECISION[torch.float16]
+    for got, want in zip(actual, expected):
+        _close(got, want, rtol, atol)
+
+
 def test_info_nce_sharp_temperature_stays_finite():
     # logits up to 1/0.005 = 200: exp would overflow float32 without the running maximum
     gen = torch.Generator().manual_seed(17)
