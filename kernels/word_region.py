@@ -127,6 +127,12 @@ def _caption_logsumexp(x, CAPS: tl.constexpr, T_PAD: tl.constexpr):
 
 
 @triton.jit
+def _power_of_2_above(x):
+    """The power of two at or above ``x`` (1 for 0): dividing a tile by it is exact."""
+    return tl.where(x > 0, tl.exp2(tl.ceil(tl.log2(tl.where(x > 0, x, 1.0)))), 1.0)
+
+
+@triton.jit
 def _scores_forward_kernel(words_ptr, regions_ptr, mask_ptr, scores_ptr, B_t, T, N, D,
                            GAMMA1: tl.constexpr, GAMMA2: tl.constexpr, EPS: tl.constexpr,
                            CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -203,21 +209,29 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         alpha = d_cos / den
         beta_w = tl.where(unclamped, -d_cos * cos / tl.where(unclamped, ww, 1.0), 0.0)
         beta_c = tl.where(unclamped, -d_cos * cos / tl.where(unclamped, cc, 1.0), 0.0)
+        # the products take dC and dS divided by a power of two above their largest entry:
+        # gradients of off-diagonal pairs are ~1/B^2, below float16's normal range
+        # (|dC_td| <= |alpha_t| |w_t| + |beta_t| |c_t| bounds dC without forming it)
+        context_unit = _power_of_2_above(tl.max(tl.abs(alpha) * tl.sqrt(ww) + tl.abs(beta_c) * tl.sqrt(cc), axis=0))
+        alpha_c = alpha / context_unit
+        beta_c = beta_c / context_unit
 
         d_attn = tl.zeros([M, N_PAD], ACC)
         for d0 in range(0, D, BLOCK_D):
             w = _load_chunk(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
             r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
             c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
-            d_context = alpha[:, None] * w.to(ACC) + beta_c[:, None] * c
+            d_context = alpha_c[:, None] * w.to(ACC) + beta_c[:, None] * c
             d_attn = dot(d_context.to(in_ty), tl.trans(r), d_attn, DOT_DTYPE, INPUT_PRECISION)
+        d_attn *= context_unit
         # back through eq. 4 (softmax along the row) and eq. 3 (softmax down the caption's column)
         a = a_in.to(ACC)
         d_p = gamma1 * a * (d_attn - tl.sum(d_attn * a, axis=1)[:, None])
         p = p.to(ACC)
         col_dot = tl.sum(tl.reshape(d_p * p, [CAPS, T_PAD, N_PAD]), axis=1)
         d_s = p * (d_p - tl.reshape(tl.broadcast_to(col_dot[:, None, :], [CAPS, T_PAD, N_PAD]), [M, N_PAD]))
-        d_s_in = d_s.to(in_ty)
+        score_unit = _power_of_2_above(tl.max(tl.max(tl.abs(d_s), axis=1), axis=0))
+        d_s_in = (d_s / score_unit).to(in_ty)
 
         for d0 in range(0, D, BLOCK_D):
             dims = d0 + tl.arange(0, BLOCK_D)
@@ -225,13 +239,13 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
             w = _load_chunk(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
             r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
             c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
-            d_context = alpha[:, None] * w.to(ACC) + beta_c[:, None] * c
-            d_r = dot(tl.trans(a_in), d_context.to(in_ty), None, DOT_DTYPE, INPUT_PRECISION)
-            d_r = dot(tl.trans(d_s_in), w, d_r, DOT_DTYPE, INPUT_PRECISION)
+            d_context = alpha_c[:, None] * w.to(ACC) + beta_c[:, None] * c
+            d_r = dot(tl.trans(a_in), d_context.to(in_ty), None, DOT_DTYPE, INPUT_PRECISION) * context_unit
+            d_r += dot(tl.trans(d_s_in), w, None, DOT_DTYPE, INPUT_PRECISION) * score_unit
             r_ptrs = grad_regions_ptr + r_rows[:, None] + dims[None, :]
             r_mask = r_ok[:, None] & d_ok[None, :]
             tl.store(r_ptrs, tl.load(r_ptrs, mask=r_mask, other=0.0) + d_r, mask=r_mask)
-            d_w = dot(d_s_in, r, None, DOT_DTYPE, INPUT_PRECISION)
+            d_w = dot(d_s_in, r, None, DOT_DTYPE, INPUT_PRECISION) * score_unit
             d_w += alpha[:, None] * c + beta_w[:, None] * w.to(ACC)
             # a plain sum: no ordering with other memory operations needed
             tl.atomic_add(block_grad_words_ptr + w_rows[:, None] + dims[None, :], d_w,

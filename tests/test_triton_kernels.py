@@ -272,6 +272,20 @@ def test_word_region_gpu_tiles_at_paper_shapes(gpu_tiles, dtype):
         _close(got, want, rtol, atol)
 
 
+def test_word_region_float16_small_gradients(gpu_tiles):
+    # an upstream gradient of ~1e-4 puts dC and dS far below float16's normal range: the
+    # products must see them rescaled. (grad_regions, ~1e-6 here, is itself subnormal in
+    # float16, so only grad_words can be held to float16 accuracy.)
+    gen = torch.Generator().manual_seed(31)
+    words, regions, _ = _word_region_inputs((2, 3, 22, 196, 256), gen)
+    mask = torch.arange(22)[None, :] < torch.tensor([22, 7, 15])[:, None]
+    words, regions = words.half(), regions.half()
+    upstream = 1e-4 * torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    expected = _reference_word_region(words, regions, mask, upstream)
+    _, grad_words, _ = _run_word_region(words, regions, mask, upstream.half())
+    _close(grad_words, expected[1], *LOW_PRECISION[torch.float16])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_info_nce_gpu_tiles(gpu_tiles, dtype):
     gen = torch.Generator().manual_seed(23)
