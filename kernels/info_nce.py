@@ -16,7 +16,9 @@ is symmetric under swapping the roles of ``a`` and ``b`` (it becomes ``dl^T``), 
 one gradient kernel gives ``grad_a = dl b / tau`` over row blocks of ``(a, b)`` and
 ``grad_b = dl^T a / tau`` over row blocks of ``(b, a)``; each program owns its
 output rows, so there are no atomics and the result is deterministic. The first
-launch also reduces ``sum(dl * l)`` per row block for ``grad_tau``.
+launch also reduces ``sum(dl * l)`` per row block for ``grad_tau``. The products take
+``dl * 2B / g`` (in ``[-2, 2]``) and scale afterwards, so 16-bit operands lose nothing
+to ``dl``'s size of ``1/B^2``.
 
 Cost: four passes over the logits (one product each forward, two each backward).
 The temperature and the upstream gradient are read from device pointers, so

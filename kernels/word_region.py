@@ -29,7 +29,9 @@ accumulation without races:
 16-bit inputs use tensor cores with float32 accumulation: ``A`` and the gradient
 tiles ``dC``/``dS`` are rounded to the input dtype for the products, as in
 flash-attention, and the backward keeps ``P`` and ``A`` in the input dtype while it
-walks ``D`` (registers are what limits its tile). float32 products are exact (IEEE) unless TF32 is enabled
+walks ``D`` (registers are what limits its tile). ``dC`` and ``dS`` enter the products
+divided by a power of two above their largest entry, so float16 keeps the ~1/B^2
+gradients of off-diagonal pairs. float32 products are exact (IEEE) unless TF32 is enabled
 (``set_allow_tf32``); float64 runs the same kernels in float64.
 """
 from __future__ import annotations
