@@ -20,8 +20,20 @@ namespace tgfr::cuda_common {
 constexpr int kWarpSize = 32;
 constexpr int kBlockThreads = 256;
 constexpr int kBlockWarps = kBlockThreads / kWarpSize;
-// Upper bound on the scratch one chunk of work may allocate, whatever the batch size.
-constexpr int64_t kScratchBytes = int64_t{256} << 20;
+// Upper bound on the scratch one chunk of work may allocate, whatever the batch size
+// (a build-time knob; the emulated tests make it tiny to exercise the chunking).
+#ifndef TGFR_CUDA_SCRATCH_BYTES
+#define TGFR_CUDA_SCRATCH_BYTES (int64_t{256} << 20)
+#endif
+constexpr int64_t kScratchBytes = TGFR_CUDA_SCRATCH_BYTES;
+
+// The block's dynamic shared memory, sized at launch.
+extern __shared__ __align__(16) unsigned char dynamic_shared_bytes[];
+
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+  return reinterpret_cast<T*>(dynamic_shared_bytes);
+}
 
 template <typename scalar_t>
 using acc_type = at::acc_type<scalar_t, /*is_cuda=*/true>;

@@ -16,9 +16,16 @@ using namespace tgfr::cuda_common;
 
 namespace {
 
-constexpr int64_t kTileRows = 4096;
+// Build-time knobs (the emulated tests make them small to exercise the tiling).
+#ifndef TGFR_CUDA_INFO_NCE_TILE_ROWS
+#define TGFR_CUDA_INFO_NCE_TILE_ROWS 4096
+#endif
+#ifndef TGFR_CUDA_INFO_NCE_GROUP_ROWS
+#define TGFR_CUDA_INFO_NCE_GROUP_ROWS 256
+#endif
+constexpr int64_t kTileRows = TGFR_CUDA_INFO_NCE_TILE_ROWS;
 // Rows one thread of the column pass folds before its partial result is merged.
-constexpr int kColumnGroupRows = 256;
+constexpr int kColumnGroupRows = TGFR_CUDA_INFO_NCE_GROUP_ROWS;
 
 // Pairs of the same identity other than the positive pair leave both softmaxes.
 __device__ __forceinline__ bool masked_out(int64_t row, int64_t col, const int64_t* class_ids) {

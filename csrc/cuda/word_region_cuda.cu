@@ -152,8 +152,7 @@ __global__ void cosine_lse_kernel(const scalar_t* __restrict__ words, const acc_
                                   const bool* __restrict__ word_mask, scalar_t* __restrict__ scores,
                                   int64_t ld_scores, int T, int D, int images, int captions, acc_t gamma2,
                                   acc_t eps) {
-  extern __shared__ unsigned char shared_bytes[];
-  acc_t* logits = reinterpret_cast<acc_t*>(shared_bytes);
+  acc_t* logits = dynamic_shared<acc_t>();
   const int image = blockIdx.x % images;
   const int caption = blockIdx.x / images;
   const acc_t lse = pair_cosine_lse<scalar_t, acc_t>(
@@ -175,8 +174,7 @@ __global__ void cosine_backward_kernel(const scalar_t* __restrict__ words, const
                                        scalar_t* __restrict__ grad_context,
                                        acc_t* __restrict__ grad_words, int T, int D, int images, int captions,
                                        acc_t gamma2, acc_t eps) {
-  extern __shared__ unsigned char shared_bytes[];
-  acc_t* logits = reinterpret_cast<acc_t*>(shared_bytes);
+  acc_t* logits = dynamic_shared<acc_t>();
   const int caption = blockIdx.x;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const scalar_t* w_caption = words + int64_t{caption} * T * D;

@@ -1,0 +1,9 @@
+// Emulation stand-in: there is one (CPU) device.
+#pragma once
+#include <c10/core/Device.h>
+
+namespace c10::cuda {
+struct CUDAGuard {
+  explicit CUDAGuard(c10::Device) {}
+};
+}  // namespace c10::cuda
