@@ -27,8 +27,12 @@ Evaluation protocols on the test split (:mod:`tgfr.data.protocols`)::
         degraded_test = test.with_quality(level)                # for verification at `level`
 
 Quality levels (:mod:`tgfr.data.quality`): ``QUALITY_LEVELS = ("normal", "poor", "bad",
-"very_bad")``; ``degrade(image_uint8_hwc, level, rng)`` blurs, down/up-samples, adds noise
-and JPEG-compresses.
+"very_bad")``; ``degrade(image_uint8_hwc, level, rng)`` applies a colour cast and contrast
+loss, blurs, down/up-samples, adds noise and JPEG-compresses. A dataset degrades each item
+on access, reproducibly per (seed, epoch, index, level). As a yardstick, a small CNN trained
+on the train split (mixed quality) identifies unseen test people at rank-1 about 0.68 /
+0.61 / 0.51 / 0.23 from normal to very_bad (60 people, 64 pixels), while one caption alone
+(TF-IDF against the gallery photo's captions) gives about 0.26.
 
 Real datasets (:mod:`tgfr.data.readers`; never downloaded, read from a root you give):
 ``read_mmcelebahq(root)``, ``read_face2text(root)``, ``read_celeba_dialog(root)`` return
