@@ -7,7 +7,7 @@ captions on any machine. Photo ``j`` of identity ``k`` uses the random streams
 ``[seed, k]`` (the person), ``[seed, k, j, 1]`` (the photo) and ``[seed, k, j, 2]`` (its
 captions), so growing ``num_identities`` keeps the existing people.
 
-Rendering runs at about 1-3 ms per 112-pixel photo on one core; give ``cache_dir`` to
+Rendering takes a few milliseconds per 112-pixel photo on one core; give ``cache_dir`` to
 keep the result in an ``.npz`` keyed by the config.
 """
 from __future__ import annotations
