@@ -3,9 +3,9 @@
 ``build_synthetic_splits(SyntheticConfig(...))`` renders ``num_identities *
 images_per_identity`` photos and splits the *identities* into train / valid / test.
 Everything is a function of the config: the same config gives byte-identical images and
-captions (with the same NumPy and Pillow versions). Photo ``j`` of identity ``k`` uses the random streams
-``[seed, k]`` (the person), ``[seed, k, j, 1]`` (the photo) and ``[seed, k, j, 2]`` (its
-captions), so growing ``num_identities`` keeps the existing people.
+captions (given the same NumPy and Pillow versions). Photo ``j`` of identity ``k`` uses the
+random streams ``[seed, k]`` (the person), ``[seed, k, j, 1]`` (the photo) and
+``[seed, k, j, 2]`` (its captions), so growing ``num_identities`` keeps the existing people.
 
 Rendering takes a few milliseconds per 112-pixel photo on one core; give ``cache_dir`` to
 keep the result in an ``.npz`` keyed by the config.
