@@ -1,4 +1,4 @@
-"""Metrics against scikit-learn and constructed cases; report writing on fake embeddings."""
+"""Metrics against scikit-learn and constructed cases; the protocol and reports with a stand-in model."""
 import json
 import zlib
 
@@ -9,6 +9,7 @@ import torch
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 
+from tgfr.data import SyntheticConfig, build_synthetic_splits
 from tgfr.evaluation import attention as attention_maps
 from tgfr.evaluation import metrics, protocol, report
 
@@ -248,3 +249,21 @@ def test_attention_grid_written(tmp_path):
     faces = _face_set(_labels(3, 1), 0.1, seed=3)
     path = protocol.plot_word_attention(_FakeModel(48), faces, [2, 0], tmp_path / "attention.png")
     assert path.stat().st_size > 5_000
+
+
+def test_evaluate_on_synthetic_test_set(tmp_path):
+    test_data = build_synthetic_splits(SyntheticConfig(num_identities=6, images_per_identity=3, image_size=16,
+                                                       split_fractions=(0.0, 0.0, 1.0), seed=3))["test"]
+    torch.manual_seed(2)
+    paths = protocol.evaluate(_FakeModel(3 * 16 * 16), test_data, tmp_path, levels=("normal", "very_bad"),
+                              modes=("image", "tgfr"), attention_examples=2, metadata={"run": "test"})
+    assert set(paths) == {"markdown", "json", "roc", "attention"}
+    document = json.loads(paths["json"].read_text())
+    assert [(row["mode"], row["level"]) for row in document["results"]] == [
+        ("image", "normal"), ("image", "very_bad"), ("tgfr", "normal"), ("tgfr", "very_bad")]
+    # 18 photos of 6 identities: 6 * 3 genuine pairs among 18 * 17 / 2.
+    assert document["results"][0]["num_genuine_pairs"] == 18
+    assert document["results"][0]["num_impostor_pairs"] == 153 - 18
+    assert document["metadata"]["test_photos"] == 18 and document["metadata"]["run"] == "test"
+    with pytest.raises(ValueError, match="levels must be"):
+        protocol.evaluate(_FakeModel(3 * 16 * 16), test_data, tmp_path, levels=("blurry",))

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import (QUALITY_LEVELS, build_synthetic_splits, collate_face_captions, identification_split,
+                    verification_pairs)
 from .attention import plot_attention_grid
 from .metrics import pair_scores, rank1_accuracy, verification_metrics
 from .report import Result, write_report
@@ -42,8 +44,6 @@ class FaceSet:
     @classmethod
     def from_dataset(cls, dataset) -> "FaceSet":
         """Every item of a :class:`tgfr.data.FaceCaptionDataset`, rendered at its quality."""
-        from ..data import collate_face_captions
-
         batch = collate_face_captions([dataset[i] for i in range(len(dataset))])
         return cls(batch["image"], batch["caption"], batch["identity"])
 
@@ -60,8 +60,6 @@ class TestProtocol:
 
     @classmethod
     def for_labels(cls, labels, seed: int = 0) -> "TestProtocol":
-        from ..data import identification_split, verification_pairs
-
         labels = np.asarray(labels)
         pairs = verification_pairs(labels)
         split = identification_split(labels, seed)
@@ -130,7 +128,7 @@ def plot_word_attention(model, faces: FaceSet, indices, path) -> Path:
     return plot_attention_grid(faces.images[indices], list(words), [a.cpu() for a in attention], path)
 
 
-def evaluate(model, test_data, out_dir, levels=None, modes=EVAL_MODES, attention_examples: int = 4,
+def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES, attention_examples: int = 4,
              metadata: dict | None = None) -> dict[str, Path]:
     """Evaluate ``model`` on ``test_data`` (a :class:`tgfr.data.FaceCaptionDataset`) and write the report.
 
@@ -138,9 +136,7 @@ def evaluate(model, test_data, out_dir, levels=None, modes=EVAL_MODES, attention
     and the "tgfr" mode, attention.png: the word -> region attention of that many gallery photos.
     Returns the paths written, by kind.
     """
-    from ..data import QUALITY_LEVELS
-
-    levels = tuple(QUALITY_LEVELS if levels is None else levels)
+    levels = tuple(levels)
     unknown = [level for level in levels if level not in QUALITY_LEVELS]
     if unknown or not levels:
         raise ValueError(f"levels must be a non-empty subset of {QUALITY_LEVELS}, got {levels}")
@@ -164,10 +160,9 @@ def evaluate(model, test_data, out_dir, levels=None, modes=EVAL_MODES, attention
     return paths
 
 
-def evaluate_checkpoint(checkpoint, out_dir, levels=None, modes=EVAL_MODES, attention_examples: int = 4,
+def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES, attention_examples: int = 4,
                         device: str = "auto", metadata: dict | None = None) -> dict[str, Path]:
     """Evaluate a checkpoint of :func:`tgfr.training.train` on the test split of the data it was trained with."""
-    from ..data import build_synthetic_splits
     from ..training import config_from_dict, load_model, read_checkpoint, synthetic_config
     from ..training.loop import resolve_device
 
