@@ -143,7 +143,7 @@ def _row_grad_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, grad_loss_ptr, lse_x_ptr, 
 # stays under the 164 KB of an A100. "fp32" is IEEE float32 (CUDA cores), "tf32" tensor cores.
 _GPU_TILES = {
     ("lse", "16bit"): (128, 64, 8, 3),
-    ("grad", "16bit"): (64, 64, 8, 2),
+    ("grad", "16bit"): (64, 32, 8, 2),
     ("lse", "tf32"): (64, 32, 8, 2),
     ("grad", "tf32"): (64, 32, 8, 2),
     ("lse", "fp32"): (32, 32, 4, 2),
