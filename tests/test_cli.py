@@ -8,6 +8,7 @@ import pytest
 
 from tgfr import cli
 from tgfr.data import QUALITY_LEVELS
+from tgfr.evaluation import min_impostors_for_far
 
 
 def _parse(*argv):
@@ -93,7 +94,6 @@ def test_bench_forwards_every_argument(monkeypatch):
     assert received == [["--quick", "--repeats", "2", "-h"]]
 
 
-@pytest.mark.slow
 def test_demo_smoke(tmp_path, capsys):
     """The README's command end to end on the smoke preset: data, all training steps, evaluation, report."""
     assert cli.main(["demo", "--preset", "smoke", "--out", str(tmp_path)]) == 0
@@ -107,7 +107,9 @@ def test_demo_smoke(tmp_path, capsys):
         assert levels == list(QUALITY_LEVELS)
     for row in document["results"]:
         assert 0.0 <= row["eer"] <= 1.0 and 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["rank1"] <= 1.0
-        assert row["num_impostor_pairs"] >= 100_000  # every TAR@FAR column is resolved
+        for far, tar in row["tar_at_far"].items():
+            resolved = row["num_impostor_pairs"] >= min_impostors_for_far(float(far))
+            assert (tar is not None) == resolved
     assert len(table_rows) == 1 + 3 * len(QUALITY_LEVELS)  # header and one row per mode and level
     assert all(f"| {level} |" in "".join(table_rows) for level in QUALITY_LEVELS)
     assert (tmp_path / "roc.png").stat().st_size > 10_000
