@@ -251,6 +251,21 @@ def test_caption_noise_rates_match_configuration():
         assert abs(wrong / stated - contradiction) < 0.04, (contradiction, wrong / stated)
 
 
+def test_captions_identify_people():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    faces = generate_synthetic(SyntheticConfig(num_identities=30, images_per_identity=4, image_size=16,
+                                               captions_per_image=4, seed=8))
+    labels = faces.identities
+    split = identification_split(labels, seed=0)
+    vectorizer = TfidfVectorizer().fit([c for captions in faces.captions for c in captions])
+    gallery = vectorizer.transform([" ".join(faces.captions[i]) for i in split.gallery])
+    probes = vectorizer.transform([faces.captions[i][0] for i in split.probes])
+    predicted = np.asarray((probes @ gallery.T).argmax(axis=1)).ravel()
+    rank1 = float(np.mean(predicted == labels[split.probes]))
+    assert rank1 > 5.0 / 30, rank1  # one caption against one photo's captions; chance is 1/30
+
+
 def test_real_style_caption_lengths():
     lengths = {style: np.median([len(c.text.split()) for _, c in _many_captions(style, 0.4, 0.05)])
                for style in ("template", "free")}
