@@ -31,8 +31,10 @@ tiles ``dC``/``dS`` are rounded to the input dtype for the products, as in
 flash-attention, and the backward keeps ``P`` and ``A`` in the input dtype while it
 walks ``D`` (registers are what limits its tile). ``dC`` and ``dS`` enter the products
 divided by a power of two above their largest entry, so float16 keeps the ~1/B^2
-gradients of off-diagonal pairs. float32 products are exact (IEEE) unless TF32 is enabled
-(``set_allow_tf32``); float64 runs the same kernels in float64.
+gradients of off-diagonal pairs. float32 products run in IEEE float32 unless TF32 is
+enabled (``set_allow_tf32``); float64 runs the same kernels in float64. ``gamma1``,
+``gamma2`` and ``eps`` are compile-time constants (exact in float64; one compilation per
+value, and they stay fixed through training).
 """
 from __future__ import annotations
 
