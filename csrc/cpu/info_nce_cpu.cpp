@@ -90,7 +90,8 @@ const scalar_t* logit_tile(const Problem<scalar_t>& problem, TileBuffers& buf, i
 }
 
 // exp(logits - row_shift[r]) into buf.shifted and exp(logits - column_shift[c]) into
-// buf.shifted_by_column.
+// buf.shifted_by_column, arguments clamped to kExpFloor (so masked pairs get about 1e-38,
+// not 0: forward sums are unaffected, the backward zeroes them).
 template <typename scalar_t>
 void exp_shifted(TileBuffers& buf, int64_t rows, int64_t cols, const scalar_t* row_shift,
                  const scalar_t* column_shift) {
@@ -99,8 +100,9 @@ void exp_shifted(TileBuffers& buf, int64_t rows, int64_t cols, const scalar_t* r
   scalar_t* by_col = buf.shifted_by_column.data_ptr<scalar_t>();
   for (int64_t r = 0; r < rows; ++r) {
     const scalar_t* lr = l + r * kBlock;
-    for (int64_t c = 0; c < cols; ++c) by_row[r * kBlock + c] = lr[c] - row_shift[r];
-    for (int64_t c = 0; c < cols; ++c) by_col[r * kBlock + c] = lr[c] - column_shift[c];
+    for (int64_t c = 0; c < cols; ++c) by_row[r * kBlock + c] = max_of(lr[c] - row_shift[r], kExpFloor<scalar_t>);
+    for (int64_t c = 0; c < cols; ++c)
+      by_col[r * kBlock + c] = max_of(lr[c] - column_shift[c], kExpFloor<scalar_t>);
   }
   corner(buf.shifted, rows, cols).exp_();
   corner(buf.shifted_by_column, rows, cols).exp_();
@@ -214,10 +216,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
       exp_shifted(buf, rows, cols, lse_r + i0, lse_c + j0);
       scalar_t* grad_logits = buf.shifted.data_ptr<scalar_t>();
       const scalar_t* by_col = buf.shifted_by_column.data_ptr<scalar_t>();
+      const scalar_t* l = buf.logits.data_ptr<scalar_t>();
+      constexpr scalar_t kMasked = -std::numeric_limits<scalar_t>::infinity();
       for (int64_t r = 0; r < rows; ++r) {
         scalar_t* gr = grad_logits + r * kBlock;
         const scalar_t* cr = by_col + r * kBlock;
-        for (int64_t c = 0; c < cols; ++c) gr[c] = scale * (gr[c] + cr[c]);
+        const scalar_t* lr = l + r * kBlock;
+        for (int64_t c = 0; c < cols; ++c) gr[c] = lr[c] == kMasked ? scalar_t(0) : scale * (gr[c] + cr[c]);
         const int64_t diagonal = i0 + r - j0;
         if (diagonal >= 0 && diagonal < cols) gr[diagonal] -= 2 * scale;
       }

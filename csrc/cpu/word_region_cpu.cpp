@@ -133,7 +133,7 @@ void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, 
     for (int64_t t = 1; t < n_words; ++t)
       for (int64_t j = 0; j < N; ++j) column[j] = max_of(column[j], pk[t * N + j]);
     for (int64_t t = 0; t < n_words; ++t)
-      for (int64_t j = 0; j < N; ++j) pk[t * N + j] -= column[j];
+      for (int64_t j = 0; j < N; ++j) pk[t * N + j] = max_of(pk[t * N + j] - column[j], kExpFloor<scalar_t>);
   }
   prob.exp_();
   for (int64_t k = k0; k < k1; ++k) {
@@ -152,7 +152,7 @@ void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, 
     scalar_t* ar = a + r * N;
     for (int64_t j = 0; j < N; ++j) ar[j] = problem.gamma1 * pr[j];
     const scalar_t shift = array_max(ar, N);
-    for (int64_t j = 0; j < N; ++j) ar[j] -= shift;
+    for (int64_t j = 0; j < N; ++j) ar[j] = max_of(ar[j] - shift, kExpFloor<scalar_t>);
   }
   attention.exp_();
   for (int64_t r = 0; r < rows; ++r) {
