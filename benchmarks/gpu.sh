@@ -17,6 +17,8 @@ start=$(date +%s)
 log=benchmarks/gpu_run.log
 : >"$log"
 status=0
+copy_log() { if [ -n "${OUT:-}" ]; then cp "$log" "$OUT"/; fi; }
+trap copy_log EXIT
 
 step() {  # step NAME COMMAND...: run, log, remember the first failure
   local name=$1
@@ -40,8 +42,4 @@ left=$((TOTAL_S - ($(date +%s) - start) - MARGIN_S))
 [ "$left" -lt 60 ] && left=60
 step "benchmark" "$PYTHON" benchmarks/bench_gpu.py --budget-s "$left"
 echo "== done in $(($(date +%s) - start)) s, status $status" | tee -a "$log"
-
-if [ -n "${OUT:-}" ]; then
-  cp "$log" "$OUT"/
-fi
 exit "$status"
