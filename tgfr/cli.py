@@ -120,7 +120,8 @@ def _run_demo(args) -> int:
 
     started = time.perf_counter()
     config = _load_config("demo", args.preset, args.overrides)
-    paths = run_demo(args.out, config, metadata={"preset": args.preset, "overrides": " ".join(args.overrides)})
+    paths = run_demo(args.out, config, metadata={"preset": args.preset,
+                                                    "overrides": " ".join(args.overrides) or "none"})
     _print_report(paths)
     print(f"total wall time: {time.perf_counter() - started:.1f} s")
     return 0

@@ -16,12 +16,11 @@ def _image_for_display(image: torch.Tensor) -> np.ndarray:
     return image.expand(3, -1, -1).permute(1, 2, 0).numpy()
 
 
-def _upsample(attention: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """[h, w] attention over regions -> [H, W] heat-map scaled to [0, 1] for overlaying."""
+def _upsample(attention: torch.Tensor, size: tuple[int, int], peak: float) -> np.ndarray:
+    """[h, w] attention over regions -> [H, W] heat-map divided by ``peak``, for overlaying."""
     heat = torch.nn.functional.interpolate(attention.detach().float().cpu()[None, None], size=size,
                                            mode="bilinear", align_corners=False)[0, 0]
-    heat = heat - heat.min()
-    return (heat / heat.max().clamp_min(1e-12)).numpy()
+    return (heat / max(peak, 1e-12)).numpy()
 
 
 def sharpest_words(attention: torch.Tensor, count: int) -> list[int]:
@@ -59,9 +58,12 @@ def plot_attention_grid(images, words, attention, path, words_per_image: int = 5
         picture = _image_for_display(image)
         axes[row][0].imshow(picture)
         axes[row][0].set_title("image", fontsize=9)
+        # One colour scale per row, so a word that spreads its attention looks flat next to a focused one.
+        peak = float(word_attention.max())
         for axis, word_index in zip(axes[row][1:], sharpest_words(word_attention, words_per_image)):
             axis.imshow(picture)
-            axis.imshow(_upsample(word_attention[word_index], picture.shape[:2]), cmap="jet", alpha=0.5)
+            axis.imshow(_upsample(word_attention[word_index], picture.shape[:2], peak), cmap="jet", alpha=0.5,
+                        vmin=0.0, vmax=1.0)
             axis.set_title(caption_words[word_index], fontsize=9)
         for axis in axes[row]:
             axis.axis("off")
