@@ -162,6 +162,10 @@ def test_write_report_on_fake_embeddings(tmp_path):
     assert document["results"][0]["tar_at_far"]["1e-05"] is None
     assert document["results"][0]["tar_at_far"]["0.0001"] is not None
     assert document["metadata"] == {"checkpoint": "fake"}
+    roc = document["results"][-1]["roc"]
+    assert len(roc["far"]) == len(roc["tar"]) <= report.ROC_JSON_POINTS
+    assert np.all(np.diff(roc["far"]) > 0) and np.all(np.diff(roc["tar"]) >= 0)
+    assert (roc["far"][-1], roc["tar"][-1]) == (1.0, 1.0)
     assert paths["roc"].stat().st_size > 10_000
     # Noisier probes verify worse and identify worse.
     image_rows = [r for r in results if r.mode == "image"]

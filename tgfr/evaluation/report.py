@@ -10,8 +10,9 @@ import numpy as np
 from .metrics import FAR_TARGETS, VerificationResult
 
 MODE_LABELS = {"image": "image only", "flf": "feature-level fusion", "tgfr": "TGFR"}
-# Enough points to draw a ROC faithfully; the full curve can hold a million.
+# Enough points to draw a ROC faithfully (the full curve can hold a million), and to keep one in report.json.
 ROC_PLOT_POINTS = 2000
+ROC_JSON_POINTS = 200
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Result:
     rank1: float
 
     def as_dict(self) -> dict:
+        far, tar = _subsample_roc(self.verification.far, self.verification.tar, ROC_JSON_POINTS)
         return {
             "mode": self.mode,
             "level": self.level,
@@ -33,6 +35,7 @@ class Result:
             "rank1": self.rank1,
             "num_genuine_pairs": self.verification.num_genuine,
             "num_impostor_pairs": self.verification.num_impostor,
+            "roc": {"far": far.round(8).tolist(), "tar": tar.round(8).tolist()},
         }
 
 
@@ -58,12 +61,15 @@ def markdown_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _subsample_roc(far: np.ndarray, tar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """At most ROC_PLOT_POINTS points, spread evenly in log FAR so the low-FAR end keeps its detail."""
-    if far.size <= ROC_PLOT_POINTS:
+def _subsample_roc(far: np.ndarray, tar: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``points`` ROC points, spread evenly in log FAR so the low-FAR end keeps its detail.
+
+    Each kept point is the top of its FAR step, so the curve keeps its best TAR at every FAR kept.
+    """
+    if far.size <= points:
         return far, tar
     positive = far[far > 0]
-    grid = np.geomspace(positive.min(), 1.0, ROC_PLOT_POINTS)
+    grid = np.geomspace(positive.min(), 1.0, points)
     keep = np.unique(np.clip(np.searchsorted(far, grid, side="right") - 1, 0, far.size - 1))
     return far[keep], tar[keep]
 
@@ -80,7 +86,7 @@ def plot_roc(results: list[Result], path: Path) -> None:
     for axis, level in zip(axes[0], levels):
         smallest_far = 1.0
         for result in (r for r in results if r.level == level):
-            far, tar = _subsample_roc(result.verification.far, result.verification.tar)
+            far, tar = _subsample_roc(result.verification.far, result.verification.tar, ROC_PLOT_POINTS)
             shown = far > 0  # log axis: FAR 0 has no place on it
             smallest_far = min(smallest_far, 1.0 / result.verification.num_impostor)
             label = f"{MODE_LABELS.get(result.mode, result.mode)} (AUC {result.verification.auc:.3f})"
