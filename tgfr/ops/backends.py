@@ -70,6 +70,9 @@ def available_backends(device="cpu") -> list[str]:
     return [b for b in BACKENDS if is_available(b, device)]
 
 
+# The choice depends only on the arguments and what is installed, so torch.compile may
+# evaluate it once while tracing instead of tracing the imports behind it.
+@torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device) -> str:
     """Turn ``"auto"`` into a concrete backend and check that a named one can run."""
     device = torch.device(device)
