@@ -1,17 +1,18 @@
 // Fused word-region matching scores on the CPU, forward and backward.
 //
 // The valid words of all captions are packed into one [W, D] matrix (padding never enters
-// a product) and the captions grouped into blocks of about kBlockRows words. A work item is
-// one (image, caption block) tile: its two forward products are GEMMs with M = the block's
-// words, written into per-thread buffers, and its softmaxes and cosines are loops over those
-// buffers. Nothing of size B_v*B_t*T*N is ever allocated; the backward recomputes each
-// tile's forward. Threads split the images, so each owns its images' region gradients and
-// keeps a private word gradient, summed at the end.
+// a product) and the captions grouped into blocks of about kBlockRows words. The unit of
+// work is one (image, caption block) tile: its two forward products are GEMMs with M = the
+// block's words, written into per-thread buffers, and its softmaxes and cosines are loops
+// over those buffers. Nothing of size B_v*B_t*T*N is ever allocated; the backward
+// recomputes each tile's forward. In the backward a thread takes whole images, so it alone
+// writes their region gradients, and keeps a private word gradient, summed at the end.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -90,6 +91,7 @@ struct TileBuffers {
   std::vector<scalar_t> column;  // [N]: a per-caption column statistic
   std::vector<scalar_t> cosine;  // [rows]
   std::vector<scalar_t> context_norm;
+  std::vector<scalar_t> image_scores;  // [B_t]: one image's scores, recomputed in the backward
 
   TileBuffers(const Problem<scalar_t>& problem, bool backward) {
     const int64_t rows = problem.packed.max_block_rows;
@@ -104,6 +106,7 @@ struct TileBuffers {
     column.resize(problem.N);
     cosine.resize(rows);
     context_norm.resize(rows);
+    if (backward) image_scores.resize(problem.packed.first_row.size() - 1);
   }
 };
 
@@ -261,6 +264,19 @@ void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf,
   grad_region.addmm_(grad_attention.t(), words);
 }
 
+// Calls work(item, buffers) for every item in [0, n_items) on the intra-op threads, each
+// thread with its own buffers, handing items out one at a time: a thread slowed down by
+// other load, or given lighter tiles, simply takes more items.
+template <typename scalar_t, typename Work>
+void for_each_item(const Problem<scalar_t>& problem, int64_t n_items, bool backward, const Work& work) {
+  std::atomic<int64_t> next_item{0};
+  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_items);
+  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
+    TileBuffers<scalar_t> buf(problem, backward);
+    for (int64_t item = next_item++; item < n_items; item = next_item++) work(item, buf);
+  });
+}
+
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const PackedCaptions& packed, int64_t N, double gamma1, double gamma2, double eps) {
   Problem<scalar_t> problem{packed, {}, N, packed.words.size(1), static_cast<scalar_t>(gamma1),
@@ -284,12 +300,9 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
     const auto problem = make_problem<scalar_t>(packed, N, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     scalar_t* out = scores.data_ptr<scalar_t>();
-    at::parallel_for(0, B_v * n_blocks, 1, [&](int64_t begin, int64_t end) {
-      TileBuffers<scalar_t> buf(problem, /*backward=*/false);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t image = item / n_blocks;
-        forward_tile(problem, buf, regions_acc[image], item % n_blocks, out + image * B_t);
-      }
+    for_each_item(problem, B_v * n_blocks, /*backward=*/false, [&](int64_t item, TileBuffers<scalar_t>& buf) {
+      const int64_t image = item / n_blocks;
+      forward_tile(problem, buf, regions_acc[image], item % n_blocks, out + image * B_t);
     });
   });
   return scores.to(words.scalar_type());
@@ -313,19 +326,16 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     const scalar_t* grad_out = grad_scores_acc.data_ptr<scalar_t>();
     std::vector<at::Tensor> thread_grad_words(at::get_num_threads());
-    at::parallel_for(0, B_v, 1, [&](int64_t begin, int64_t end) {
+    // an item is one image with all its caption blocks, so that its region gradient has one writer
+    for_each_item(problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
       auto& grad_words = thread_grad_words[at::get_thread_num()];
       if (!grad_words.defined()) grad_words = at::zeros_like(packed.words);
-      TileBuffers<scalar_t> buf(problem, /*backward=*/true);
-      std::vector<scalar_t> image_scores(B_t);
-      for (int64_t image = begin; image < end; ++image) {
-        const auto region = regions_acc[image];
-        const auto grad_region = grad_regions[image];
-        for (int64_t block = 0; block < n_blocks; ++block) {
-          forward_tile(problem, buf, region, block, image_scores.data());
-          backward_tile(problem, buf, region, block, image_scores.data(), grad_out + image * B_t, grad_region,
-                        grad_words);
-        }
+      const auto region = regions_acc[image];
+      const auto grad_region = grad_regions[image];
+      for (int64_t block = 0; block < n_blocks; ++block) {
+        forward_tile(problem, buf, region, block, buf.image_scores.data());
+        backward_tile(problem, buf, region, block, buf.image_scores.data(), grad_out + image * B_t, grad_region,
+                      grad_words);
       }
     });
     for (const auto& partial : thread_grad_words) {
