@@ -12,6 +12,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -35,12 +36,15 @@ bool has_repeated_class(const at::Tensor& class_ids) {
   return std::adjacent_find(ids.begin(), ids.end()) != ids.end();
 }
 
-// Runs tile(row_block, column_block) over all n_blocks^2 tiles, one diagonal at a time.
+// Runs tile(row_block, column_block) over all n_blocks^2 tiles, one diagonal at a time; the
+// tiles of a diagonal go to the threads one at a time, so a slowed-down thread takes fewer.
 template <typename TileFn>
 void for_each_tile_by_diagonals(int64_t n_blocks, const TileFn& tile) {
+  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_blocks);
   for (int64_t step = 0; step < n_blocks; ++step) {
-    at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row_block = begin; row_block < end; ++row_block)
+    std::atomic<int64_t> next_row_block{0};
+    at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
+      for (int64_t row_block = next_row_block++; row_block < n_blocks; row_block = next_row_block++)
         tile(row_block, (row_block + step) % n_blocks);
     });
   }
