@@ -1,14 +1,21 @@
-// Loops over short contiguous arrays, shared by the CPU kernels.
+// Helpers shared by the CPU kernels, mostly loops over short contiguous arrays.
 //
 // Reductions keep kLanes independent partial results instead of one serial chain, so
 // that gcc -O3 turns them into SIMD code without -ffast-math (which would also relax
 // the float64 results the tests compare to 1e-10).
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 #include <limits>
 
 namespace tgfr::cpu {
+
+// float64 inputs compute in float64, all others (float32, and float16/bfloat16 upcast) in float32.
+inline at::ScalarType accumulation_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 constexpr int64_t kLanes = 16;
 

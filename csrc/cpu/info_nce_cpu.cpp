@@ -25,10 +25,6 @@ namespace {
 
 constexpr int64_t kBlock = 256;
 
-at::ScalarType accumulation_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Whether two samples share a class id, i.e. whether any logit is masked at all.
 bool has_repeated_class(const at::Tensor& class_ids) {
   std::vector<int64_t> ids(class_ids.data_ptr<int64_t>(), class_ids.data_ptr<int64_t>() + class_ids.numel());

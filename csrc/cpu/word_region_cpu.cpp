@@ -26,10 +26,6 @@ namespace {
 // Words per tile: the tile's [rows, N] and [rows, D] buffers then stay in a 1-2 MB L2.
 constexpr int64_t kBlockRows = 256;
 
-at::ScalarType accumulation_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 struct PackedCaptions {
   at::Tensor words;                  // [valid words, D] in the accumulation dtype
   at::Tensor word_index;             // [valid words]: row of each in words.view(B_t * T, D)
