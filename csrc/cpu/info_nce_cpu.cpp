@@ -1,6 +1,6 @@
 // Fused symmetric InfoNCE on the CPU, forward and backward, without the B x B logits.
 //
-// The logits are visited in square tiles of kBlock x kBlock, each one GEMM into a
+// The logits are visited in square tiles of up to kBlock x kBlock, each one GEMM into a
 // per-thread buffer. Tiles are scheduled by diagonals: in step s, row block r pairs with
 // column block (r + s) mod n_blocks, so the tiles running at the same time share no row and
 // no column. Every row statistic, column statistic and gradient row therefore has one
@@ -23,7 +23,14 @@
 namespace tgfr::cpu {
 namespace {
 
-constexpr int64_t kBlock = 256;
+// Largest tile side (buffers of kBlock^2 stay in L2); smaller batches use smaller tiles so
+// that every thread gets tiles, down to kMinBlock.
+constexpr int64_t kBlock = 256, kMinBlock = 64;
+
+int64_t tile_side(int64_t size) {
+  const int64_t per_thread = (size + at::get_num_threads() - 1) / at::get_num_threads();
+  return std::clamp<int64_t>((per_thread + 15) / 16 * 16, kMinBlock, kBlock);
+}
 
 // Whether two samples share a class id, i.e. whether any logit is masked at all.
 bool has_repeated_class(const at::Tensor& class_ids) {
@@ -52,6 +59,8 @@ struct Problem {
   const int64_t* class_ids;
   bool masked;  // some off-diagonal pair shares a class id
   scalar_t inv_temperature;
+  int64_t block;  // tile side
+  int64_t n_blocks;
 };
 
 // One thread's tile buffers, [kBlock, kBlock] each; a tile of [rows, cols] is the view
@@ -116,11 +125,11 @@ at::Tensor accumulation_tensor(const at::Tensor& t) {
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
                                const at::Tensor& class_ids) {
+  const int64_t size = a.size(0), block = tile_side(size);
   return {accumulation_tensor<scalar_t>(a), accumulation_tensor<scalar_t>(b), class_ids.data_ptr<int64_t>(),
-          has_repeated_class(class_ids), scalar_t(1) / temperature.item<scalar_t>()};
+          has_repeated_class(class_ids), scalar_t(1) / temperature.item<scalar_t>(), block,
+          (size + block - 1) / block};
 }
-
-int64_t block_count(int64_t size) { return (size + kBlock - 1) / kBlock; }
 
 }  // namespace
 
@@ -140,10 +149,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor
     std::vector<TileBuffers> thread_buffers;
     for (int64_t t = 0; t < at::get_num_threads(); ++t) thread_buffers.emplace_back(lse_rows.options());
 
-    for_each_tile_by_diagonals(block_count(B), [&](int64_t row_block, int64_t col_block) {
+    for_each_tile_by_diagonals(problem.n_blocks, [&](int64_t row_block, int64_t col_block) {
       auto& buf = thread_buffers[at::get_thread_num()];
-      const int64_t i0 = row_block * kBlock, rows = std::min(kBlock, B - i0);
-      const int64_t j0 = col_block * kBlock, cols = std::min(kBlock, B - j0);
+      const int64_t i0 = row_block * problem.block, rows = std::min(problem.block, B - i0);
+      const int64_t j0 = col_block * problem.block, cols = std::min(problem.block, B - j0);
       const scalar_t* l = logit_tile(problem, buf, i0, rows, j0, cols);
       std::vector<scalar_t> new_row_max(rows), row_shift(rows), col_shift(cols);
       std::vector<scalar_t> new_col_max(col_max.begin() + j0, col_max.begin() + j0 + cols);
@@ -200,7 +209,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     const auto problem = make_problem<scalar_t>(a, b, temperature, class_ids);
     grad_a = at::zeros_like(problem.a);
     grad_b = at::zeros_like(problem.b);
-    const int64_t n_blocks = block_count(B);
     // dL/dl_ij = grad / (2B) * (softmax_row + softmax_col - 2 [i == j])
     const scalar_t scale = grad_loss.item<scalar_t>() / (2 * B);
     const scalar_t* lse_r = lse_rows.data_ptr<scalar_t>();
@@ -208,10 +216,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     std::vector<TileBuffers> thread_buffers;
     for (int64_t t = 0; t < at::get_num_threads(); ++t) thread_buffers.emplace_back(grad_a.options());
 
-    for_each_tile_by_diagonals(n_blocks, [&](int64_t row_block, int64_t col_block) {
+    for_each_tile_by_diagonals(problem.n_blocks, [&](int64_t row_block, int64_t col_block) {
       auto& buf = thread_buffers[at::get_thread_num()];
-      const int64_t i0 = row_block * kBlock, rows = std::min(kBlock, B - i0);
-      const int64_t j0 = col_block * kBlock, cols = std::min(kBlock, B - j0);
+      const int64_t i0 = row_block * problem.block, rows = std::min(problem.block, B - i0);
+      const int64_t j0 = col_block * problem.block, cols = std::min(problem.block, B - j0);
       logit_tile(problem, buf, i0, rows, j0, cols);
       exp_shifted(buf, rows, cols, lse_r + i0, lse_c + j0);
       scalar_t* grad_logits = buf.shifted.data_ptr<scalar_t>();
