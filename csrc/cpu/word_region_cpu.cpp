@@ -2,11 +2,15 @@
 //
 // The valid words of all captions are packed into one [W, D] matrix (padding never enters
 // a product) and the captions grouped into blocks of about kBlockRows words. The unit of
-// work is one (image, caption block) tile: its two forward products are GEMMs with M = the
-// block's words, written into per-thread buffers, and its softmaxes and cosines are loops
-// over those buffers. Nothing of size B_v*B_t*T*N is ever allocated; the backward
-// recomputes each tile's forward. In the backward a thread takes whole images, so it alone
-// writes their region gradients, and keeps a private word gradient, summed at the end.
+// work is one (image, caption block) tile: its products are GEMMs with M = the block's
+// words, written into per-thread buffers, and its softmaxes and cosines are loops over those
+// buffers. Nothing of size B_v*B_t*T*N is ever allocated; the backward recomputes each
+// tile's forward. The attended region features C = A R are never formed: everything the
+// cosines and their gradients need from C goes through the image's Gram matrix G = R R^T
+// ([N, N], computed once per image), which makes those products N/D as large and saves the
+// backward's dA = dC R^T product altogether (see backward_tile). In the backward a thread
+// takes whole images, so it alone writes their region gradients, and keeps a private word
+// gradient, summed at the end.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -71,6 +75,8 @@ PackedCaptions pack_captions(const at::Tensor& words, const at::Tensor& word_mas
 template <typename scalar_t>
 struct Problem {
   const PackedCaptions& packed;
+  at::Tensor regions;               // [B_v, N, D] in the accumulation dtype
+  at::Tensor grams;                 // [B_v, N, N]: G = R R^T of every image
   std::vector<scalar_t> word_norm;  // |w| of every packed word
   int64_t N, D;
   scalar_t gamma1, gamma2, eps;
@@ -79,60 +85,67 @@ struct Problem {
 // One thread's buffers for a tile of up to max_block_rows words against one image.
 template <typename scalar_t>
 struct TileBuffers {
-  at::Tensor prob;            // [rows, N]: S, then P (eq. 3)
+  at::Tensor logits;          // [rows, N]: S = W R^T
+  at::Tensor prob;            // [rows, N]: P (eq. 3)
   at::Tensor attention;       // [rows, N]: A (eq. 4)
-  at::Tensor context;         // [rows, D]: C = A R
-  at::Tensor grad_attention;  // [rows, N]: dA, then dP, then dS (backward only)
-  at::Tensor grad_context;    // [rows, D]: dC (backward only)
+  at::Tensor attention_gram;  // [rows, N]: H = A G, then diag(beta) A in the backward
+  at::Tensor grad_logits;     // [rows, N], backward only: dA, then dP, then dS, then dS + diag(alpha) A
+  at::Tensor region_gram_grad;  // [N, N], backward only: sum over the image's tiles of A^T diag(beta) A
   std::vector<scalar_t> column;  // [N]: a per-caption column statistic
   std::vector<scalar_t> cosine;  // [rows]
   std::vector<scalar_t> context_norm;
-  std::vector<scalar_t> image_scores;  // [B_t]: one image's scores, recomputed in the backward
+  std::vector<scalar_t> grad_cross, grad_context;  // [rows], backward only: alpha and beta below
+  std::vector<scalar_t> image_scores;              // [B_t]: one image's scores, recomputed in the backward
 
   TileBuffers(const Problem<scalar_t>& problem, bool backward) {
-    const int64_t rows = problem.packed.max_block_rows;
+    const int64_t rows = problem.packed.max_block_rows, N = problem.N;
     const auto options = problem.packed.words.options();
-    prob = at::empty({rows, problem.N}, options);
-    attention = at::empty({rows, problem.N}, options);
-    context = at::empty({rows, problem.D}, options);
-    if (backward) {
-      grad_attention = at::empty({rows, problem.N}, options);
-      grad_context = at::empty({rows, problem.D}, options);
-    }
-    column.resize(problem.N);
+    for (at::Tensor* buffer : {&logits, &prob, &attention, &attention_gram}) *buffer = at::empty({rows, N}, options);
+    column.resize(N);
     cosine.resize(rows);
     context_norm.resize(rows);
-    if (backward) image_scores.resize(problem.packed.first_row.size() - 1);
+    if (backward) {
+      grad_logits = at::empty({rows, N}, options);
+      region_gram_grad = at::empty({N, N}, options);
+      grad_cross.resize(rows);
+      grad_context.resize(rows);
+      image_scores.resize(problem.packed.first_row.size() - 1);
+    }
   }
 };
 
 // Caption block b against one image: fills the buffers and writes the score of every
-// caption k of the block to image_scores[k].
+// caption k of the block to image_scores[k]. The context vectors C = A R are never formed:
+// <w_t, c_t> = sum_j A_tj S_tj and |c_t|^2 = sum_j A_tj (A G)_tj, and A G costs N/D of A R.
 template <typename scalar_t>
-void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, const at::Tensor& region,
-                  int64_t block, scalar_t* image_scores) {
+void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, int64_t image, int64_t block,
+                  scalar_t* image_scores) {
   const auto& packed = problem.packed;
   const int64_t N = problem.N, D = problem.D;
   const int64_t k0 = packed.block_start[block], k1 = packed.block_start[block + 1];
   const int64_t r0 = packed.first_row[k0], rows = packed.first_row[k1] - r0;
-  const at::Tensor words = packed.words.narrow(0, r0, rows);
+  at::Tensor logits = buf.logits.narrow(0, 0, rows);
   at::Tensor prob = buf.prob.narrow(0, 0, rows);
-  const at::Tensor attention = buf.attention.narrow(0, 0, rows);
-  at::Tensor context = buf.context.narrow(0, 0, rows);
+  at::Tensor attention = buf.attention.narrow(0, 0, rows);
+  at::Tensor attention_gram = buf.attention_gram.narrow(0, 0, rows);
+  const scalar_t* s = logits.data_ptr<scalar_t>();
   scalar_t* p = prob.data_ptr<scalar_t>();
   scalar_t* a = attention.data_ptr<scalar_t>();
+  const scalar_t* h = attention_gram.data_ptr<scalar_t>();
   scalar_t* column = buf.column.data();
 
-  at::mm_out(prob, words, region.t());
+  at::mm_out(logits, packed.words.narrow(0, r0, rows), problem.regions[image].t());
   // eq. 3: every region normalised over the caption's words (a softmax down each column)
   for (int64_t k = k0; k < k1; ++k) {
-    scalar_t* pk = p + (packed.first_row[k] - r0) * N;
+    const int64_t offset = (packed.first_row[k] - r0) * N;
     const int64_t n_words = packed.first_row[k + 1] - packed.first_row[k];
-    std::copy(pk, pk + N, column);
+    const scalar_t* sk = s + offset;
+    scalar_t* pk = p + offset;
+    std::copy(sk, sk + N, column);
     for (int64_t t = 1; t < n_words; ++t)
-      for (int64_t j = 0; j < N; ++j) column[j] = max_of(column[j], pk[t * N + j]);
+      for (int64_t j = 0; j < N; ++j) column[j] = max_of(column[j], sk[t * N + j]);
     for (int64_t t = 0; t < n_words; ++t)
-      for (int64_t j = 0; j < N; ++j) pk[t * N + j] = max_of(pk[t * N + j] - column[j], kExpFloor<scalar_t>);
+      for (int64_t j = 0; j < N; ++j) pk[t * N + j] = max_of(sk[t * N + j] - column[j], kExpFloor<scalar_t>);
   }
   prob.exp_();
   for (int64_t k = k0; k < k1; ++k) {
@@ -159,13 +172,13 @@ void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, 
     const scalar_t inv_sum = scalar_t(1) / array_sum(ar, N);
     for (int64_t j = 0; j < N; ++j) ar[j] *= inv_sum;
   }
-  at::mm_out(context, attention, region);
-  const scalar_t* w = words.data_ptr<scalar_t>();
-  const scalar_t* c = context.data_ptr<scalar_t>();
+  at::mm_out(attention_gram, attention, problem.grams[image]);
   for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t context_norm = std::sqrt(array_dot(c + r * D, c + r * D, D));
+    const scalar_t* ar = a + r * N;
+    // rounding can leave A G A^T a hair below 0 where C = A R vanishes
+    const scalar_t context_norm = std::sqrt(max_of(array_dot(ar, h + r * N, N), scalar_t(0)));
     const scalar_t norms = problem.word_norm[r0 + r] * context_norm;
-    buf.cosine[r] = array_dot(w + r * D, c + r * D, D) / max_of(norms, problem.eps);
+    buf.cosine[r] = array_dot(ar, s + r * N, N) / max_of(norms, problem.eps);
     buf.context_norm[r] = context_norm;
   }
   // eq. 5: log-sum-exp of gamma2 * cos over the caption's words
@@ -180,31 +193,38 @@ void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, 
 }
 
 // Backward of the tile forward_tile just filled: adds the tile's share to grad_region [N, D]
+// (all but the part through |c|, which buf.region_gram_grad collects for the whole image),
 // and to the packed word gradient grad_words [valid words, D].
+//
+// With dcos_t from eq. 5, alpha_t = dcos_t / (|w_t||c_t|), beta_t = dcos_t cos_t / |c_t|^2 and
+// delta_t = dcos_t cos_t / |w_t|^2 (alpha_t = dcos_t / eps, beta_t = delta_t = 0 where the eps
+// clamp is active): dc_t = alpha_t w_t - beta_t c_t and dw_t = alpha_t c_t - delta_t w_t
+// directly. Through C = A R and S = W R^T, with E = dS + diag(alpha) A:
+//   dA = diag(alpha) S - diag(beta) A G,   dW += E R - diag(delta) W,
+//   dR += E^T W - (A^T diag(beta) A) R.
 template <typename scalar_t>
-void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, const at::Tensor& region,
-                   int64_t block, const scalar_t* image_scores, const scalar_t* image_grad_scores,
-                   const at::Tensor& grad_region, const at::Tensor& grad_words) {
+void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, int64_t image, int64_t block,
+                   const scalar_t* image_scores, const scalar_t* image_grad_scores, const at::Tensor& grad_region,
+                   const at::Tensor& grad_words) {
   const auto& packed = problem.packed;
   const int64_t N = problem.N, D = problem.D;
   const int64_t k0 = packed.block_start[block], k1 = packed.block_start[block + 1];
   const int64_t r0 = packed.first_row[k0], rows = packed.first_row[k1] - r0;
   const at::Tensor words = packed.words.narrow(0, r0, rows);
-  at::Tensor prob = buf.prob.narrow(0, 0, rows);
   const at::Tensor attention = buf.attention.narrow(0, 0, rows);
-  at::Tensor grad_attention = buf.grad_attention.narrow(0, 0, rows);
-  const at::Tensor grad_context = buf.grad_context.narrow(0, 0, rows);
+  const at::Tensor weighted_attention = buf.attention_gram.narrow(0, 0, rows);
+  const at::Tensor grad_logits = buf.grad_logits.narrow(0, 0, rows);
   const at::Tensor tile_grad_words = grad_words.narrow(0, r0, rows);
-  const scalar_t* p = prob.data_ptr<scalar_t>();
+  const scalar_t* s = buf.logits.template data_ptr<scalar_t>();
+  const scalar_t* p = buf.prob.template data_ptr<scalar_t>();
   const scalar_t* a = attention.data_ptr<scalar_t>();
+  scalar_t* h = weighted_attention.data_ptr<scalar_t>();
   const scalar_t* w = words.data_ptr<scalar_t>();
-  const scalar_t* c = buf.context.template data_ptr<scalar_t>();
-  scalar_t* dp = grad_attention.data_ptr<scalar_t>();
-  scalar_t* dc = grad_context.data_ptr<scalar_t>();
+  scalar_t* ds = grad_logits.data_ptr<scalar_t>();
   scalar_t* dw = tile_grad_words.data_ptr<scalar_t>();
   scalar_t* column = buf.column.data();
 
-  // through eq. 5 and the cosine: d cos_t = g * gamma2 * softmax_t, then dC and the direct dW
+  // through eq. 5 and the cosine
   for (int64_t k = k0; k < k1; ++k) {
     const scalar_t grad_cos_scale = image_grad_scores[k] * problem.gamma2;
     for (int64_t r = packed.first_row[k] - r0; r < packed.first_row[k + 1] - r0; ++r) {
@@ -212,52 +232,49 @@ void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf,
       const scalar_t grad_cos = grad_cos_scale * std::exp(problem.gamma2 * cosine - image_scores[k]);
       const scalar_t word_norm = problem.word_norm[r0 + r], context_norm = buf.context_norm[r];
       const scalar_t norms = word_norm * context_norm;
-      const scalar_t* wr = w + r * D;
-      const scalar_t* cr = c + r * D;
-      scalar_t* dcr = dc + r * D;
-      scalar_t* dwr = dw + r * D;
       if (norms >= problem.eps) {
-        const scalar_t g_cross = grad_cos / norms;
-        const scalar_t g_word = grad_cos * cosine / (word_norm * word_norm);
-        const scalar_t g_context = grad_cos * cosine / (context_norm * context_norm);
-        for (int64_t d = 0; d < D; ++d) {
-          dcr[d] = g_cross * wr[d] - g_context * cr[d];
-          dwr[d] += g_cross * cr[d] - g_word * wr[d];
-        }
+        buf.grad_cross[r] = grad_cos / norms;
+        buf.grad_context[r] = grad_cos * cosine / (context_norm * context_norm);
+        const scalar_t grad_word = grad_cos * cosine / (word_norm * word_norm);
+        for (int64_t d = 0; d < D; ++d) dw[r * D + d] -= grad_word * w[r * D + d];
       } else {  // the clamp max(|w||c|, eps) is active: cos = <w, c> / eps
-        const scalar_t g_cross = grad_cos / problem.eps;
-        for (int64_t d = 0; d < D; ++d) {
-          dcr[d] = g_cross * wr[d];
-          dwr[d] += g_cross * cr[d];
-        }
+        buf.grad_cross[r] = grad_cos / problem.eps;
+        buf.grad_context[r] = 0;
       }
     }
   }
-  // C = A R
-  at::mm_out(grad_attention, grad_context, region.t());
-  grad_region.addmm_(attention.t(), grad_context);
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t alpha = buf.grad_cross[r], beta = buf.grad_context[r];
+    for (int64_t j = 0; j < N; ++j) ds[r * N + j] = alpha * s[r * N + j] - beta * h[r * N + j];
+    for (int64_t j = 0; j < N; ++j) h[r * N + j] = beta * a[r * N + j];
+  }
+  buf.region_gram_grad.addmm_(attention.t(), weighted_attention);
   // through eq. 4: dP = gamma1 * A * (dA - rowsum(dA * A))
   for (int64_t r = 0; r < rows; ++r) {
-    scalar_t* dpr = dp + r * N;
+    scalar_t* dsr = ds + r * N;
     const scalar_t* ar = a + r * N;
-    const scalar_t centre = array_dot(dpr, ar, N);
-    for (int64_t j = 0; j < N; ++j) dpr[j] = problem.gamma1 * ar[j] * (dpr[j] - centre);
+    const scalar_t centre = array_dot(dsr, ar, N);
+    for (int64_t j = 0; j < N; ++j) dsr[j] = problem.gamma1 * ar[j] * (dsr[j] - centre);
   }
   // through eq. 3: dS = P * (dP - colsum over the caption's words of dP * P)
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t offset = (packed.first_row[k] - r0) * N;
     const int64_t n_words = packed.first_row[k + 1] - packed.first_row[k];
     const scalar_t* pk = p + offset;
-    scalar_t* dpk = dp + offset;
+    scalar_t* dsk = ds + offset;
     std::fill(column, column + N, scalar_t(0));
     for (int64_t t = 0; t < n_words; ++t)
-      for (int64_t j = 0; j < N; ++j) column[j] += dpk[t * N + j] * pk[t * N + j];
+      for (int64_t j = 0; j < N; ++j) column[j] += dsk[t * N + j] * pk[t * N + j];
     for (int64_t t = 0; t < n_words; ++t)
-      for (int64_t j = 0; j < N; ++j) dpk[t * N + j] = pk[t * N + j] * (dpk[t * N + j] - column[j]);
+      for (int64_t j = 0; j < N; ++j) dsk[t * N + j] = pk[t * N + j] * (dsk[t * N + j] - column[j]);
   }
-  // S = W R^T
-  tile_grad_words.addmm_(grad_attention, region);
-  grad_region.addmm_(grad_attention.t(), words);
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t alpha = buf.grad_cross[r];
+    for (int64_t j = 0; j < N; ++j) ds[r * N + j] += alpha * a[r * N + j];
+  }
+  const auto region = problem.regions[image];
+  tile_grad_words.addmm_(grad_logits, region);
+  grad_region.addmm_(grad_logits.t(), words);
 }
 
 // Calls work(item, buffers) for every item in [0, n_items) on the intra-op threads, each
@@ -274,9 +291,18 @@ void for_each_item(const Problem<scalar_t>& problem, int64_t n_items, bool backw
 }
 
 template <typename scalar_t>
-Problem<scalar_t> make_problem(const PackedCaptions& packed, int64_t N, double gamma1, double gamma2, double eps) {
-  Problem<scalar_t> problem{packed, {}, N, packed.words.size(1), static_cast<scalar_t>(gamma1),
-                            static_cast<scalar_t>(gamma2), static_cast<scalar_t>(eps)};
+Problem<scalar_t> make_problem(const PackedCaptions& packed, const at::Tensor& regions, double gamma1, double gamma2,
+                               double eps) {
+  const auto regions_acc = regions.to(packed.words.scalar_type()).contiguous();
+  Problem<scalar_t> problem{packed,
+                            regions_acc,
+                            at::bmm(regions_acc, regions_acc.transpose(1, 2)),
+                            {},
+                            regions.size(1),
+                            regions.size(2),
+                            static_cast<scalar_t>(gamma1),
+                            static_cast<scalar_t>(gamma2),
+                            static_cast<scalar_t>(eps)};
   const int64_t n_words = packed.words.size(0), D = problem.D;
   const scalar_t* w = packed.words.data_ptr<scalar_t>();
   problem.word_norm.resize(n_words);
@@ -288,17 +314,16 @@ Problem<scalar_t> make_problem(const PackedCaptions& packed, int64_t N, double g
 
 at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor& regions,
                                       const at::Tensor& word_mask, double gamma1, double gamma2, double eps) {
-  const int64_t B_v = regions.size(0), N = regions.size(1), B_t = words.size(0);
+  const int64_t B_v = regions.size(0), B_t = words.size(0);
   const auto packed = pack_captions(words, word_mask);
-  const auto regions_acc = regions.to(accumulation_type(regions)).contiguous();
-  auto scores = at::empty({B_v, B_t}, regions_acc.options());
+  auto scores = at::empty({B_v, B_t}, packed.words.options());
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "word_region_scores_forward_cpu", [&] {
-    const auto problem = make_problem<scalar_t>(packed, N, gamma1, gamma2, eps);
+    const auto problem = make_problem<scalar_t>(packed, regions, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     scalar_t* out = scores.data_ptr<scalar_t>();
     for_each_item(problem, B_v * n_blocks, /*backward=*/false, [&](int64_t item, TileBuffers<scalar_t>& buf) {
       const int64_t image = item / n_blocks;
-      forward_tile(problem, buf, regions_acc[image], item % n_blocks, out + image * B_t);
+      forward_tile(problem, buf, image, item % n_blocks, out + image * B_t);
     });
   });
   return scores.to(words.scalar_type());
@@ -312,13 +337,11 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
   const int64_t B_v = regions.size(0), N = regions.size(1), D = regions.size(2);
   const int64_t B_t = words.size(0), T = words.size(1);
   const auto packed = pack_captions(words, word_mask);
-  const auto acc = accumulation_type(regions);
-  const auto regions_acc = regions.to(acc).contiguous();
-  const auto grad_scores_acc = grad_scores.to(acc).contiguous();
-  auto grad_regions = at::zeros({B_v, N, D}, regions_acc.options());
+  const auto grad_scores_acc = grad_scores.to(packed.words.scalar_type()).contiguous();
+  auto grad_regions = at::zeros({B_v, N, D}, packed.words.options());
   at::Tensor grad_packed_words;
-  AT_DISPATCH_FLOATING_TYPES(acc, "word_region_scores_backward_cpu", [&] {
-    const auto problem = make_problem<scalar_t>(packed, N, gamma1, gamma2, eps);
+  AT_DISPATCH_FLOATING_TYPES(packed.words.scalar_type(), "word_region_scores_backward_cpu", [&] {
+    const auto problem = make_problem<scalar_t>(packed, regions, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     const scalar_t* grad_out = grad_scores_acc.data_ptr<scalar_t>();
     std::vector<at::Tensor> thread_grad_words(at::get_num_threads());
@@ -326,13 +349,14 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
     for_each_item(problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
       auto& grad_words = thread_grad_words[at::get_thread_num()];
       if (!grad_words.defined()) grad_words = at::zeros_like(packed.words);
-      const auto region = regions_acc[image];
       const auto grad_region = grad_regions[image];
+      buf.region_gram_grad.zero_();
       for (int64_t block = 0; block < n_blocks; ++block) {
-        forward_tile(problem, buf, region, block, buf.image_scores.data());
-        backward_tile(problem, buf, region, block, buf.image_scores.data(), grad_out + image * B_t, grad_region,
+        forward_tile(problem, buf, image, block, buf.image_scores.data());
+        backward_tile(problem, buf, image, block, buf.image_scores.data(), grad_out + image * B_t, grad_region,
                       grad_words);
       }
+      grad_region.addmm_(buf.region_gram_grad, problem.regions[image], 1, -1);
     });
     for (const auto& partial : thread_grad_words) {
       if (!partial.defined()) continue;
