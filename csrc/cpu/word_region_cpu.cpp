@@ -121,7 +121,7 @@ template <typename scalar_t>
 void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, int64_t image, int64_t block,
                   scalar_t* image_scores) {
   const auto& packed = problem.packed;
-  const int64_t N = problem.N, D = problem.D;
+  const int64_t N = problem.N;
   const int64_t k0 = packed.block_start[block], k1 = packed.block_start[block + 1];
   const int64_t r0 = packed.first_row[k0], rows = packed.first_row[k1] - r0;
   at::Tensor logits = buf.logits.narrow(0, 0, rows);
