@@ -39,16 +39,19 @@ bool has_repeated_class(const at::Tensor& class_ids) {
   return std::adjacent_find(ids.begin(), ids.end()) != ids.end();
 }
 
-// Runs tile(row_block, column_block) over all n_blocks^2 tiles, one diagonal at a time; the
-// tiles of a diagonal go to the threads one at a time, so a slowed-down thread takes fewer.
+int64_t worker_count(int64_t n_blocks) { return std::min<int64_t>(at::get_num_threads(), n_blocks); }
+
+// Runs tile(worker, row_block, column_block) over all n_blocks^2 tiles, one diagonal at a
+// time, with worker < worker_count(n_blocks) naming the caller's buffers. The tiles of a
+// diagonal go to the threads one at a time, so a slowed-down thread takes fewer.
 template <typename TileFn>
 void for_each_tile_by_diagonals(int64_t n_blocks, const TileFn& tile) {
-  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_blocks);
   for (int64_t step = 0; step < n_blocks; ++step) {
     std::atomic<int64_t> next_row_block{0};
-    at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
+    // the first index of each call's range names its worker (one call takes all when run inline)
+    at::parallel_for(0, worker_count(n_blocks), 1, [&](int64_t worker, int64_t) {
       for (int64_t row_block = next_row_block++; row_block < n_blocks; row_block = next_row_block++)
-        tile(row_block, (row_block + step) % n_blocks);
+        tile(worker, row_block, (row_block + step) % n_blocks);
     });
   }
 }
@@ -146,11 +149,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor
     constexpr scalar_t kInf = std::numeric_limits<scalar_t>::infinity();
     // running (max, sum of exp(logit - max)) of every row and every column
     std::vector<scalar_t> row_max(B, -kInf), row_sum(B, 0), col_max(B, -kInf), col_sum(B, 0);
-    std::vector<TileBuffers> thread_buffers;
-    for (int64_t t = 0; t < at::get_num_threads(); ++t) thread_buffers.emplace_back(lse_rows.options());
+    std::vector<TileBuffers> worker_buffers;
+    for (int64_t t = 0; t < worker_count(problem.n_blocks); ++t) worker_buffers.emplace_back(lse_rows.options());
 
-    for_each_tile_by_diagonals(problem.n_blocks, [&](int64_t row_block, int64_t col_block) {
-      auto& buf = thread_buffers[at::get_thread_num()];
+    for_each_tile_by_diagonals(problem.n_blocks, [&](int64_t worker, int64_t row_block, int64_t col_block) {
+      auto& buf = worker_buffers[worker];
       const int64_t i0 = row_block * problem.block, rows = std::min(problem.block, B - i0);
       const int64_t j0 = col_block * problem.block, cols = std::min(problem.block, B - j0);
       const scalar_t* l = logit_tile(problem, buf, i0, rows, j0, cols);
@@ -213,11 +216,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     const scalar_t scale = grad_loss.item<scalar_t>() / (2 * B);
     const scalar_t* lse_r = lse_rows.data_ptr<scalar_t>();
     const scalar_t* lse_c = lse_cols.data_ptr<scalar_t>();
-    std::vector<TileBuffers> thread_buffers;
-    for (int64_t t = 0; t < at::get_num_threads(); ++t) thread_buffers.emplace_back(grad_a.options());
+    std::vector<TileBuffers> worker_buffers;
+    for (int64_t t = 0; t < worker_count(problem.n_blocks); ++t) worker_buffers.emplace_back(grad_a.options());
 
-    for_each_tile_by_diagonals(problem.n_blocks, [&](int64_t row_block, int64_t col_block) {
-      auto& buf = thread_buffers[at::get_thread_num()];
+    for_each_tile_by_diagonals(problem.n_blocks, [&](int64_t worker, int64_t row_block, int64_t col_block) {
+      auto& buf = worker_buffers[worker];
       const int64_t i0 = row_block * problem.block, rows = std::min(problem.block, B - i0);
       const int64_t j0 = col_block * problem.block, cols = std::min(problem.block, B - j0);
       logit_tile(problem, buf, i0, rows, j0, cols);

@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../tgfr.h"
@@ -91,6 +92,7 @@ struct TileBuffers {
   at::Tensor attention_gram;  // [rows, N]: H = A G, then diag(beta) A in the backward
   at::Tensor grad_logits;     // [rows, N], backward only: dA, then dP, then dS, then dS + diag(alpha) A
   at::Tensor region_gram_grad;  // [N, N], backward only: sum over the image's tiles of A^T diag(beta) A
+  at::Tensor grad_words;        // [valid words, D], backward only: this worker's share of the word gradient
   std::vector<scalar_t> column;  // [N]: a per-caption column statistic
   std::vector<scalar_t> cosine;  // [rows]
   std::vector<scalar_t> context_norm;
@@ -107,6 +109,7 @@ struct TileBuffers {
     if (backward) {
       grad_logits = at::empty({rows, N}, options);
       region_gram_grad = at::empty({N, N}, options);
+      grad_words = at::zeros_like(problem.packed.words);
       grad_cross.resize(rows);
       grad_context.resize(rows);
       image_scores.resize(problem.packed.first_row.size() - 1);
@@ -278,16 +281,20 @@ void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf,
 }
 
 // Calls work(item, buffers) for every item in [0, n_items) on the intra-op threads, each
-// thread with its own buffers, handing items out one at a time: a thread slowed down by
-// other load, or given lighter tiles, simply takes more items.
+// worker with its own buffers, handing items out one at a time: a thread slowed down by
+// other load, or given lighter tiles, simply takes more items. Returns the workers' buffers.
 template <typename scalar_t, typename Work>
-void for_each_item(const Problem<scalar_t>& problem, int64_t n_items, bool backward, const Work& work) {
+std::vector<std::unique_ptr<TileBuffers<scalar_t>>> for_each_item(const Problem<scalar_t>& problem, int64_t n_items,
+                                                                   bool backward, const Work& work) {
   std::atomic<int64_t> next_item{0};
   const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_items);
-  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
-    TileBuffers<scalar_t> buf(problem, backward);
-    for (int64_t item = next_item++; item < n_items; item = next_item++) work(item, buf);
+  std::vector<std::unique_ptr<TileBuffers<scalar_t>>> workers(n_workers);
+  // the first index of each call's range names its worker (one call takes all when run inline)
+  at::parallel_for(0, n_workers, 1, [&](int64_t worker, int64_t) {
+    auto& buf = workers[worker] = std::make_unique<TileBuffers<scalar_t>>(problem, backward);
+    for (int64_t item = next_item++; item < n_items; item = next_item++) work(item, *buf);
   });
+  return workers;
 }
 
 template <typename scalar_t>
@@ -344,26 +351,23 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
     const auto problem = make_problem<scalar_t>(packed, regions, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     const scalar_t* grad_out = grad_scores_acc.data_ptr<scalar_t>();
-    std::vector<at::Tensor> thread_grad_words(at::get_num_threads());
     // an item is one image with all its caption blocks, so that its region gradient has one writer
-    for_each_item(problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
-      auto& grad_words = thread_grad_words[at::get_thread_num()];
-      if (!grad_words.defined()) grad_words = at::zeros_like(packed.words);
+    const auto workers = for_each_item(problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
       const auto grad_region = grad_regions[image];
       buf.region_gram_grad.zero_();
       for (int64_t block = 0; block < n_blocks; ++block) {
         forward_tile(problem, buf, image, block, buf.image_scores.data());
         backward_tile(problem, buf, image, block, buf.image_scores.data(), grad_out + image * B_t, grad_region,
-                      grad_words);
+                      buf.grad_words);
       }
       grad_region.addmm_(buf.region_gram_grad, problem.regions[image], 1, -1);
     });
-    for (const auto& partial : thread_grad_words) {
-      if (!partial.defined()) continue;
+    for (const auto& worker : workers) {
+      if (!worker) continue;
       if (grad_packed_words.defined()) {
-        grad_packed_words.add_(partial);
+        grad_packed_words.add_(worker->grad_words);
       } else {
-        grad_packed_words = partial;
+        grad_packed_words = worker->grad_words;
       }
     }
   });
