@@ -296,6 +296,22 @@ def test_fcfm_ignores_padded_words():
     torch.testing.assert_close(fcfm(changed, mask, caption, regions, image_global, feature), fused)
 
 
+def test_fcfm_gate_closed_removes_the_face_feature():
+    torch.manual_seed(0)
+    fcfm = FCFM(dim=16, image_features=12, heads=2, embedding_size=10).eval()
+    words, regions = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+    caption, image_global = torch.randn(2, 16), torch.randn(2, 16)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    feature_a, feature_b = torch.randn(2, 12), torch.randn(2, 12)
+    assert not torch.allclose(fcfm(words, mask, caption, regions, image_global, feature_a),
+                              fcfm(words, mask, caption, regions, image_global, feature_b))
+    with torch.no_grad():
+        fcfm.image_gate.weight.zero_()
+        fcfm.image_gate.bias.fill_(-50.0)
+    torch.testing.assert_close(fcfm(words, mask, caption, regions, image_global, feature_a),
+                               fcfm(words, mask, caption, regions, image_global, feature_b))
+
+
 def test_arcface_head_without_margin_is_scaled_cosine_softmax():
     torch.manual_seed(0)
     head = ArcFaceHead(8, 5, scale=16.0, margin=0.0)

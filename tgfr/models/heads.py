@@ -88,7 +88,9 @@ class FCFM(nn.Module):
     encoder's own global feature (``image_features`` wide) and a final linear
     gives the fused embedding: carrying the frozen face feature through means the
     fusion starts from what the image-only baseline knows and learns what the
-    caption adds.
+    caption adds. A learned gate, computed from that feature and the coarse
+    branch, scales the face feature first (our addition to the paper's module):
+    for a degraded face it can shrink, so that the embedding leans on the caption.
     """
 
     def __init__(self, dim: int = 256, image_features: int = 512, heads: int = 4, embedding_size: int = 512,
@@ -103,6 +105,7 @@ class FCFM(nn.Module):
         self.fine_out = nn.Linear(dim, dim)
         self.global_cross = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.global_norm = nn.LayerNorm(dim)
+        self.image_gate = nn.Linear(image_features + dim, 1)
         self.out = nn.Linear(2 * dim + image_features, embedding_size)
 
     def forward(self, words, word_mask, caption, regions, image_global, image_feature) -> torch.Tensor:
@@ -115,7 +118,8 @@ class FCFM(nn.Module):
         image_tokens = torch.cat([image_global.unsqueeze(1), regions], dim=1)
         coarse, _ = self.global_cross(caption.unsqueeze(1), image_tokens, image_tokens, need_weights=False)
         coarse = self.global_norm(caption + coarse.squeeze(1))
-        return self.out(torch.cat([fine, coarse, image_feature], dim=-1))
+        gate = torch.sigmoid(self.image_gate(torch.cat([image_feature, coarse], dim=-1)))
+        return self.out(torch.cat([fine, coarse, gate * image_feature], dim=-1))
 
 
 class FeatureLevelFusion(nn.Module):

@@ -1,7 +1,7 @@
 """The TGFR model: frozen face encoder, caption encoder, FCAM projections, FCFM and FLF fusion."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -174,6 +174,3 @@ class TGFRModel(nn.Module):
         p = torch.softmax(regions @ words.t(), dim=1).t()  # eq. 3: each region over words -> [T, N]
         attention = torch.softmax(gamma1 * p, dim=1)  # eq. 4: each word over regions
         return self.caption_tokens(caption), attention.reshape(-1, *encoded["region_shape"])
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)

@@ -16,6 +16,7 @@ restarts at the first unfinished epoch of the unfinished step.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from pathlib import Path
@@ -182,8 +183,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
     match ``config``) and starts a new one if there is none; without it an existing
     checkpoint in ``out_dir`` is an error rather than being overwritten.
     """
-    if isinstance(config, dict):
-        config = config_from_dict(config)
+    # a private copy: resuming and pretrained weights fill in fields of the model config
+    config = config_from_dict(config) if isinstance(config, dict) else copy.deepcopy(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_file = out_dir / CHECKPOINT_NAME
