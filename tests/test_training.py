@@ -12,7 +12,7 @@ from tgfr.training import loop as training_loop
 # a few seconds per run: 12 training identities, 32-pixel faces
 TINY = [
     "data.num_identities=20", "data.images_per_identity=3", "data.captions_per_image=2",
-    "image.batch_size=16", "align.batch_size=16", "fusion.batch_size=16", "ops_backend=vectorized",
+    "image.batch_size=16", "align.batch_size=16", "fusion.batch_size=16",
 ]
 
 
