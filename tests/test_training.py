@@ -102,6 +102,15 @@ def test_resume_adds_epochs_without_redoing_finished_ones(tmp_path):
     _assert_same_weights(read_checkpoint(first)["model"], read_checkpoint(straight)["model"])
 
 
+def test_resume_at_a_step_boundary_matches_a_straight_run(tmp_path):
+    stopped = tmp_path / "stopped"
+    train(_config("fusion.epochs=0"), stopped)
+    train(_config(), stopped, resume=True)
+    straight = tmp_path / "straight"
+    train(_config(), straight)
+    _assert_same_weights(read_checkpoint(stopped)["model"], read_checkpoint(straight)["model"])
+
+
 def test_run_killed_mid_step_resumes_at_its_first_unfinished_epoch(tmp_path, monkeypatch):
     config = ["align.epochs=2"]
     run_epoch = training_loop._run_epoch

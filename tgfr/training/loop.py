@@ -66,6 +66,7 @@ class _Step:
         self.frozen_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         s = self.settings
         embedding = model.config.embedding_size
+        torch.manual_seed(_epoch_seed(config.seed, name, -1))  # a resumed run initialises the heads alike
         if name == "image":
             self.heads = ArcFaceHead(model.image_encoder.embedding_size, data.num_classes, s.arcface_scale,
                                      s.arcface_margin)
