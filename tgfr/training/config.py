@@ -112,7 +112,8 @@ PRESETS = {
                   "arcface_margin": 0.3},
         # extra degraded views teach the fusion to lean on the caption when the face is poor
         "fusion": {"epochs": 6, "batch_size": 64, "lr": 0.02, "lr_milestones": [4, 5], "arcface_scale": 32.0,
-                   "arcface_margin": 0.3, "qualities": ["normal", "mixed", "mixed", "very_bad", "very_bad", "very_bad"]},
+                   "arcface_margin": 0.3,
+                   "qualities": ["normal", "mixed", "mixed", "very_bad", "very_bad", "very_bad"]},
     },
     "smoke": {
         "num_threads": 1,
