@@ -103,7 +103,8 @@ def test_arcface_loader_names_missing_and_unexpected_keys(tmp_path):
     state["head.kernel"] = torch.zeros(3)
     path = tmp_path / "broken.pth"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"(?s)missing keys \(1\).*layer2\.0\.bn3\.weight.*unexpected keys \(1\).*head\.kernel"):
+    expected = r"(?s)missing keys \(1\).*layer2\.0\.bn3\.weight.*unexpected keys \(1\).*head\.kernel"
+    with pytest.raises(ValueError, match=expected):
         load_arcface_iresnet(path, input_size=32)
 
 

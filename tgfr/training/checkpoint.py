@@ -40,7 +40,8 @@ def save_checkpoint(state: dict, path) -> None:
 def read_checkpoint(checkpoint_or_out_dir) -> dict:
     path = checkpoint_path(checkpoint_or_out_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected a training output directory or a {CHECKPOINT_NAME})")
+        raise FileNotFoundError(
+            f"no checkpoint at {path} (expected a training output directory or a {CHECKPOINT_NAME})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a tgfr training checkpoint (format {FORMAT_VERSION})")

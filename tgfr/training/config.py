@@ -189,7 +189,8 @@ def load_config(source: str | Path | None = "default", overrides=()) -> TrainCon
     else:
         path = Path(source)
         if not path.is_file():
-            raise ValueError(f"config source must be a preset ({', '.join(PRESETS)}) or a YAML file, got {str(source)!r}")
+            raise ValueError(
+                f"config source must be a preset ({', '.join(PRESETS)}) or a YAML file, got {str(source)!r}")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
