@@ -121,47 +121,12 @@ def test_word_region_loss_class_ids(backend_device, rng):
     assert not torch.allclose(plain_i2t, i2t)
 
 
-def _published_words_loss(img_features, words_emb, labels, cap_lens, class_ids, batch_size, g1=4.0, g2=5.0, g3=10.0):
-    """The DAMSM words loss as published (AttnGAN / TGFR code), channel-first layout."""
-    masks, att_maps, similarities = [], [], []
-    for i in range(batch_size):
-        mask = class_ids == class_ids[i]
-        mask[i] = False
-        masks.append(mask.reshape(1, -1))
-        words_num = int(cap_lens[i])
-        word = words_emb[i, :, :words_num].unsqueeze(0).contiguous()  # 1 x nef x words_num
-        word = word.repeat(batch_size, 1, 1)
-        context = img_features  # batch x nef x 17 x 17 (here x N)
-        # func_attention
-        query, ih_iw = word, context.size(2)
-        context_t = torch.transpose(context, 1, 2).contiguous()
-        attn = torch.bmm(context_t, query).view(batch_size * ih_iw, words_num)
-        attn = torch.softmax(attn, dim=1).view(batch_size, ih_iw, words_num)
-        attn = torch.transpose(attn, 1, 2).contiguous().view(batch_size * words_num, ih_iw)
-        attn = torch.softmax(attn * g1, dim=1).view(batch_size, words_num, ih_iw)
-        wei_context = torch.bmm(context, torch.transpose(attn, 1, 2).contiguous())
-        # words_loss continued
-        word = word.transpose(1, 2).contiguous().view(batch_size * words_num, -1)
-        wei_context = wei_context.transpose(1, 2).contiguous().view(batch_size * words_num, -1)
-        w12 = (word * wei_context).sum(1)
-        w1, w2 = word.norm(2, dim=1), wei_context.norm(2, dim=1)
-        row_sim = (w12 / (w1 * w2).clamp(min=1e-8)).view(batch_size, words_num)
-        row_sim = torch.log(row_sim.mul(g2).exp().sum(dim=1, keepdim=True))
-        similarities.append(row_sim)
-    similarities = torch.cat(similarities, 1) * g3
-    masks = torch.cat(masks, 0)
-    similarities = similarities.masked_fill(masks, -float("inf"))
-    loss0 = torch.nn.functional.cross_entropy(similarities, labels)
-    loss1 = torch.nn.functional.cross_entropy(similarities.transpose(0, 1), labels)
-    return loss0, loss1
-
-
 def test_reference_equals_published_damsm_words_loss(rng):
     B, T, N, D = 5, 6, 9, 10
     words, regions, _ = make_word_region_inputs((B, B, T, N, D), torch.float64, "cpu", rng, ragged=False)
     class_ids = torch.tensor([3, 1, 3, 0, 1])
     labels = torch.arange(B)
-    expected = _published_words_loss(
+    expected = reference.published_damsm_words_loss(
         regions.transpose(1, 2), words.transpose(1, 2), labels, [T] * B, class_ids, B
     )
     for backend in ("reference", "vectorized"):

@@ -88,3 +88,45 @@ def info_nce_reference(a, b, temperature, class_ids=None):
         logits = logits.masked_fill(same_identity_mask(class_ids), float("-inf"))
     labels = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def published_damsm_words_loss(
+    img_features, words_emb, labels, cap_lens, class_ids, batch_size, g1=4.0, g2=5.0, g3=10.0
+):
+    """The DAMSM words loss as published (AttnGAN ``words_loss`` with ``func_attention``), line for line.
+
+    Channel-first layout: ``img_features[B, D, N]``, ``words_emb[B, D, T]``; returns
+    ``(image_to_caption, caption_to_image)``. Kept verbatim, ``repeat`` and copies included,
+    as the test oracle of ``word_region_loss`` and as the "published code" row of the benchmark.
+    """
+    masks, similarities = [], []
+    for i in range(batch_size):
+        mask = class_ids == class_ids[i]
+        mask[i] = False
+        masks.append(mask.reshape(1, -1))
+        words_num = int(cap_lens[i])
+        word = words_emb[i, :, :words_num].unsqueeze(0).contiguous()  # 1 x nef x words_num
+        word = word.repeat(batch_size, 1, 1)
+        context = img_features  # batch x nef x 17 x 17 (here x N)
+        # func_attention
+        query, ih_iw = word, context.size(2)
+        context_t = torch.transpose(context, 1, 2).contiguous()
+        attn = torch.bmm(context_t, query).view(batch_size * ih_iw, words_num)
+        attn = torch.softmax(attn, dim=1).view(batch_size, ih_iw, words_num)
+        attn = torch.transpose(attn, 1, 2).contiguous().view(batch_size * words_num, ih_iw)
+        attn = torch.softmax(attn * g1, dim=1).view(batch_size, words_num, ih_iw)
+        wei_context = torch.bmm(context, torch.transpose(attn, 1, 2).contiguous())
+        # words_loss continued
+        word = word.transpose(1, 2).contiguous().view(batch_size * words_num, -1)
+        wei_context = wei_context.transpose(1, 2).contiguous().view(batch_size * words_num, -1)
+        w12 = (word * wei_context).sum(1)
+        w1, w2 = word.norm(2, dim=1), wei_context.norm(2, dim=1)
+        row_sim = (w12 / (w1 * w2).clamp(min=1e-8)).view(batch_size, words_num)
+        row_sim = torch.log(row_sim.mul(g2).exp().sum(dim=1, keepdim=True))
+        similarities.append(row_sim)
+    similarities = torch.cat(similarities, 1) * g3
+    masks = torch.cat(masks, 0)
+    similarities = similarities.masked_fill(masks, -float("inf"))
+    loss0 = F.cross_entropy(similarities, labels)
+    loss1 = F.cross_entropy(similarities.transpose(0, 1), labels)
+    return loss0, loss1
