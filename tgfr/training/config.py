@@ -19,14 +19,8 @@ from ..models.tgfr import ModelConfig
 
 
 @dataclass
-class ImageStepConfig:
-    """Step 0: the face encoder with an ArcFace head (skipped when ``model.image_weights`` is given).
-
-    ``qualities`` lists the views of the training split a step trains on, each a full
-    copy at a quality level or ``"mixed"`` (a level drawn per photo). The face encoder
-    learns from normal photos, like the published ones; the caption steps see degraded
-    photos too, so that the fusion learns to lean on the caption when the face is poor.
-    """
+class SGDStepConfig:
+    """What the two SGD steps share: an ArcFace head, momentum SGD, learning rate /10 at the milestones."""
 
     qualities: list = field(default_factory=lambda: ["normal"])
     epochs: int = 20
@@ -37,6 +31,17 @@ class ImageStepConfig:
     lr_milestones: list = field(default_factory=lambda: [12, 16])
     arcface_scale: float = 64.0
     arcface_margin: float = 0.5
+
+
+@dataclass
+class ImageStepConfig(SGDStepConfig):
+    """Step 0: the face encoder with an ArcFace head (skipped when ``model.image_weights`` is given).
+
+    ``qualities`` lists the views of the training split a step trains on, each a full
+    copy at a quality level or ``"mixed"`` (a level drawn per photo). The face encoder
+    learns from normal photos, like the published ones; the caption steps see degraded
+    photos too, so that the fusion learns to lean on the caption when the face is poor.
+    """
 
 
 @dataclass
@@ -56,18 +61,11 @@ class AlignStepConfig:
 
 
 @dataclass
-class FusionStepConfig:
+class FusionStepConfig(SGDStepConfig):
     """Step 2: FCFM and the FLF baseline with ArcFace heads (SGD), everything else frozen."""
 
     qualities: list = field(default_factory=lambda: ["normal", "mixed"])
-    epochs: int = 20
     batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_milestones: list = field(default_factory=lambda: [12, 16])
-    arcface_scale: float = 64.0
-    arcface_margin: float = 0.5
 
 
 @dataclass
