@@ -166,7 +166,7 @@ def markdown_report(info, word_region, info_nce_rows, settings) -> str:
         "",
         "Forward + backward, float32, median of the timed repeats after one warm-up; peak memory is the",
         "peak resident set above the inputs, each measurement in its own process. Produced by",
-        f"`python benchmarks/bench_ops.py {settings}`.",
+        f"`{('python benchmarks/bench_ops.py ' + settings).strip()}`.",
         "",
         f"## Word-region matching scores (T={word_region[0]['T']}, N={word_region[0]['N']}, D={word_region[0]['D']})"
         if word_region
