@@ -56,6 +56,13 @@ def dot(x, y, acc, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     return tl.dot(x.to(DOT_DTYPE), y.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
 
 
+@triton.jit
+def load_tile(ptr, row_offsets, row_ok, d0, D, BLOCK_D: tl.constexpr):
+    """Columns ``[d0, d0 + BLOCK_D)`` of the rows starting at ``ptr + row_offsets``; zero where masked."""
+    dims = d0 + tl.arange(0, BLOCK_D)
+    return tl.load(ptr + row_offsets[:, None] + dims[None, :], mask=row_ok[:, None] & (dims < D)[None, :], other=0.0)
+
+
 def interpreted() -> bool:
     """True when triton runs the kernels on the CPU (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

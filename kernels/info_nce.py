@@ -39,6 +39,7 @@ from ._common import (
     dot_operand_dtype,
     dot_precision,
     interpreted,
+    load_tile,
     next_power_of_2,
 )
 
@@ -65,13 +66,6 @@ def _logit_tile(x, y_ptr, ids_ptr, rows, row_ids, start, B, D, inv_t,
 
 
 @triton.jit
-def _load_rows(x_ptr, rows, row_ok, D, BLOCK_D: tl.constexpr):
-    dims = tl.arange(0, BLOCK_D)
-    return tl.load(x_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :],
-                   mask=row_ok[:, None] & (dims < D)[None, :], other=0.0)
-
-
-@triton.jit
 def _row_lse_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, lse_ptr, nll_ptr, B, D,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
@@ -80,8 +74,9 @@ def _row_lse_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, lse_ptr, nll_ptr, B, D,
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
     inv_t = 1.0 / tl.load(temp_ptr)
-    x = _load_rows(x_ptr, rows, row_ok, D, BLOCK_D)
-    positive = tl.sum(x.to(acc_ty) * _load_rows(y_ptr, rows, row_ok, D, BLOCK_D).to(acc_ty), axis=1) * inv_t
+    row_offsets = rows.to(tl.int64) * D
+    x = load_tile(x_ptr, row_offsets, row_ok, 0, D, BLOCK_D)
+    positive = tl.sum(x.to(acc_ty) * load_tile(y_ptr, row_offsets, row_ok, 0, D, BLOCK_D).to(acc_ty), axis=1) * inv_t
     row_ids = tl.load(ids_ptr + rows, mask=row_ok, other=0)
 
     run_max = tl.full([BLOCK_M], float("-inf"), acc_ty)
@@ -112,7 +107,7 @@ def _row_grad_kernel(x_ptr, y_ptr, ids_ptr, temp_ptr, grad_loss_ptr, lse_x_ptr, 
     row_ok = rows < B
     inv_t = 1.0 / tl.load(temp_ptr)
     scale = tl.load(grad_loss_ptr) / (2 * B)
-    x = _load_rows(x_ptr, rows, row_ok, D, BLOCK_D)
+    x = load_tile(x_ptr, rows.to(tl.int64) * D, row_ok, 0, D, BLOCK_D)
     row_ids = tl.load(ids_ptr + rows, mask=row_ok, other=0)
     lse_x = tl.load(lse_x_ptr + rows, mask=row_ok, other=0.0)
 

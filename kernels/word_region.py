@@ -52,6 +52,7 @@ from ._common import (
     dot_operand_dtype,
     dot_precision,
     interpreted,
+    load_tile,
     next_power_of_2,
 )
 
@@ -71,12 +72,6 @@ def _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS: tl.constexpr, T_PAD: tl.const
 
 
 @triton.jit
-def _load_chunk(ptr, row_offsets, row_ok, d0, D, BLOCK_D: tl.constexpr):
-    dims = d0 + tl.arange(0, BLOCK_D)
-    return tl.load(ptr + row_offsets[:, None] + dims[None, :], mask=row_ok[:, None] & (dims < D)[None, :], other=0.0)
-
-
-@triton.jit
 def _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
                CAPS: tl.constexpr, T_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
                ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
@@ -84,8 +79,8 @@ def _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
     M: tl.constexpr = CAPS * T_PAD
     s = tl.zeros([M, N_PAD], ACC)
     for d0 in range(0, D, BLOCK_D):
-        w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
-        r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
+        w = load_tile(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
+        r = load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
         s = dot(w, tl.trans(r), s, DOT_DTYPE, INPUT_PRECISION)
     s = tl.reshape(tl.where(w_ok[:, None], s, float("-inf")), [CAPS, T_PAD, N_PAD])
     col_max = tl.max(s, axis=1)
@@ -109,8 +104,8 @@ def _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
     ww = tl.zeros([M], ACC)
     cc = tl.zeros([M], ACC)
     for d0 in range(0, D, BLOCK_D):
-        w = _load_chunk(words_ptr, w_rows, w_ok, d0, D, BLOCK_D).to(ACC)
-        c = dot(a_in, _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D), None, DOT_DTYPE, INPUT_PRECISION)
+        w = load_tile(words_ptr, w_rows, w_ok, d0, D, BLOCK_D).to(ACC)
+        c = dot(a_in, load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D), None, DOT_DTYPE, INPUT_PRECISION)
         num += tl.sum(w * c, axis=1)
         ww += tl.sum(w * w, axis=1)
         cc += tl.sum(c * c, axis=1)
@@ -222,8 +217,8 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
 
         d_attn = tl.zeros([M, N_PAD], ACC)
         for d0 in range(0, D, BLOCK_D):
-            w = _load_chunk(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
-            r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
+            w = load_tile(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
+            r = load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
             c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
             d_context = alpha_c[:, None] * w.to(ACC) + beta_c[:, None] * c
             d_attn = dot(d_context.to(in_ty), tl.trans(r), d_attn, DOT_DTYPE, INPUT_PRECISION)
@@ -240,8 +235,8 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         for d0 in range(0, D, BLOCK_D):
             dims = d0 + tl.arange(0, BLOCK_D)
             d_ok = dims < D
-            w = _load_chunk(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
-            r = _load_chunk(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
+            w = load_tile(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
+            r = load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
             c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
             d_context = alpha_c[:, None] * w.to(ACC) + beta_c[:, None] * c
             d_r = dot(tl.trans(a_in), d_context.to(in_ty), None, DOT_DTYPE, INPUT_PRECISION) * context_unit
