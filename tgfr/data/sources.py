@@ -118,19 +118,22 @@ class DataSplit:
 
 def seeded_split(records: list[FaceRecord], seed: int, test_fraction: float = TEST_FRACTION) -> tuple[list, list]:
     """Identity-disjoint split: identities with two or more photos, in an order drawn from ``seed``,
-    go to test until it holds ``test_fraction`` of the photos (at least one identity; never all)."""
+    go to test until it holds ``test_fraction`` of the photos and two identities (impostor pairs need
+    two); at least one identity stays in train."""
     by_identity = defaultdict(list)
     for record in records:
         by_identity[record.identity].append(record)
     keys = sorted(by_identity, key=lambda k: (str(type(k)), k))
     eligible = [k for k in keys if len(by_identity[k]) >= 2]
-    if not eligible or len(keys) < 2:
-        raise DataError(f"a split needs at least two identities, one of them with two or more photos; "
-                        f"the data have {len(keys)} identities, {len(eligible)} with two or more photos")
+    if len(eligible) < 2 or len(keys) < 3:
+        raise DataError(f"a split needs at least three identities, two of them with two or more photos (the "
+                        f"test identities); the data have {len(keys)} identities, {len(eligible)} with two or more "
+                        f"photos")
     order = np.random.default_rng([seed, 11]).permutation(len(eligible))
     test_keys, count = set(), 0
     for position in order:
-        if count >= test_fraction * len(records) or len(test_keys) == len(keys) - 1:
+        enough = count >= test_fraction * len(records) and len(test_keys) >= 2
+        if enough or len(test_keys) == len(keys) - 1:
             break
         test_keys.add(eligible[position])
         count += len(by_identity[eligible[position]])
@@ -195,9 +198,9 @@ def split_dataset(name: str, records: list[FaceRecord], root, seed: int, skip_ba
                             f"verification needs two (pass --skip-bad to skip such identities)")
         skipped.extend(f"identity {r.identity} has one test image ({r.image_path})" for r in lonely)
         test = [r for r in test if counts[r.identity] >= 2]
-        if train and test:
+        if train and len({r.identity for r in test}) >= 2:
             return DataSplit(train, test, SPLIT_RULES[name])
-        reason = "the official split leaves one side empty on this tree"
+        reason = "the official split leaves no training photo or fewer than two test identities on this tree"
     train, test = seeded_split(records, seed)
     rule = f"identity-disjoint split drawn from seed {seed} ({TEST_FRACTION:.0%} of the photos in test)"
     notes = [] if name == "face2text" else [f"{name}: not the official split ({reason}); using an {rule}"]
