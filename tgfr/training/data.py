@@ -207,6 +207,8 @@ def make_batch_sampler(dataset, batch_size: int, generator: torch.Generator):
 def make_loader(dataset, batch_sampler, num_workers: int = 0, device=None) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` in the batches of ``batch_sampler`` (pinned memory on CUDA)."""
     pin = device is not None and torch.device(device).type == "cuda"
+    if isinstance(dataset, FeatureViews):
+        num_workers = 0  # reading mapped rows is cheap, and a worker would get a pickled (in-memory) copy
     # Its own generator: the loader's base seed must not draw from the global RNG that dropout uses
     # (items are random only through their own seeds).
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_batch,
