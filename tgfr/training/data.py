@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import FaceCaptionDataset, SyntheticConfig, build_synthetic_splits
-from ..data.sources import (SPLIT_RULES, DataError, read_dataset, select_records, split_dataset, split_names)
+from ..data.sources import (SPLIT_RULES, DataError, check_images, read_dataset, select_records, split_dataset,
+                            split_names)
 
 SPLIT_FILE = "split.json"
 log = logging.getLogger("tgfr.data")
@@ -100,7 +101,6 @@ def load_test_split(config, run_dir, data_root=None) -> FaceCaptionDataset:
     skipped: list[str] = []
     records = read_dataset(config.dataset, root, skip_bad=True, skipped=skipped, check_decoding=False)
     test = select_records(records, saved["test"], f"{config.dataset} at {root}")
-    from ..data.sources import check_images
     check_images(test, skip_bad=False, skipped=skipped)
     return FaceCaptionDataset(test, image_size=config.model.image_size, seed=config.seed + 2)
 
@@ -136,6 +136,9 @@ class TrainingViews(Dataset):
             self.views.append(rendered)
         self.labels = torch.as_tensor(np.tile(split.labels, len(self.qualities)))
         self.num_classes = split.num_identities
+        # Photos held in memory (the synthetic set) are small: keep each rendered item after its first
+        # epoch, as a tensor copy of the views would, instead of degrading it again every epoch.
+        self.memo = {} if all(r.pixels is not None for r in split.records) else None
 
     def __len__(self) -> int:
         return len(self.split) * len(self.views)
@@ -144,9 +147,15 @@ class TrainingViews(Dataset):
         return self.split.records[index % len(self.split)].captions
 
     def __getitem__(self, index: int) -> dict:
-        view, photo = divmod(int(index), len(self.split))
+        index = int(index)
+        if self.memo is not None and index in self.memo:
+            return self.memo[index]
+        view, photo = divmod(index, len(self.split))
         item = self.views[view][photo]
-        return {"index": int(index), "label": self.labels[index], "captions": item["captions"], "image": item["image"]}
+        item = {"index": index, "label": self.labels[index], "captions": item["captions"], "image": item["image"]}
+        if self.memo is not None:
+            self.memo[index] = item
+        return item
 
 
 class FeatureViews(Dataset):
