@@ -214,3 +214,18 @@ def test_blocked_pair_scores_equal_the_indexed_pairs():
         genuine, impostor = all_pair_scores(probe, reference, labels, block_size=block)
         np.testing.assert_allclose(genuine, expected[0], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(impostor, expected[1], rtol=1e-6, atol=1e-6)
+
+
+def test_skip_bad_run_lists_what_it_skipped_and_resume_needs_the_same_data(tmp_path, capsys):
+    files = make_tree("face2text", tmp_path / "data", identities=6, photos=2)
+    files["images"][3].write_bytes(b"\xff\xd8 truncated")
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "smoke", "--out", str(run), "--dataset", "face2text", "--data-root",
+            str(tmp_path / "data"), "image.epochs=0", "fusion.epochs=0"]
+    assert main([*argv, "--skip-bad"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["skipped"]) == 1 and str(files["images"][3]) in split["skipped"][0]
+    assert split["num_train"] + split["num_test"] == 11
+    files["images"][0].unlink()
+    error = _cli_error(capsys, [*argv, "--skip-bad", "--resume"])
+    assert "split.json" in error and "another split" in error

@@ -86,6 +86,16 @@ def write_split(info: dict, out_dir) -> Path:
     return path
 
 
+def check_same_split(info: dict, run_dir) -> None:
+    """A :class:`DataError` when the run in ``run_dir`` was split differently (the data changed since)."""
+    path = Path(run_dir) / SPLIT_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if (saved["train"], saved["test"]) != (info["train"], info["test"]):
+            raise DataError(f"{path}: the data now give another split than the run started with; "
+                            "resume on the same data or start a new run")
+
+
 def load_test_split(config, run_dir, data_root=None) -> FaceCaptionDataset:
     """The test photos a run held out, read from its ``split.json`` (``data_root`` replaces the saved root)."""
     path = Path(run_dir) / SPLIT_FILE

@@ -33,8 +33,8 @@ from ..models.text import Vocabulary
 from ..models.tgfr import TGFRModel
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_dict, save_config
-from .data import (FeatureViews, TrainingViews, build_splits, make_batch_sampler, make_loader, sample_captions,
-                   write_split)
+from .data import (FeatureViews, TrainingViews, build_splits, check_same_split, make_batch_sampler, make_loader,
+                   sample_captions, write_split)
 from .features import cached_features
 
 STEPS = ("image", "align", "fusion")
@@ -192,6 +192,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     splits = build_splits(config, progress=config.progress)  # bad input stops here, before any training
+    if saved is not None:
+        check_same_split(splits.info, out_dir)  # a resumed run trains on the photos it started with
     write_split(splits.info, out_dir)
     split = splits.train
     cache_dir = Path(config.feature_cache_dir).expanduser() if config.feature_cache_dir else out_dir / "features"
