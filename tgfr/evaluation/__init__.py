@@ -7,8 +7,8 @@ from .protocol import (EVAL_MODES, FaceSet, TestProtocol, embed_faces, evaluate,
 from .report import Result, markdown_table, plot_roc, write_report
 
 # real test sets: every pair scored in row blocks, photos embedded batch by batch
-from .metrics import all_pair_scores  # noqa: E402
-from .protocol import embed_dataset  # noqa: E402
+from .metrics import all_pair_scores
+from .protocol import embed_dataset
 
 __all__ = [
     "EVAL_MODES", "FAR_TARGETS", "FaceSet", "Result", "TestProtocol", "VerificationResult", "area_under_curve",
