@@ -1,8 +1,9 @@
 """The ``tgfr`` command: demo, train, eval and bench.
 
     tgfr demo [--out DIR] [--preset demo|smoke] [key=value ...]
-    tgfr train (--config FILE | --preset NAME) --out DIR [--resume] [key=value ...]
-    tgfr eval --checkpoint PATH --out DIR [--levels LEVEL ...] [--modes MODE ...]
+    tgfr train (--config FILE | --preset NAME) --out DIR [--dataset NAME --data-root ROOT] [--skip-bad]
+               [--workers N] [--resume] [key=value ...]
+    tgfr eval --checkpoint PATH --out DIR [--dataset NAME --data-root ROOT] [--levels LEVEL ...] [--modes MODE ...]
     tgfr bench [args ...]
 
 ``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``),
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from .data import QUALITY_LEVELS
+from .data.sources import DATASETS
 from .evaluation import EVAL_MODES
 from .training import PRESETS
 
@@ -54,6 +56,23 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _add_data_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--dataset", choices=DATASETS, help="dataset (config key 'dataset'; default: synthetic, "
+                                                             "the embedded set)")
+    command.add_argument("--data-root", metavar="ROOT", help="directory of a real dataset (config key 'data_root')")
+    command.add_argument("--workers", type=_non_negative_int, metavar="N",
+                         help="DataLoader worker processes (config key 'num_workers'; default: 0)")
+
+
+def _data_overrides(args) -> list[str]:
+    """The data options given on the command line as config overrides (they win over the config file)."""
+    import json
+
+    values = {"dataset": args.dataset, "data_root": args.data_root, "num_workers": args.workers,
+              "skip_bad": getattr(args, "skip_bad", None)}
+    return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tgfr", description="Text-guided face recognition: train, evaluate, "
                                                               "benchmark.")
@@ -70,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", choices=sorted(PRESETS), help="built-in config preset")
     train.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_data_arguments(train)
+    train.add_argument("--skip-bad", action="store_true", default=None,
+                       help="skip undecodable images, empty captions and one-photo test identities (listed in "
+                            "the run's split.json) instead of stopping")
     train.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help="config overrides")
 
     evaluate = commands.add_parser("eval", help="evaluate a trained checkpoint on its test split")
@@ -82,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="embedding modes (default: all)")
     evaluate.add_argument("--attention-examples", type=_non_negative_int, default=4, metavar="N",
                           help="photos whose word-region attention is drawn (default: 4; 0: none)")
+    _add_data_arguments(evaluate)
 
     # Listed for the help text only: main() hands everything after "bench" to the benchmark's parser.
     commands.add_parser("bench", help="benchmark the op backends (tgfr bench -h for its options)")
@@ -130,12 +154,16 @@ def _run_demo(args) -> int:
 def _run_train(args) -> int:
     from .training import train
 
-    config = _load_config("train", args.config or args.preset, args.overrides)
+    from .data.sources import DataError
+
+    config = _load_config("train", args.config or args.preset, [*args.overrides, *_data_overrides(args)])
     try:
         checkpoint = train(config, args.out, resume=args.resume)
     except FileExistsError as error:
         message = f"{args.out} already holds a training run: add --resume to continue it, or choose another --out"
         raise _usage_error("train", message) from error
+    except DataError as error:  # bad input data, found before training starts
+        raise _usage_error("train", str(error)) from error
     print(f"checkpoint: {checkpoint}")
     return 0
 
@@ -143,8 +171,14 @@ def _run_train(args) -> int:
 def _run_eval(args) -> int:
     from .evaluation import evaluate_checkpoint
 
-    paths = evaluate_checkpoint(args.checkpoint, args.out, levels=args.levels, modes=args.modes,
-                                attention_examples=args.attention_examples)
+    from .data.sources import DataError
+
+    try:
+        paths = evaluate_checkpoint(args.checkpoint, args.out, levels=args.levels, modes=args.modes,
+                                    attention_examples=args.attention_examples, dataset=args.dataset,
+                                    data_root=args.data_root, num_workers=args.workers)
+    except DataError as error:
+        raise _usage_error("eval", str(error)) from error
     _print_report(paths)
     return 0
 

@@ -37,6 +37,10 @@ on the train split (mixed quality) identifies unseen test people at rank-1 about
 Real datasets (:mod:`tgfr.data.readers`; never downloaded, read from a root you give):
 ``read_mmcelebahq(root)``, ``read_face2text(root)``, ``read_celeba_dialog(root)`` return
 lists of :class:`FaceRecord` for :class:`FaceCaptionDataset` (give ``image_size``, e.g. 112).
+By name (:mod:`tgfr.data.sources`): ``read_dataset(name, root, skip_bad)`` reads a real tree and
+opens every image once (bad input is a ``DataError`` naming the file, or skipped and listed);
+``split_dataset(name, records, root, seed)`` gives the paper's split, or a seeded
+identity-disjoint one on a partial tree.
 ``load_real_captions()`` returns the sample of real Face2Text and Multi-Modal-CelebA-HQ
 captions shipped with the package (tokenizer and text-encoder tests, length statistics).
 """
@@ -49,11 +53,12 @@ from .quality import QUALITY_LEVELS, degrade
 from .readers import celebahq_identities, read_celeba_dialog, read_celeba_identities, read_face2text, read_mmcelebahq
 from .real_captions import REAL_CAPTION_CORPORA, load_real_captions
 from .render import ImageVariation, render_face, sample_variation
+from .sources import DATASETS, DataError, DataSplit, read_dataset, split_dataset
 from .synthetic import (SyntheticConfig, SyntheticFaces, build_synthetic_splits, generate_synthetic,
                         split_identities)
 
 __all__ = [
-    "ATTRIBUTE_VALUES", "CAPTION_STYLES", "GEOMETRY_NAMES", "QUALITY_LEVELS", "Caption", "CaptionFact",
+    "ATTRIBUTE_VALUES", "CAPTION_STYLES", "DATASETS", "DataError", "DataSplit", "read_dataset", "split_dataset", "GEOMETRY_NAMES", "QUALITY_LEVELS", "Caption", "CaptionFact",
     "FaceCaptionDataset", "FaceRecord", "IdentificationSplit", "IdentityProfile", "ImageVariation",
     "REAL_CAPTION_CORPORA", "SyntheticConfig", "SyntheticFaces", "VerificationPairs", "build_synthetic_splits",
     "celebahq_identities", "collate_face_captions", "degrade", "generate_synthetic", "identification_split",

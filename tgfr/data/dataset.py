@@ -49,18 +49,25 @@ class FaceRecord:
             raise ValueError(f"record {self.name!r}: captions must be a non-empty tuple of non-empty "
                              f"strings, got {self.captions!r}")
 
-    def load_image(self) -> np.ndarray:
-        """The photo as uint8 [H, W, 3]."""
+    def load_image(self, size: int | None = None) -> np.ndarray:
+        """The photo as uint8 [H, W, 3]; ``size`` lets a JPEG decode at a reduced scale no smaller than it."""
         if self.pixels is not None:
             return self.pixels
         with Image.open(self.image_path) as image:
+            if size is not None:
+                image.draft("RGB", (size, size))
             return np.asarray(image.convert("RGB"))
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
+    """The centred square crop of ``image`` (aligned faces sit in the middle), resized to ``size``."""
+    height, width = image.shape[:2]
+    if height == size and width == size:
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=2.0))
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(image[top:top + side, left:left + side])
+    return np.asarray(square.resize((size, size), Image.BILINEAR, reducing_gap=2.0))
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -146,7 +153,7 @@ class FaceCaptionDataset(Dataset):
         record = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         level = self.quality if self.quality != MIXED else QUALITY_LEVELS[int(rng.integers(len(QUALITY_LEVELS)))]
-        image = record.load_image()
+        image = record.load_image(self.image_size)
         if self.image_size is not None:
             image = _resize(image, self.image_size)
         # The degradation stream depends on the level so that each level of a photo is fixed.

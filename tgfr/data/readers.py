@@ -39,8 +39,9 @@ Face2Text release format; several objects of one image are merged), a JSON objec
 ``{name: [str] | str}``, or a CSV with an image column (``image``, ``filename`` or
 ``file_name``) and a text column (``description``, ``caption`` or ``text``).
 
-With ``strict=True`` (the default) a captioned image without a file or an identity is an
-error naming it; with ``strict=False`` it is skipped.
+With ``strict=True`` (the default) a captioned image without a file, an identity or a
+caption is an error naming it; with ``strict=False`` it is skipped (and its problem appended
+to the list ``skipped`` when one is given).
 """
 from __future__ import annotations
 
@@ -135,8 +136,12 @@ def _image_path(directory: Path, stem: str) -> Path | None:
 
 
 def _records(captions: Mapping[str, tuple[str, ...]], image_dir: Path, identity_of, strict: bool,
-             source: str) -> list[FaceRecord]:
-    """Join captions (keyed by image name) with image files and identities."""
+             source: str, caption_source, skipped: list | None = None) -> list[FaceRecord]:
+    """Join captions (keyed by image name) with image files and identities.
+
+    ``caption_source(name)`` names the file an image's captions come from (for messages);
+    with ``strict=False`` every skipped image's problem is appended to ``skipped``.
+    """
     records = []
     for name in sorted(captions, key=_natural_key):
         path = image_dir / name if Path(name).suffix else _image_path(image_dir, name)
@@ -147,10 +152,12 @@ def _records(captions: Mapping[str, tuple[str, ...]], image_dir: Path, identity_
         elif identity is None:
             problem = f"no identity for image {name!r}"
         elif not captions[name]:
-            problem = f"no caption for image {name!r}"
+            problem = f"empty caption for image {name!r} in {caption_source(name)}"
         if problem:
             if strict:
                 raise ValueError(f"{source}: {problem} (pass strict=False to skip such images)")
+            if skipped is not None:
+                skipped.append(problem)
             continue
         records.append(FaceRecord(identity=identity, captions=captions[name], image_path=str(path), name=path.name))
     if not records:
@@ -169,7 +176,8 @@ def _clean(captions: Iterable[str]) -> tuple[str, ...]:
 
 def read_mmcelebahq(root: str | Path, image_dir: str | Path | None = None, caption_dir: str | Path | None = None,
                     identity_file: str | Path | None = None, mapping_file: str | Path | None = None,
-                    celeba_identity_file: str | Path | None = None, strict: bool = True) -> list[FaceRecord]:
+                    celeba_identity_file: str | Path | None = None, strict: bool = True,
+                    skipped: list | None = None) -> list[FaceRecord]:
     """Multi-Modal-CelebA-HQ: one record per captioned image (layout in the module docs)."""
     root = Path(root)
     image_dir = Path(image_dir) if image_dir else _first_existing(
@@ -181,13 +189,14 @@ def read_mmcelebahq(root: str | Path, image_dir: str | Path | None = None, capti
     for text_file in caption_dir.glob("*.txt"):
         captions[text_file.stem] = _clean(text_file.read_text(encoding="utf-8").splitlines())
     return _records(captions, image_dir, lambda name: identities.get(int(name)) if name.isdigit() else None,
-                    strict, f"Multi-Modal-CelebA-HQ at {root}")
+                    strict, f"Multi-Modal-CelebA-HQ at {root}", lambda name: caption_dir / f"{name}.txt", skipped)
 
 
 def read_celeba_dialog(root: str | Path, image_dir: str | Path | None = None,
                        captions_file: str | Path | None = None, identity_file: str | Path | None = None,
                        mapping_file: str | Path | None = None, celeba_identity_file: str | Path | None = None,
-                       attribute_captions: bool = True, strict: bool = True) -> list[FaceRecord]:
+                       attribute_captions: bool = True, strict: bool = True,
+                       skipped: list | None = None) -> list[FaceRecord]:
     """CelebA-Dialog: the overall caption of each image, then (with ``attribute_captions``)
     its attribute-wise captions in attribute order, as separate captions."""
     root = Path(root)
@@ -210,7 +219,7 @@ def read_celeba_dialog(root: str | Path, image_dir: str | Path | None = None,
         captions[name] = _clean(texts)
     return _records(captions, image_dir,
                     lambda name: identities.get(_image_number(name)) if Path(name).stem.isdigit() else None,
-                    strict, f"CelebA-Dialog at {root}")
+                    strict, f"CelebA-Dialog at {root}", lambda name: captions_file, skipped)
 
 
 def _face2text_entries(path: Path) -> dict[str, list[str]]:
@@ -242,7 +251,8 @@ def _face2text_entries(path: Path) -> dict[str, list[str]]:
 
 
 def read_face2text(root: str | Path, annotations: str | Path | None = None, image_dir: str | Path | None = None,
-                   identity_file: str | Path | None = None, strict: bool = True) -> list[FaceRecord]:
+                   identity_file: str | Path | None = None, strict: bool = True,
+                   skipped: list | None = None) -> list[FaceRecord]:
     """Face2Text: the descriptions of each image, with the identity from ``identity_file``
     (CelebA's ``identity_CelebA.txt`` format)."""
     root = Path(root)
@@ -253,4 +263,5 @@ def read_face2text(root: str | Path, annotations: str | Path | None = None, imag
     identities = read_celeba_identities(identity_file or _first_existing(
         root, ("identity_CelebA.txt", "Anno/identity_CelebA.txt"), "Face2Text identities"))
     captions = {name: _clean(texts) for name, texts in _face2text_entries(annotations).items()}
-    return _records(captions, image_dir, identities.get, strict, f"Face2Text at {root}")
+    return _records(captions, image_dir, identities.get, strict, f"Face2Text at {root}", lambda name: annotations,
+                    skipped)

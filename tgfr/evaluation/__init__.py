@@ -6,9 +6,14 @@ from .protocol import (EVAL_MODES, FaceSet, TestProtocol, embed_faces, evaluate,
                        evaluate_face_sets, score_embeddings)
 from .report import Result, markdown_table, plot_roc, write_report
 
+# real test sets: every pair scored in row blocks, photos embedded batch by batch
+from .metrics import all_pair_scores
+from .protocol import embed_dataset
+
 __all__ = [
     "EVAL_MODES", "FAR_TARGETS", "FaceSet", "Result", "TestProtocol", "VerificationResult", "area_under_curve",
     "embed_faces", "equal_error_rate", "evaluate", "evaluate_checkpoint", "evaluate_face_sets", "markdown_table",
     "min_impostors_for_far", "pair_scores", "plot_attention_grid", "plot_roc", "rank1_accuracy", "roc_curve",
     "score_embeddings", "tar_at_far", "verification_metrics", "write_report",
 ]
+__all__ += ["all_pair_scores", "embed_dataset"]

@@ -4,8 +4,11 @@ The reference side of verification and the identification gallery are normal-qua
 the probes are the same test photos degraded to each level. Verification scores every pair
 ``(i, j)``, ``i < j``, of the test set (:func:`tgfr.data.verification_pairs`) as probe ``i``
 (degraded) against reference ``j`` (normal), so all cross-identity pairs are impostors and a
-few hundred photos resolve small FARs. Identification matches the probes of
-:func:`tgfr.data.identification_split` against its one-photo-per-identity gallery.
+few hundred photos resolve small FARs; the pairs are scored in blocks of rows
+(:func:`tgfr.evaluation.metrics.all_pair_scores`), so 6,000 photos (18M pairs) fit in memory.
+Identification matches the probes of :func:`tgfr.data.identification_split` against its
+one-photo-per-identity gallery. Photos are decoded by a ``DataLoader`` in batches and only the
+embeddings are kept.
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from ..data import (QUALITY_LEVELS, build_synthetic_splits, collate_face_captions, identification_split,
-                    verification_pairs)
+from ..data import QUALITY_LEVELS, collate_face_captions, identification_split
 from .attention import plot_attention_grid
-from .metrics import pair_scores, rank1_accuracy, verification_metrics
+from .metrics import all_pair_scores, rank1_accuracy, verification_metrics
 from .report import Result, write_report
 
 EVAL_MODES = ("image", "flf", "tgfr")
@@ -50,20 +54,30 @@ class FaceSet:
 
 @dataclass(frozen=True)
 class TestProtocol:
-    """Verification pairs and the identification split over the photos of one test set."""
+    """All verification pairs ``i < j`` and the identification split over the photos of one test set."""
 
     labels: np.ndarray
-    pairs: np.ndarray  # [P, 2] (probe index, reference index)
-    genuine: np.ndarray  # [P] bool
     gallery: np.ndarray  # photo indices, one per identity
     probes: np.ndarray  # all other photo indices
 
     @classmethod
     def for_labels(cls, labels, seed: int = 0) -> "TestProtocol":
         labels = np.asarray(labels)
-        pairs = verification_pairs(labels)
         split = identification_split(labels, seed)
-        return cls(labels, pairs.pairs, pairs.genuine, split.gallery, split.probes)
+        _, sizes = np.unique(labels, return_counts=True)
+        if not (sizes > 1).any() or sizes.size < 2:
+            raise ValueError("labels must give at least one genuine and one impostor pair")
+        return cls(labels, split.gallery, split.probes)
+
+    @property
+    def num_genuine(self) -> int:
+        _, sizes = np.unique(self.labels, return_counts=True)
+        return int((sizes * (sizes - 1) // 2).sum())
+
+    @property
+    def num_impostor(self) -> int:
+        count = len(self.labels)
+        return count * (count - 1) // 2 - self.num_genuine
 
 
 def score_embeddings(mode: str, level: str, probe_embeddings, reference_embeddings, protocol: TestProtocol) -> Result:
@@ -74,7 +88,7 @@ def score_embeddings(mode: str, level: str, probe_embeddings, reference_embeddin
             f"probe and reference embeddings must have one row per test photo ({count}), "
             f"got {probe_embeddings.shape[0]} and {reference_embeddings.shape[0]}"
         )
-    genuine, impostor = pair_scores(probe_embeddings, reference_embeddings, protocol.pairs, protocol.genuine)
+    genuine, impostor = all_pair_scores(probe_embeddings, reference_embeddings, protocol.labels)
     labels = torch.as_tensor(protocol.labels)
     probes, gallery = torch.as_tensor(protocol.probes), torch.as_tensor(protocol.gallery)
     rank1 = rank1_accuracy(probe_embeddings[probes], labels[probes], reference_embeddings[gallery], labels[gallery])
@@ -128,8 +142,29 @@ def plot_word_attention(model, faces: FaceSet, indices, path) -> Path:
     return plot_attention_grid(faces.images[indices], list(words), [a.cpu() for a in attention], path)
 
 
+@torch.no_grad()
+def embed_dataset(model, dataset, modes=EVAL_MODES, batch_size: int = 128, num_workers: int = 0,
+                  progress: bool = False) -> dict[str, torch.Tensor]:
+    """Embeddings of every photo of ``dataset`` (with the caption the dataset draws for it) in each
+    of ``modes``: the photos are decoded batch by batch and only the embeddings are kept (on the CPU)."""
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_face_captions,
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    chunks: dict[str, list] = {mode: [] for mode in modes}
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc=f"embedding {dataset.quality} photos", disable=not progress, leave=False):
+            images = batch["image"].to(device, non_blocking=True)
+            for mode in modes:
+                chunks[mode].append(model.embed(images, batch["caption"], mode).float().cpu())
+    finally:
+        model.train(was_training)
+    return {mode: torch.cat(parts) for mode, parts in chunks.items()}
+
+
 def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES, attention_examples: int = 4,
-             metadata: dict | None = None) -> dict[str, Path]:
+             metadata: dict | None = None, num_workers: int = 0, progress: bool = False) -> dict[str, Path]:
     """Evaluate ``model`` on ``test_data`` (a :class:`tgfr.data.FaceCaptionDataset`) and write the report.
 
     Writes report.md, report.json and roc.png into ``out_dir`` and, with ``attention_examples > 0``
@@ -140,34 +175,57 @@ def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES,
     unknown = [level for level in levels if level not in QUALITY_LEVELS]
     if unknown or not levels:
         raise ValueError(f"levels must be a non-empty subset of {QUALITY_LEVELS}, got {levels}")
+    unknown = [mode for mode in modes if mode not in EVAL_MODES]
+    if unknown or not modes:
+        raise ValueError(f"modes must be a non-empty subset of {EVAL_MODES}, got {tuple(modes)}")
     started = time.perf_counter()
-    reference = FaceSet.from_dataset(test_data.with_quality("normal"))
-    probes = {level: reference if level == "normal" else FaceSet.from_dataset(test_data.with_quality(level))
-              for level in levels}
     protocol = TestProtocol.for_labels(test_data.labels)
-    results = evaluate_face_sets(model, reference, probes, protocol, modes)
+    reference = embed_dataset(model, test_data.with_quality("normal"), modes, num_workers=num_workers,
+                              progress=progress)
+    probes = {level: reference if level == "normal" else embed_dataset(
+        model, test_data.with_quality(level), modes, num_workers=num_workers, progress=progress) for level in levels}
+    results = [score_embeddings(mode, level, probes[level][mode], reference[mode], protocol)
+               for mode in modes for level in levels]
     details = {
         "test_photos": len(protocol.labels),
         "test_identities": int(np.unique(protocol.labels).size),
+        "genuine_pairs": protocol.num_genuine,
+        "impostor_pairs": protocol.num_impostor,
         "evaluation_seconds": round(time.perf_counter() - started, 1),
         **(metadata or {}),
     }
     out_dir = Path(out_dir)
     paths = write_report(results, out_dir, details)
     if attention_examples > 0 and "tgfr" in modes:
-        paths["attention"] = plot_word_attention(model, reference, protocol.gallery[:attention_examples],
+        normal = test_data.with_quality("normal")
+        batch = collate_face_captions([normal[int(i)] for i in protocol.gallery[:attention_examples]])
+        examples = FaceSet(batch["image"], batch["caption"], batch["identity"])
+        paths["attention"] = plot_word_attention(model, examples, range(len(examples.captions)),
                                                  out_dir / "attention.png")
     return paths
 
 
 def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES, attention_examples: int = 4,
-                        device: str = "auto", metadata: dict | None = None) -> dict[str, Path]:
-    """Evaluate a checkpoint of :func:`tgfr.training.train` on the test split of the data it was trained with."""
-    from ..training import config_from_dict, load_model, read_checkpoint, synthetic_config
+                        device: str = "auto", metadata: dict | None = None, dataset: str | None = None,
+                        data_root=None, num_workers: int | None = None) -> dict[str, Path]:
+    """Evaluate a checkpoint of :func:`tgfr.training.train` on the test split its run held out.
+
+    The split comes from the run directory's ``split.json``; ``data_root`` reads the photos from
+    another root than the one saved (the same dataset, moved); ``dataset``, when given, must be
+    the run's dataset.
+    """
+    from ..data.sources import DataError
+    from ..training import config_from_dict, load_model, read_checkpoint
+    from ..training.checkpoint import checkpoint_path
+    from ..training.data import load_test_split
     from ..training.loop import resolve_device
 
     config = config_from_dict(read_checkpoint(checkpoint)["config"])
+    if dataset is not None and dataset != config.dataset:
+        raise DataError(f"the checkpoint was trained on dataset {config.dataset!r}, not {dataset!r}")
+    test_data = load_test_split(config, checkpoint_path(checkpoint).parent, data_root)
     model = load_model(checkpoint, device=resolve_device(device))
-    test_data = build_synthetic_splits(synthetic_config(config.data, config.model.image_size, config.seed))["test"]
+    workers = config.num_workers if num_workers is None else num_workers
     return evaluate(model, test_data, out_dir, levels, modes, attention_examples,
-                    metadata={"checkpoint": str(checkpoint), **(metadata or {})})
+                    metadata={"checkpoint": str(checkpoint), "dataset": config.dataset, **(metadata or {})},
+                    num_workers=workers, progress=config.progress)

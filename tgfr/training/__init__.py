@@ -2,7 +2,7 @@
 from .checkpoint import load_model, read_checkpoint
 from .config import (PRESETS, AlignStepConfig, FusionStepConfig, ImageStepConfig, TrainConfig, config_from_dict,
                      config_to_dict, load_config, save_config)
-from .data import TrainingSet, synthetic_config
+from .data import FeatureViews, TrainingViews, build_splits, make_batch_sampler, synthetic_config
 from .loop import STEPS, train
 
 __all__ = [
@@ -12,7 +12,10 @@ __all__ = [
     "FusionStepConfig",
     "ImageStepConfig",
     "TrainConfig",
-    "TrainingSet",
+    "FeatureViews",
+    "TrainingViews",
+    "build_splits",
+    "make_batch_sampler",
     "config_from_dict",
     "config_to_dict",
     "load_config",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Union, get_args, get_origin, get_type_hints  # noqa: UP035
 
 import yaml
 
@@ -72,11 +74,15 @@ class FusionStepConfig(SGDStepConfig):
 class TrainConfig:
     """Everything ``tgfr.training.train`` needs.
 
-    ``data`` holds the keyword arguments of ``tgfr.data.SyntheticConfig`` (the
-    embedded synthetic face-caption set); ``ops_backend`` picks the
+    ``dataset`` is ``"synthetic"`` (the embedded set, whose ``data`` mapping holds the
+    keyword arguments of ``tgfr.data.SyntheticConfig``) or a real dataset read from
+    ``data_root`` (``mmcelebahq``, ``face2text``, ``celeba-dialog``; ``data`` is then
+    unused); ``skip_bad`` skips bad images and identities instead of stopping;
+    ``num_workers`` is the DataLoader's worker count. ``ops_backend`` picks the
     ``tgfr.ops`` backend of the WRCL/InfoNCE losses. ``cache_frozen_features``
-    runs the frozen face encoder once per step instead of once per batch (exact,
-    since the training images are fixed tensors; costs the encoder outputs' memory).
+    runs the frozen face encoder once per view and keeps its outputs memory-mapped on
+    disk in ``feature_cache_dir`` (default: ``features/`` in the run directory) instead
+    of encoding every batch (exact: each view is a fixed set of photos).
     """
 
     seed: int = 0
@@ -86,6 +92,11 @@ class TrainConfig:
     num_threads: int = 0
     progress: bool = True
     cache_frozen_features: bool = True
+    feature_cache_dir: Optional[str] = None
+    dataset: str = "synthetic"
+    data_root: Optional[str] = None
+    skip_bad: bool = False
+    num_workers: int = 0
     data: dict = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     image: ImageStepConfig = field(default_factory=ImageStepConfig)
@@ -143,14 +154,36 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
     return merged
 
 
-def _from_dict(cls, values: dict):
+def _check_type(path: str, value, expected):
+    """``value`` as the annotated type ``expected`` (an int is a valid float), or a ValueError naming the key."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if get_origin(expected) in (Union, types.UnionType):  # Optional[...], X | None
+        options = get_args(expected)
+        if value is None and type(None) in options:
+            return None
+        expected = next(t for t in options if t is not type(None))
+    origin = get_origin(expected) or expected
+    valid = isinstance(value, origin) and not (isinstance(value, bool) and origin in (int, float))
+    if not valid:
+        raise ValueError(f"config key {path!r} must be {getattr(origin, '__name__', origin)}, got {value!r} "
+                         f"({type(value).__name__})")
+    return value
+
+
+def _from_dict(cls, values: dict, where: str = ""):
     kwargs = {}
+    hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name not in values:
             continue
         value = values[f.name]
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
-            value = _from_dict(f.default_factory, value)
+        if dataclasses.is_dataclass(hints[f.name]):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {where + f.name!r} must be a mapping, got {value!r}")
+            value = _from_dict(hints[f.name], value, f"{where}{f.name}.")
+        else:
+            value = _check_type(where + f.name, value, hints[f.name])
         kwargs[f.name] = value
     return cls(**kwargs)
 

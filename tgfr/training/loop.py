@@ -7,7 +7,9 @@
 * step ``"fusion"``: FCFM and the FLF baseline, each with its own ArcFace head
   (SGD, learning rate divided by 10 at the configured epochs).
 
-Every epoch appends a JSON line to ``out_dir/log.jsonl`` and atomically rewrites
+The data are read and split before anything trains (bad input stops the run there);
+the split is written to ``out_dir/split.json``. Every epoch appends a JSON line to
+``out_dir/log.jsonl`` and atomically rewrites
 ``out_dir/checkpoint.pt`` (model, optimizer, loss heads, progress). Each epoch
 reseeds from ``(seed, step, epoch)``, so a run that is killed and resumed gives
 the same weights as one that was not: ``train(config, out_dir, resume=True)``
@@ -31,7 +33,9 @@ from ..models.text import Vocabulary
 from ..models.tgfr import TGFRModel
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_dict, save_config
-from .data import TrainingSet, load_training_split, materialise
+from .data import (FeatureViews, TrainingViews, build_splits, check_same_split, make_batch_sampler, make_loader,
+                   sample_captions, write_split)
+from .features import cached_features
 
 STEPS = ("image", "align", "fusion")
 LOG_NAME = "log.jsonl"
@@ -60,10 +64,9 @@ def _step_lr(base_lr: float, milestones, epoch: int) -> float:
 class _Step:
     """One training step: what it trains, with which optimizer, and its batch loss."""
 
-    def __init__(self, name: str, model: TGFRModel, config: TrainConfig, data: TrainingSet, device):
+    def __init__(self, name: str, model: TGFRModel, config: TrainConfig, data: TrainingViews, device):
         self.name, self.model, self.config, self.data, self.device = name, model, config, data, device
         self.settings = getattr(config, name)
-        self.frozen_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         s = self.settings
         embedding = model.config.embedding_size
         torch.manual_seed(_epoch_seed(config.seed, name, -1))  # a resumed run initialises the heads alike
@@ -115,31 +118,29 @@ class _Step:
             group["lr"] = _step_lr(group["base_lr"], milestones, epoch)
         return self.optimizer.param_groups[-1]["lr"]
 
-    @torch.no_grad()
-    def cache_frozen_features(self, batch_size: int = 256) -> None:
-        """Run the frozen face encoder once over the training images (the data are fixed tensors)."""
-        if self.name == "image" or self.frozen_cache is not None:
-            return
-        self.model.image_encoder.eval()
-        outputs = [
-            self.model.image_encoder(self.data.images[i:i + batch_size].to(self.device))
-            for i in range(0, len(self.data), batch_size)
-        ]
-        self.frozen_cache = tuple(torch.cat(parts) for parts in zip(*outputs))
+    def use_cached_features(self, cache_dir, dataset_key: dict) -> int:
+        """Train on the frozen face encoder's cached outputs instead of photos; returns the views encoded now."""
+        if self.name == "image" or isinstance(self.data, FeatureViews):
+            return 0
+        c = self.config
+        features, encoded = cached_features(self.model.image_encoder, self.data, cache_dir, c.dataset, dataset_key,
+                                            num_workers=c.num_workers, device=self.device, progress=c.progress)
+        self.data = FeatureViews(self.data, features)
+        return encoded
 
-    def _frozen_image(self, index: torch.Tensor):
-        if self.frozen_cache is not None:
-            idx = index.to(self.frozen_cache[0].device)
-            return self.frozen_cache[0][idx], self.frozen_cache[1][idx]
+    def _frozen_image(self, batch: dict):
+        if "global" in batch:
+            return (batch["global"].to(self.device, non_blocking=True),
+                    batch["regions"].to(self.device, non_blocking=True))
         with torch.no_grad():
-            return self.model.image_encoder(self.data.images[index].to(self.device))
+            return self.model.image_encoder(batch["image"].to(self.device, non_blocking=True))
 
-    def loss(self, index: torch.Tensor, captions: list[str]) -> dict:
-        labels = self.data.labels[index].to(self.device)
+    def loss(self, batch: dict, captions: list[str]) -> dict:
+        labels = batch["label"].to(self.device, non_blocking=True)
         if self.name == "image":
-            feature, _ = self.model.image_encoder(self.data.images[index].to(self.device))
+            feature, _ = self.model.image_encoder(batch["image"].to(self.device, non_blocking=True))
             return {"loss": self.heads(feature, labels)}
-        feature, regions = self._frozen_image(index)
+        feature, regions = self._frozen_image(batch)
         if self.name == "align":
             return self.heads(self.model.project_image(feature, regions), self.model.encode_text(captions), labels)
         with torch.no_grad():
@@ -157,21 +158,12 @@ class _Step:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def _batches(count: int, batch_size: int, generator: torch.Generator):
-    """Shuffled index batches; a last batch of one sample is dropped (BatchNorm and contrastive losses need two)."""
-    order = torch.randperm(count, generator=generator)
-    for start in range(0, count, batch_size):
-        index = order[start:start + batch_size]
-        if len(index) > 1:
-            yield index
-
-
 def _check_resumable(config: TrainConfig, saved: dict) -> None:
     given = config_to_dict(config)
     model_given = {k: v for k, v in given["model"].items() if k not in _IMAGE_FIELDS_FROM_WEIGHTS}
     model_saved = {k: v for k, v in saved["model"].items() if k not in _IMAGE_FIELDS_FROM_WEIGHTS}
     differing = [f"model.{k}" for k in model_given if model_given[k] != model_saved.get(k)]
-    differing += [key for key in ("seed", "data") if given[key] != saved[key]]
+    differing += [key for key in ("seed", "data", "dataset") if given[key] != saved.get(key, "synthetic")]
     if differing:
         raise ValueError(f"cannot resume: the config differs from the checkpoint's in {differing}; "
                          "only step settings (epochs, learning rates, ...) may change between runs")
@@ -199,8 +191,13 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    split = load_training_split(config.data, config.model.image_size, config.seed)
-    views: dict[tuple, TrainingSet] = {}  # steps training on the same qualities share one copy
+    splits = build_splits(config, progress=config.progress)  # bad input stops here, before any training
+    if saved is not None:
+        check_same_split(splits.info, out_dir)  # a resumed run trains on the photos it started with
+    write_split(splits.info, out_dir)
+    split = splits.train
+    cache_dir = Path(config.feature_cache_dir).expanduser() if config.feature_cache_dir else out_dir / "features"
+    dataset_key = {"data": config.data} if config.dataset == "synthetic" else {}
 
     if saved is not None:
         resumed = config_from_dict(saved["config"])
@@ -219,15 +216,12 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
     save_config(config, out_dir / "config.yaml")
 
     for position, name in enumerate(STEPS[STEPS.index(progress["step"]):]):
-        qualities = tuple(getattr(config, name).qualities)
-        if qualities not in views:
-            views[qualities] = materialise(split, qualities)
-        step = _Step(name, model, config, views[qualities], device)
+        step = _Step(name, model, config, TrainingViews(split, getattr(config, name).qualities), device)
         epochs_done = progress["epochs_done"] if position == 0 else 0
         if position == 0 and saved is not None and saved["trainer"] is not None:
             step.load_trainer_state(saved["trainer"])
         if epochs_done < step.settings.epochs and config.cache_frozen_features:
-            step.cache_frozen_features()
+            step.use_cached_features(cache_dir, dataset_key)
         for epoch in range(epochs_done, step.settings.epochs):
             record = _run_epoch(step, epoch, config, device)
             with open(out_dir / LOG_NAME, "a") as log:
@@ -253,12 +247,14 @@ def _run_epoch(step: _Step, epoch: int, config: TrainConfig, device) -> dict:
         else contextlib.nullcontext()
     totals: dict[str, float] = {}
     samples, started = 0, time.perf_counter()
-    batches = list(_batches(len(step.data), step.settings.batch_size, generator))
-    for index in tqdm(batches, desc=f"{step.name} {epoch + 1}/{step.settings.epochs}", disable=not config.progress,
-                      leave=False):
-        captions = step.data.sample_captions(index, generator)
+    batch_sampler = make_batch_sampler(step.data, step.settings.batch_size, generator)
+    loader = make_loader(step.data, batch_sampler, config.num_workers, device)
+    for batch in tqdm(loader, total=len(batch_sampler), desc=f"{step.name} {epoch + 1}/{step.settings.epochs}",
+                      disable=not config.progress, leave=False):
+        index = batch["index"]
+        captions = sample_captions(batch["captions"], generator)
         with amp:
-            terms = step.loss(index, captions)
+            terms = step.loss(batch, captions)
         step.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         step.optimizer.step()
