@@ -3,9 +3,10 @@
 * step ``"image"`` (only without ``model.image_weights``): the iResNet with an
   ArcFace head on the training identities (SGD); frozen afterwards.
 * step ``"align"``: caption encoder, word/global projections and IMIM with the
-  FCAM loss (Adam; the caption encoder has its own learning rate).
-* step ``"fusion"``: FCFM and the FLF baseline, each with its own ArcFace head
-  (SGD, learning rate divided by 10 at the configured epochs).
+  FCAM loss (Adam; the caption encoder has its own learning rate), or a baseline's
+  caption objective (``tgfr.training.objectives``).
+* step ``"fusion"``: the fusion heads of ``fusion.modes`` (FCFM, FLF, CGFR-style),
+  each with its own ArcFace head (SGD, learning rate divided by 10 at the configured epochs).
 
 Every epoch appends a JSON line to ``out_dir/log.jsonl`` and atomically rewrites
 ``out_dir/checkpoint.pt`` (model, optimizer, loss heads, progress). Each epoch
@@ -25,13 +26,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models.fcam import FCAMLoss
 from ..models.heads import ArcFaceHead
 from ..models.text import Vocabulary
 from ..models.tgfr import TGFRModel
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_dict, save_config
 from .data import TrainingSet, load_training_split, materialise
+from .objectives import build_align_loss, flipped_rows, pairs_views, second_view_captions, subject_pair_batches
 
 STEPS = ("image", "align", "fusion")
 LOG_NAME = "log.jsonl"
@@ -71,23 +72,24 @@ class _Step:
             self.heads = ArcFaceHead(model.image_encoder.embedding_size, data.num_classes, s.arcface_scale,
                                      s.arcface_margin)
         elif name == "align":
-            self.heads = FCAMLoss(model.config.dim, data.num_classes, s.weights, s.temperature, s.arcface_scale,
-                                  s.arcface_margin, backend=config.ops_backend)
+            self.heads = build_align_loss(s, model.config.dim, data.num_classes, config.ops_backend)
         else:
+            for mode in s.modes:
+                model.fusion_module(mode)  # a mode the model lacks is an error here, not mid-epoch
             self.heads = nn.ModuleDict({
                 mode: ArcFaceHead(embedding, data.num_classes, s.arcface_scale, s.arcface_margin)
-                for mode in ("tgfr", "flf")
+                for mode in s.modes
             })
         self.heads.to(device)
         self.optimizer = self._optimizer()
 
     def _trained_modules(self) -> list[nn.Module]:
         m = self.model
-        return {
-            "image": [m.image_encoder],
-            "align": [m.text_encoder, m.word_projection, m.global_projection, m.imim],
-            "fusion": [m.fcfm, m.flf],
-        }[self.name]
+        if self.name == "image":
+            return [m.image_encoder]
+        if self.name == "align":
+            return [getattr(m, part) for part in self.heads.trained]
+        return [m.fusion_module(mode) for mode in self.settings.modes]
 
     def _optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
@@ -99,7 +101,8 @@ class _Step:
                 {"params": [p for p in trained if id(p) not in text] + list(self.heads.parameters()),
                  "lr": s.lr, "base_lr": s.lr},
             ]
-            return torch.optim.Adam(groups, weight_decay=s.weight_decay)
+            adam = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
+            return adam(groups, weight_decay=s.weight_decay)
         params = trained + list(self.heads.parameters())
         return torch.optim.SGD([{"params": params, "lr": s.lr, "base_lr": s.lr}], momentum=s.momentum,
                                weight_decay=s.weight_decay)
@@ -134,19 +137,37 @@ class _Step:
         with torch.no_grad():
             return self.model.image_encoder(self.data.images[index].to(self.device))
 
+    def batches(self, generator: torch.Generator) -> list[torch.Tensor]:
+        """This epoch's index batches: two views per subject for eq. 7's IMCL, else shuffled."""
+        if pairs_views(self.settings):
+            return subject_pair_batches(self.data.labels, self.settings.batch_size, generator)
+        return list(_batches(len(self.data), self.settings.batch_size, generator))
+
+    def captions(self, index: torch.Tensor, generator: torch.Generator) -> list[str]:
+        if pairs_views(self.settings):
+            return second_view_captions(self.data.captions, index, generator)
+        return self.data.sample_captions(index, generator)
+
     def loss(self, index: torch.Tensor, captions: list[str]) -> dict:
         labels = self.data.labels[index].to(self.device)
         if self.name == "image":
             feature, _ = self.model.image_encoder(self.data.images[index].to(self.device))
             return {"loss": self.heads(feature, labels)}
         feature, regions = self._frozen_image(index)
+        if pairs_views(self.settings):
+            flip = flipped_rows(index)
+            if flip.any():  # the second view of a one-sample subject: its mirror image
+                with torch.no_grad():
+                    mirrored = self.model.image_encoder(self.data.images[index[flip]].flip(-1).to(self.device))
+                rows = flip.nonzero().flatten().to(feature.device)
+                feature, regions = feature.index_copy(0, rows, mirrored[0]), regions.index_copy(0, rows, mirrored[1])
         if self.name == "align":
             return self.heads(self.model.project_image(feature, regions), self.model.encode_text(captions), labels)
         with torch.no_grad():
             image = self.model.project_image(feature, regions)
             text = self.model.encode_text(captions)
-        terms = {mode: self.heads[mode](self.model.fuse(image, text, mode), labels) for mode in ("tgfr", "flf")}
-        terms["loss"] = terms["tgfr"] + terms["flf"]
+        terms = {mode: self.heads[mode](self.model.fuse(image, text, mode), labels) for mode in self.settings.modes}
+        terms["loss"] = sum(terms.values())
         return terms
 
     def trainer_state(self) -> dict:
@@ -253,10 +274,10 @@ def _run_epoch(step: _Step, epoch: int, config: TrainConfig, device) -> dict:
         else contextlib.nullcontext()
     totals: dict[str, float] = {}
     samples, started = 0, time.perf_counter()
-    batches = list(_batches(len(step.data), step.settings.batch_size, generator))
+    batches = step.batches(generator)
     for index in tqdm(batches, desc=f"{step.name} {epoch + 1}/{step.settings.epochs}", disable=not config.progress,
                       leave=False):
-        captions = step.data.sample_captions(index, generator)
+        captions = step.captions(index, generator)
         with amp:
             terms = step.loss(index, captions)
         step.optimizer.zero_grad(set_to_none=True)
