@@ -95,7 +95,7 @@ STUDY_PRESETS = {
     "paper": StudyPreset([0, 1, 2]),
     # minutes on a 2-core CPU: the demo's small model and data, a few epochs per step
     "quick": StudyPreset([0, 1, 2], [
-        "num_threads=1", "progress=false",
+        "num_threads=2", "progress=false",
         "data.num_identities=120", "data.images_per_identity=8", "data.captions_per_image=3",
         "model.image_size=32", "model.image_width=16", "model.text_embedding_dim=48", "model.text_hidden=48",
         "model.dim=64", "model.embedding_size=128", "model.max_words=24", "model.fusion_heads=2",

@@ -73,16 +73,18 @@ class FCAMLoss(nn.Module):
         """Weighted total under ``"loss"`` and each enabled unweighted term under its name."""
         w = self.weights
         class_ids = labels if self.mask_same_identity else None
-        # the symmetric InfoNCE op is the mean of its two directions; eqs. 1-2 and 8 sum them
-        pair_scale = 1.0 if self.scaling == "mean" else 2.0
+        # "mean" averages the two modalities of ID and the two directions of CICL; eqs. 1-2 and 8 sum them
+        # (the symmetric InfoNCE op is the mean of its two directions)
+        summed = self.scaling == "paper"
         terms = {}
         if w.wrcl:
             terms["wrcl"] = self.wrcl(text["words"], image["regions"], text["mask"], class_ids)
         if w.id:
             both = self.identity(text["caption"], labels) + self.identity(image["global"], labels)
-            terms["id"] = both / pair_scale
+            terms["id"] = both if summed else both / 2
         if w.cicl:
-            terms["cicl"] = pair_scale * self.cicl(text["caption"], image["global"], class_ids)
+            cicl = self.cicl(text["caption"], image["global"], class_ids)
+            terms["cicl"] = 2 * cicl if summed else cicl
         if w.imcl:
             terms["imcl"] = self.intra_modal(image, text, labels, class_ids)
         if not terms:
