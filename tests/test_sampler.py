@@ -66,3 +66,11 @@ def test_a_one_sample_subject_gets_a_flipped_view_and_another_caption():
         drawn = second_view_captions(table, index, torch.Generator().manual_seed(seed))
         assert drawn[0] != drawn[3] and drawn[0] in captions[7] and drawn[3] in captions[7]
         assert drawn[2] == drawn[5] == "e"  # one caption only: it is repeated
+
+
+def test_drop_last_keeps_only_full_batches():
+    labels = _labels(4)
+    full = list(SubjectPairBatchSampler(labels, 8, torch.Generator().manual_seed(0), drop_last=True))
+    kept = list(SubjectPairBatchSampler(labels, 8, torch.Generator().manual_seed(0)))
+    assert full and all(len(batch) == 8 for batch in full)
+    assert full == kept[:len(full)] and len(kept) > len(full)

@@ -23,8 +23,8 @@ class SubjectPairBatchSampler(Sampler):
         batch_size: samples per batch, even and at least 4 (two subjects, so that each
             contrastive term has a negative).
         generator: the ``torch.Generator`` of the shuffles (one epoch per ``__iter__``).
-        drop_last: drop a last batch with fewer subjects than ``batch_size // 2`` (one subject
-            is always dropped: it has no negative).
+        drop_last: drop batches with fewer subjects than ``batch_size // 2``. A batch of a single
+            subject is always dropped: it has no negative.
     """
 
     def __init__(self, labels, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False):
@@ -68,16 +68,12 @@ class SubjectPairBatchSampler(Sampler):
                 else:
                     deferred.append(pair)
             pending = deferred
+            # a short batch means fewer distinct subjects are left than a batch holds, so every later one is short
+            # too; a single subject has no negatives
             if len(batch) < 2 or (self.drop_last and len(batch) < self.subjects_per_batch):
-                # fewer than two subjects left: no negatives; the rest can only repeat subjects
-                if len(batch) < 2:
-                    break
-                continue
+                break
             yield [a for _, a, _ in batch] + [b for _, _, b in batch]
 
+    # no __len__: how many batches an epoch packs depends on its shuffle
     def __iter__(self):
         return iter(list(self._batches()))
-
-    def __len__(self) -> int:
-        # exact only by drawing: an epoch's packing depends on its shuffle; this bound is what DataLoader shows
-        return max(1, -(-self.labels.numel() // self.subjects_per_batch))
