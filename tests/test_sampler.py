@@ -25,8 +25,9 @@ def test_every_batch_holds_two_samples_of_each_of_its_distinct_subjects(seed, ba
     sizes = Counter(labels.tolist())
     sampler = SubjectPairBatchSampler(labels, batch_size, torch.Generator().manual_seed(seed))
     anchors = []
+    announced = len(sampler)
     batches = list(sampler)
-    assert batches
+    assert batches and len(batches) == announced  # the length is that of the epoch drawn next
     for batch in batches:
         count = len(batch) // 2
         first, second = torch.tensor(batch[:count]), torch.tensor(batch[count:])

@@ -12,6 +12,7 @@ values read as YAML. The benchmark module is imported only by ``tgfr bench``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--text-model", default="auto", metavar="PATH",
                        help="transformer caption encoder of the BERT-FLF and CGFR rows: a local Hugging Face "
                             "model directory, 'minilm', or 'none' to skip those rows (default: minilm if installed)")
+    study.add_argument("--dataset", help="dataset of every run (config key 'dataset'; default: the embedded "
+                                         "synthetic set)")
+    study.add_argument("--data-root", metavar="ROOT", help="directory of a real dataset (config key 'data_root')")
     study.add_argument("overrides", nargs="*", type=_override, metavar="key=value",
                        help="config overrides applied to every run")
 
@@ -172,9 +176,17 @@ def _run_study(args) -> int:
                                     f"got {args.text_model!r}")
     if text_model == "minilm" and default_text_model() is None:
         raise _usage_error("study", "--text-model minilm needs the optional package: pip install 'tgfr[text]'")
-    _load_config("study", "paper", args.overrides)  # override mistakes end here, before any training
+    overrides = list(args.overrides)
+    if args.dataset is not None:
+        overrides.append(f"dataset={args.dataset}")
+    if args.data_root is not None:
+        overrides.append(f"data_root={json.dumps(args.data_root)}")  # quoted: any path is a YAML string
+    _load_config("study", "paper", overrides)  # override mistakes end here, before any training
     started = time.perf_counter()
-    paths = run_study(args.out, args.preset, text_model, args.seeds, args.overrides)
+    try:
+        paths = run_study(args.out, args.preset, text_model, args.seeds, overrides)
+    except NotImplementedError as error:
+        raise _usage_error("study", str(error)) from error
     print(paths["markdown"].read_text())
     print(f"tables: {paths['markdown']} and {paths['json'].name}; figures: {paths['roc']}, {paths['faces']}")
     print(f"total wall time: {time.perf_counter() - started:.1f} s")

@@ -19,8 +19,8 @@ class WordProjection(nn.Module):
 
     One convolution per kernel size ('same' padding so each token keeps its
     position; 2, 3, 4, 5 by default as in the paper's text, the authors' code
-    uses 2, 3, 4); the outputs are stacked and max-pooled over the kernel axis. Padded tokens are zeroed before the convolutions and
-    left out of the caption max-pool.
+    uses 2, 3, 4); the outputs are stacked and max-pooled over the kernel axis.
+    Padded tokens are zeroed before the convolutions and left out of the caption max-pool.
     """
 
     def __init__(self, in_features: int, dim: int = 256, kernel_sizes=CNN_KERNEL_SIZES):

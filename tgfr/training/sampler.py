@@ -43,6 +43,7 @@ class SubjectPairBatchSampler(Sampler):
         if len(members) < 2:
             raise ValueError("SubjectPairBatchSampler needs at least two subjects")
         self.members = [torch.tensor(members[label]) for label in sorted(members)]
+        self._drawn: list[list[int]] | None = None
 
     def _pairs(self) -> list[tuple[int, int, int]]:
         """(subject, anchor, second view) for every sample as anchor, in a shuffled order."""
@@ -74,6 +75,16 @@ class SubjectPairBatchSampler(Sampler):
                 break
             yield [a for _, a, _ in batch] + [b for _, _, b in batch]
 
-    # no __len__: how many batches an epoch packs depends on its shuffle
+    def _epoch(self) -> list[list[int]]:
+        # an epoch is drawn when first asked for (its length or its batches) and handed out once
+        if self._drawn is None:
+            self._drawn = list(self._batches())
+        return self._drawn
+
     def __iter__(self):
-        return iter(list(self._batches()))
+        batches, self._drawn = self._epoch(), None
+        return iter(batches)
+
+    def __len__(self) -> int:
+        """The number of batches of the epoch the next ``iter`` yields (packing depends on its shuffle)."""
+        return len(self._epoch())
