@@ -95,3 +95,16 @@ def test_study_usage_errors(capsys):
     with pytest.raises(SystemExit):
         cli.main(["study", "align.no_such_key=1"])
     assert "unknown config key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["quick", "paper", "tiny"])
+def test_study_presets_give_valid_configs(preset):
+    from tgfr.study import STUDY_PRESETS, study_runs
+
+    settings = STUDY_PRESETS[preset]
+    for run in study_runs("minilm", settings.transformer_overrides):
+        config = load_config("paper", [*settings.overrides, *run.overrides])
+        for step in (config.image, config.align, config.fusion):
+            # YAML reads "2e-3" as a string: every rate must arrive as a number
+            assert all(isinstance(getattr(step, key), float) for key in ("lr", "weight_decay")), (preset, run.name)
+        assert isinstance(config.align.text_lr, float), (preset, run.name)

@@ -100,7 +100,7 @@ class StudyPreset:
 STUDY_PRESETS = {
     # the paper's hyper-parameters and sizes (a GPU job); the caption learning rate of a
     # BiLSTM trained from scratch, and of a pretrained transformer
-    "paper": StudyPreset([0, 1, 2], ["align.text_lr=1e-3"], ["align.text_lr=2e-5"]),
+    "paper": StudyPreset([0, 1, 2], ["align.text_lr=0.001"], ["align.text_lr=0.00002"]),
     # minutes on a 2-core CPU: the demo's small model and data, a few epochs per step
     "quick": StudyPreset([0, 1, 2], [
         "num_threads=2", "progress=false",
@@ -109,11 +109,11 @@ STUDY_PRESETS = {
         "model.dim=64", "model.embedding_size=128", "model.max_words=24", "model.fusion_heads=2",
         "image.epochs=8", "image.batch_size=32", "image.lr_milestones=[6, 7]", "image.arcface_scale=32.0",
         "image.arcface_margin=0.3",
-        "align.epochs=3", "align.batch_size=32", "align.text_lr=2e-3", "align.lr=2e-3",
+        "align.epochs=3", "align.batch_size=32", "align.text_lr=0.002", "align.lr=0.002",
         "align.arcface_scale=32.0", "align.arcface_margin=0.3",
         "fusion.epochs=4", "fusion.batch_size=64", "fusion.lr=0.02", "fusion.lr_milestones=[3]",
         "fusion.arcface_scale=32.0", "fusion.arcface_margin=0.3",
-    ], ["align.text_lr=5e-5"], [0]),
+    ], ["align.text_lr=0.00005"], [0]),
     # seconds: proves the pipeline (tests)
     "tiny": StudyPreset([0, 1], [
         "num_threads=1", "progress=false",
