@@ -50,7 +50,7 @@ def _fcam_weights(wrcl=1, id=0, cicl=0, imcl=0) -> tuple:
 
 _TGFR_ONLY = ("model.fusions=[tgfr]", "fusion.modes=[tgfr]")
 _MIXED_VIEWS = ("align.qualities=[normal, mixed]",
-                "fusion.qualities=[normal, mixed, mixed, very_bad, very_bad, very_bad]")
+                "fusion.qualities=[normal, mixed, very_bad]")
 # every project-specific variant at once: gated face feature, regions as coarse keys, GroupNorm
 # IMIM with a gate, local-global IMCL, averaged ID/CICL, same-identity masking, eq. 5 as coded
 _PROJECT_VARIANTS = ("model.imim_norm=group", "model.imim_gate=true", "model.fcfm_coarse_keys=global_regions",
@@ -104,14 +104,14 @@ STUDY_PRESETS = {
     # minutes on a 2-core CPU: the demo's small model and data, a few epochs per step
     "quick": StudyPreset([0, 1, 2], [
         "num_threads=2", "progress=false",
-        "data.num_identities=120", "data.images_per_identity=8", "data.captions_per_image=3",
+        "data.num_identities=100", "data.images_per_identity=8", "data.captions_per_image=3",
         "model.image_size=32", "model.image_width=16", "model.text_embedding_dim=48", "model.text_hidden=48",
         "model.dim=64", "model.embedding_size=128", "model.max_words=24", "model.fusion_heads=2",
         "image.epochs=8", "image.batch_size=32", "image.lr_milestones=[6, 7]", "image.arcface_scale=32.0",
         "image.arcface_margin=0.3",
-        "align.epochs=3", "align.batch_size=32", "align.text_lr=0.002", "align.lr=0.002",
+        "align.epochs=5", "align.batch_size=32", "align.text_lr=0.002", "align.lr=0.002",
         "align.arcface_scale=32.0", "align.arcface_margin=0.3",
-        "fusion.epochs=4", "fusion.batch_size=64", "fusion.lr=0.02", "fusion.lr_milestones=[3]",
+        "fusion.epochs=10", "fusion.batch_size=64", "fusion.lr=0.02", "fusion.lr_milestones=[7, 9]",
         "fusion.arcface_scale=32.0", "fusion.arcface_margin=0.3",
     ], ["align.text_lr=0.00005"], [0]),
     # seconds: proves the pipeline (tests)
