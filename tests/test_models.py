@@ -445,7 +445,7 @@ def test_paper_scaling_sums_id_over_modalities_and_cicl_over_directions():
                     scaling="mean", mask_same_identity=False).double()
     mean.load_state_dict(paper.state_dict())
     got, halved = paper(image, text, labels), mean(image, text, labels)
-    identity = float(paper.identity(captions, labels) + paper.identity(faces, labels))  # eq. 8
+    identity = float((paper.identity(captions, labels) + paper.identity(faces, labels)).detach())  # eq. 8
     cicl = 2 * _info_nce_by_hand(captions, faces, float(paper.cicl.temperature.detach()))  # eqs. 1-2: both directions
     assert abs(float(got["id"].detach()) - identity) < 1e-9 * max(1.0, identity)
     assert abs(float(got["cicl"].detach()) - cicl) < 1e-9 * max(1.0, cicl)
