@@ -401,3 +401,161 @@ def test_model_with_arcface_weights_records_their_architecture(tmp_path, vocabul
     assert (config.image_layers, config.image_width, config.image_embedding) == ([1, 2, 1, 1], 8, 48)
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model.embed(x, mode="image"), F.normalize(encoder(x)[0], dim=-1))
+
+
+# ---------------------------------------------------------------- the paper's FCAM (eqs. 1-8), IMIM and FCFM (§3.5)
+
+
+def _info_nce_by_hand(x, y, temperature):
+    """Symmetric InfoNCE written out: the mean over rows of -log softmax of the positive, both ways."""
+    total = 0.0
+    for a, b in ((x, y), (y, x)):
+        for i in range(a.shape[0]):
+            logits = [float(a[i] @ b[j]) / temperature for j in range(b.shape[0])]
+            total += math.log(sum(math.exp(v) for v in logits)) - logits[i]
+    return total / (2 * x.shape[0])
+
+
+def _unit(*shape, seed):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=-1)
+
+
+def test_imcl_views_is_eq7_on_a_hand_built_batch():
+    # three subjects, two views each: rows 0-2 and 3-5 are the first and second views
+    faces, captions = _unit(6, 8, seed=1), _unit(6, 8, seed=2)
+    labels = torch.tensor([4, 0, 2, 4, 0, 2])
+    loss = FCAMLoss(8, 5, FCAMWeights(wrcl=0, id=0, cicl=0, imcl=1), temperature=0.2, backend="reference",
+                    imcl="views", mask_same_identity=False).double()
+    terms = loss({"global": faces}, {"caption": captions}, labels)
+    tau = float(loss.imcl.temperature.detach())  # 0.2 as stored (log tau, float32 before .double())
+    expected = 0.5 * (_info_nce_by_hand(faces[:3], faces[3:], tau) + _info_nce_by_hand(captions[:3], captions[3:], tau))
+    assert set(terms) == {"imcl", "loss"}
+    assert abs(float(terms["imcl"].detach()) - expected) < 1e-9 + 1e-9 * abs(expected)
+    with pytest.raises(ValueError, match="two views per subject"):
+        loss({"global": faces}, {"caption": captions}, torch.tensor([4, 0, 2, 0, 4, 2]))
+
+
+def test_paper_scaling_sums_id_over_modalities_and_cicl_over_directions():
+    faces, captions = _unit(5, 8, seed=3), _unit(5, 8, seed=4)
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    image, text = {"global": faces}, {"caption": captions}
+    paper = FCAMLoss(8, 4, FCAMWeights(wrcl=0, id=1, cicl=1, imcl=0), temperature=0.3, backend="reference",
+                     scaling="paper", mask_same_identity=False).double()
+    mean = FCAMLoss(8, 4, FCAMWeights(wrcl=0, id=1, cicl=1, imcl=0), temperature=0.3, backend="reference",
+                    scaling="mean", mask_same_identity=False).double()
+    mean.load_state_dict(paper.state_dict())
+    got, halved = paper(image, text, labels), mean(image, text, labels)
+    identity = float((paper.identity(captions, labels) + paper.identity(faces, labels)).detach())  # eq. 8
+    cicl = 2 * _info_nce_by_hand(captions, faces, float(paper.cicl.temperature.detach()))  # eqs. 1-2: both directions
+    assert abs(float(got["id"].detach()) - identity) < 1e-9 * max(1.0, identity)
+    assert abs(float(got["cicl"].detach()) - cicl) < 1e-9 * max(1.0, cicl)
+    torch.testing.assert_close(halved["id"], got["id"] / 2)
+    torch.testing.assert_close(halved["cicl"], got["cicl"] / 2)
+
+
+def test_wrcl_with_eq5_exponent_divides_the_matching_score_by_gamma2():
+    from tgfr.ops import word_region_scores
+    from tgfr.ops.reference import matching_loss
+
+    words, regions = _unit(3, 4, 8, seed=5), _unit(3, 6, 8, seed=6)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [True] * 3 + [False]])
+    loss = FCAMLoss(8, 3, FCAMWeights(wrcl=1, id=0, cicl=0, imcl=0), backend="reference", wrcl_exponent=True,
+                    mask_same_identity=False)
+    got = loss({"regions": regions}, {"words": words, "mask": mask}, torch.arange(3))["wrcl"]
+    scores = word_region_scores(words, regions, mask, 4.0, 5.0, backend="reference")
+    expected = sum(matching_loss(scores / 5.0, None, 10.0))  # R(Q, D) = (sum exp(gamma2 cos))^(1/gamma2), eq. 5
+    torch.testing.assert_close(got, expected)
+
+
+def test_imim_paper_form_is_batchnorm_and_an_ungated_residual():
+    torch.manual_seed(0)
+    imim = IMIM(in_channels=16, dim=16, norm="batch", gate=False).eval()
+    assert isinstance(imim.norm, nn.BatchNorm2d) and imim.gate is None
+    _randomise(imim, seed=7)
+    x = torch.randn(2, 16, 3, 4)
+    normed = imim.norm(x)
+    flat = normed.flatten(2)  # [B, D, N]
+    q = (imim.query.weight.flatten(1) @ flat + imim.query.bias[:, None]).transpose(1, 2)
+    k = imim.key.weight.flatten(1) @ flat + imim.key.bias[:, None]
+    v = (imim.value.weight.flatten(1) @ flat + imim.value.bias[:, None]).transpose(1, 2)
+    expected = flat.transpose(1, 2) + torch.softmax(q @ k / math.sqrt(k.shape[1]), -1) @ v
+    torch.testing.assert_close(imim(x), expected)
+    with pytest.raises(ValueError, match="IMIM norm"):
+        IMIM(16, 16, norm="layer")
+
+
+def _transformer_layer_parameters(d, feedforward):
+    return (4 * d * d + 4 * d) + (d * feedforward + feedforward) + (feedforward * d + d) + 4 * d
+
+
+def test_fcfm_paper_form_shapes_and_parameters():
+    d, features, embedding = 16, 12, 10
+    torch.manual_seed(0)
+    fcfm = FCFM(dim=d, image_features=features, heads=2, embedding_size=embedding, coarse_keys="global",
+                face_feature="none").eval()
+    # §3.5: word->region cross-attention + LayerNorm, two self-attention blocks, linear; caption->global
+    # cross-attention + LayerNorm; one linear over the two concatenated branches, nothing else
+    expected = ((4 * d * d + 4 * d) + 2 * d + 2 * _transformer_layer_parameters(d, 2 * d) + (d * d + d)
+                + (4 * d * d + 4 * d) + 2 * d + (2 * d * embedding + embedding))
+    assert sum(p.numel() for p in fcfm.parameters()) == expected
+    assert fcfm.image_gate is None and fcfm.out.in_features == 2 * d
+    words, regions = torch.randn(3, 5, d), torch.randn(3, 9, d)
+    caption, image_global = torch.randn(3, d), torch.randn(3, d)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] * 4 + [False]])
+    fused = fcfm(words, mask, caption, regions, image_global)
+    assert fused.shape == (3, embedding)
+    # the coarse branch attends over the one global feature: attention weight 1, so it is
+    # LayerNorm(caption + W_o W_v g)
+    captured = {}
+    fcfm.global_norm.register_forward_hook(lambda module, args, output: captured.update(coarse=output))
+    fcfm(words, mask, caption, regions, image_global)
+    w_v, b_v = fcfm.global_cross.in_proj_weight[2 * d:], fcfm.global_cross.in_proj_bias[2 * d:]
+    value = fcfm.global_cross.out_proj(image_global @ w_v.t() + b_v)
+    torch.testing.assert_close(captured["coarse"], fcfm.global_norm(caption + value))
+    with pytest.raises(ValueError, match="face_feature"):
+        FCFM(d, features, 2, embedding, face_feature="sum")
+
+
+def test_paper_model_config_builds_the_paper_modules(vocabulary):
+    model = _model(vocabulary, imim_norm="batch", imim_gate=False, fcfm_coarse_keys="global",
+                   fcfm_face_feature="none", word_kernels=[2, 3, 4])
+    assert isinstance(model.imim.norm, nn.BatchNorm2d)
+    assert [conv.kernel_size[0] for conv in model.word_projection.convs] == [2, 3, 4]
+    assert model.fcfm.out.in_features == 2 * SMALL["dim"]
+    out = model.embed(torch.rand(4, 3, 32, 32) * 2 - 1, CAPTIONS, "tgfr")
+    assert out.shape == (4, SMALL["embedding_size"])
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def test_cmpc_is_the_projection_classification_of_both_modalities():
+    from tgfr.models.baselines import CMPCLoss
+
+    torch.manual_seed(0)
+    cmpc = CMPCLoss(6, 4)
+    image, text, labels = torch.randn(5, 6), torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    weight = F.normalize(cmpc.weight, dim=-1)
+    expected = 0.0
+    for x, y in ((image, text), (text, image)):
+        unit = y / y.norm(dim=-1, keepdim=True)
+        projected = torch.stack([(x[i] @ unit[i]) * unit[i] for i in range(5)])
+        expected = expected + F.cross_entropy(projected @ weight.t(), labels)
+    torch.testing.assert_close(cmpc(image, text, labels), expected)
+
+
+def test_cgfr_fusion_and_loss_on_a_tiny_bert(tmp_path):
+    from tgfr.models.baselines import CGFRLoss
+
+    _save_tiny_bert(tmp_path)
+    model = _model(None, text_encoder=str(tmp_path), fusions=["cgfr"])
+    assert not hasattr(model, "fcfm") and not hasattr(model, "flf")
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    image, text = model.encode_image(images), model.encode_text(CAPTIONS)
+    terms = CGFRLoss(SMALL["dim"], 3, backend="reference")(image, text, torch.tensor([0, 1, 2, 0]))
+    assert set(terms) == {"words", "sentence", "cmpc", "loss"}
+    terms["loss"].backward()
+    assert model.text_encoder.model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    assert model.embed(images, CAPTIONS, "cgfr").shape == (4, SMALL["embedding_size"])
+    with pytest.raises(ValueError, match="no 'tgfr' fusion"):
+        model.embed(images, CAPTIONS, "tgfr")

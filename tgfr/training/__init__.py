@@ -4,10 +4,12 @@ from .config import (PRESETS, AlignStepConfig, FusionStepConfig, ImageStepConfig
                      config_to_dict, load_config, save_config)
 from .data import FeatureViews, TrainingViews, build_splits, make_batch_sampler, synthetic_config
 from .loop import STEPS, train
+from .sampler import SubjectPairBatchSampler
 
 __all__ = [
     "PRESETS",
     "STEPS",
+    "SubjectPairBatchSampler",
     "AlignStepConfig",
     "FusionStepConfig",
     "ImageStepConfig",

@@ -48,9 +48,22 @@ class ImageStepConfig(SGDStepConfig):
 
 @dataclass
 class AlignStepConfig:
-    """Step 1: caption encoder and projections with the FCAM loss (Adam), face encoder frozen."""
+    """Step 1: caption encoder and projections with the FCAM loss (Adam), face encoder frozen.
+
+    ``objective``: ``"fcam"`` (TGFR), ``"id"`` (the FLF baselines: ArcFace on the caption
+    vector only) or ``"cgfr"`` (DAMSM words + sentence + CMPC). ``imcl``, ``scaling``,
+    ``mask_same_identity`` and ``wrcl_exponent`` are the FCAM options of
+    ``tgfr.models.FCAMLoss``; ``imcl="views"`` draws batches of two views per subject
+    (``tgfr.training.sampler``). ``optimizer``: ``"adam"`` (L2 weight decay) or ``"adamw"``.
+    """
 
     qualities: list = field(default_factory=lambda: ["normal", "mixed"])
+    objective: str = "fcam"
+    imcl: str = "local_global"
+    scaling: str = "mean"
+    mask_same_identity: bool = True
+    wrcl_exponent: bool = False
+    optimizer: str = "adam"
     epochs: int = 20
     batch_size: int = 64
     text_lr: float = 2e-5
@@ -64,10 +77,12 @@ class AlignStepConfig:
 
 @dataclass
 class FusionStepConfig(SGDStepConfig):
-    """Step 2: FCFM and the FLF baseline with ArcFace heads (SGD), everything else frozen."""
+    """Step 2: the fusion heads named in ``modes`` (FCFM is ``"tgfr"``), each with its own ArcFace
+    head (SGD), everything else frozen."""
 
     qualities: list = field(default_factory=lambda: ["normal", "mixed"])
     batch_size: int = 64
+    modes: list = field(default_factory=lambda: ["tgfr", "flf"])
 
 
 @dataclass
@@ -123,6 +138,19 @@ PRESETS = {
         "fusion": {"epochs": 6, "batch_size": 64, "lr": 0.02, "lr_milestones": [4, 5], "arcface_scale": 32.0,
                    "arcface_margin": 0.3,
                    "qualities": ["normal", "mixed", "mixed", "very_bad", "very_bad", "very_bad"]},
+    },
+    # The paper's system (§3-§4.2) on the embedded data: eq. 7 IMCL on two views per subject,
+    # summed ID/CICL, BatchNorm IMIM, FCFM without the raw face feature, kernels 2-5, eq. 5 as
+    # written; §4.2's batch 16 and weight decay 0.01 (step 1), SGD 0.1 / momentum 0.9 / 1e-4,
+    # 36 epochs, /10 after epochs 6 and 24 (step 2). Captions and photos at normal quality only.
+    "paper": {
+        "model": {"imim_norm": "batch", "imim_gate": False, "fcfm_coarse_keys": "global",
+                  "fcfm_face_feature": "none", "fusions": ["tgfr", "flf"]},
+        "align": {"qualities": ["normal"], "epochs": 20, "batch_size": 16, "weight_decay": 0.01,
+                  "optimizer": "adamw", "imcl": "views", "scaling": "paper", "mask_same_identity": False,
+                  "wrcl_exponent": True},
+        "fusion": {"qualities": ["normal"], "epochs": 36, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                   "lr_milestones": [6, 24]},
     },
     "smoke": {
         "num_threads": 1,

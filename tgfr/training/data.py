@@ -156,6 +156,10 @@ class TrainingViews(Dataset):
     def captions(self, index: int) -> tuple[str, ...]:
         return self.split.records[index % len(self.split)].captions
 
+    def photo(self, index: int) -> torch.Tensor:
+        """The image of item ``index`` (``[3, H, W]``)."""
+        return self[index]["image"]
+
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if self.memo is not None and index in self.memo:
@@ -182,6 +186,10 @@ class FeatureViews(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def photo(self, index: int) -> torch.Tensor:
+        """The image behind item ``index`` (for an augmented view the cache does not hold)."""
+        return self.images.photo(index)
 
     def __getitems__(self, indices) -> dict:
         index = np.asarray(indices, dtype=np.int64)

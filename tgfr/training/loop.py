@@ -3,9 +3,10 @@
 * step ``"image"`` (only without ``model.image_weights``): the iResNet with an
   ArcFace head on the training identities (SGD); frozen afterwards.
 * step ``"align"``: caption encoder, word/global projections and IMIM with the
-  FCAM loss (Adam; the caption encoder has its own learning rate).
-* step ``"fusion"``: FCFM and the FLF baseline, each with its own ArcFace head
-  (SGD, learning rate divided by 10 at the configured epochs).
+  FCAM loss (Adam; the caption encoder has its own learning rate), or a baseline's
+  caption objective (``tgfr.training.objectives``).
+* step ``"fusion"``: the fusion heads of ``fusion.modes`` (FCFM, FLF, CGFR-style),
+  each with its own ArcFace head (SGD, learning rate divided by 10 at the configured epochs).
 
 The data are read and split before anything trains (bad input stops the run there);
 the split is written to ``out_dir/split.json``. Every epoch appends a JSON line to
@@ -27,7 +28,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models.fcam import FCAMLoss
 from ..models.heads import ArcFaceHead
 from ..models.text import Vocabulary
 from ..models.tgfr import TGFRModel
@@ -36,6 +36,8 @@ from .config import TrainConfig, config_from_dict, config_to_dict, save_config
 from .data import (FeatureViews, TrainingViews, build_splits, check_same_split, make_batch_sampler, make_loader,
                    sample_captions, write_split)
 from .features import cached_features
+from .objectives import build_align_loss, flipped_rows, pairs_views, second_view_captions
+from .sampler import SubjectPairBatchSampler
 
 STEPS = ("image", "align", "fusion")
 LOG_NAME = "log.jsonl"
@@ -74,23 +76,24 @@ class _Step:
             self.heads = ArcFaceHead(model.image_encoder.embedding_size, data.num_classes, s.arcface_scale,
                                      s.arcface_margin)
         elif name == "align":
-            self.heads = FCAMLoss(model.config.dim, data.num_classes, s.weights, s.temperature, s.arcface_scale,
-                                  s.arcface_margin, backend=config.ops_backend)
+            self.heads = build_align_loss(s, model.config.dim, data.num_classes, config.ops_backend)
         else:
+            for mode in s.modes:
+                model.fusion_module(mode)  # a mode the model lacks is an error here, not mid-epoch
             self.heads = nn.ModuleDict({
                 mode: ArcFaceHead(embedding, data.num_classes, s.arcface_scale, s.arcface_margin)
-                for mode in ("tgfr", "flf")
+                for mode in s.modes
             })
         self.heads.to(device)
         self.optimizer = self._optimizer()
 
     def _trained_modules(self) -> list[nn.Module]:
         m = self.model
-        return {
-            "image": [m.image_encoder],
-            "align": [m.text_encoder, m.word_projection, m.global_projection, m.imim],
-            "fusion": [m.fcfm, m.flf],
-        }[self.name]
+        if self.name == "image":
+            return [m.image_encoder]
+        if self.name == "align":
+            return [getattr(m, part) for part in self.heads.trained]
+        return [m.fusion_module(mode) for mode in self.settings.modes]
 
     def _optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
@@ -102,7 +105,8 @@ class _Step:
                 {"params": [p for p in trained if id(p) not in text] + list(self.heads.parameters()),
                  "lr": s.lr, "base_lr": s.lr},
             ]
-            return torch.optim.Adam(groups, weight_decay=s.weight_decay)
+            adam = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
+            return adam(groups, weight_decay=s.weight_decay)
         params = trained + list(self.heads.parameters())
         return torch.optim.SGD([{"params": params, "lr": s.lr, "base_lr": s.lr}], momentum=s.momentum,
                                weight_decay=s.weight_decay)
@@ -135,19 +139,38 @@ class _Step:
         with torch.no_grad():
             return self.model.image_encoder(batch["image"].to(self.device, non_blocking=True))
 
+    def batch_sampler(self, generator: torch.Generator):
+        """This epoch's batches: two views per subject for eq. 7's IMCL, else shuffled."""
+        if pairs_views(self.settings):
+            return SubjectPairBatchSampler(self.data.labels, self.settings.batch_size, generator)
+        return make_batch_sampler(self.data, self.settings.batch_size, generator)
+
+    def captions(self, batch: dict, generator: torch.Generator) -> list[str]:
+        if pairs_views(self.settings):
+            return second_view_captions(batch["captions"], batch["index"], generator)
+        return sample_captions(batch["captions"], generator)
+
     def loss(self, batch: dict, captions: list[str]) -> dict:
         labels = batch["label"].to(self.device, non_blocking=True)
         if self.name == "image":
             feature, _ = self.model.image_encoder(batch["image"].to(self.device, non_blocking=True))
             return {"loss": self.heads(feature, labels)}
         feature, regions = self._frozen_image(batch)
+        if pairs_views(self.settings):
+            flip = flipped_rows(batch["index"])
+            if flip.any():  # the second view of a one-sample subject: its mirror image
+                photos = torch.stack([self.data.photo(int(i)) for i in batch["index"][flip]])
+                with torch.no_grad():
+                    mirrored = self.model.image_encoder(photos.flip(-1).to(self.device))
+                rows = flip.nonzero().flatten().to(feature.device)
+                feature, regions = feature.index_copy(0, rows, mirrored[0]), regions.index_copy(0, rows, mirrored[1])
         if self.name == "align":
             return self.heads(self.model.project_image(feature, regions), self.model.encode_text(captions), labels)
         with torch.no_grad():
             image = self.model.project_image(feature, regions)
             text = self.model.encode_text(captions)
-        terms = {mode: self.heads[mode](self.model.fuse(image, text, mode), labels) for mode in ("tgfr", "flf")}
-        terms["loss"] = terms["tgfr"] + terms["flf"]
+        terms = {mode: self.heads[mode](self.model.fuse(image, text, mode), labels) for mode in self.settings.modes}
+        terms["loss"] = sum(terms.values())
         return terms
 
     def trainer_state(self) -> dict:
@@ -247,12 +270,12 @@ def _run_epoch(step: _Step, epoch: int, config: TrainConfig, device) -> dict:
         else contextlib.nullcontext()
     totals: dict[str, float] = {}
     samples, started = 0, time.perf_counter()
-    batch_sampler = make_batch_sampler(step.data, step.settings.batch_size, generator)
+    batch_sampler = step.batch_sampler(generator)
     loader = make_loader(step.data, batch_sampler, config.num_workers, device)
     for batch in tqdm(loader, total=len(batch_sampler), desc=f"{step.name} {epoch + 1}/{step.settings.epochs}",
                       disable=not config.progress, leave=False):
         index = batch["index"]
-        captions = sample_captions(batch["captions"], generator)
+        captions = step.captions(batch, generator)
         with amp:
             terms = step.loss(batch, captions)
         step.optimizer.zero_grad(set_to_none=True)
