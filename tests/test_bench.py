@@ -109,7 +109,7 @@ def test_load_table_gives_ratios_per_backend_and_between_backends():
     assert "2.00×" not in table and "| 64 | cpp |" in table
 
 
-def test_gpu_dry_run_writes_a_complete_report(tmp_path):
+def test_dry_run_of_the_device_benchmark_writes_a_complete_report(tmp_path):
     out = tmp_path / "out"
     # in a subprocess: the dry run sets TRITON_INTERPRET before importing triton
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--dry-run", "--quick",

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target-s", type=float, default=2.0, help="timed seconds per row (default 2)")
     parser.add_argument("--min-repeats", type=int, default=2)
     parser.add_argument("--max-repeats", type=int, default=15)
-    parser.add_argument("--row-timeout-s", type=float, default=300.0, help="a row that takes longer is an error")
+    parser.add_argument("--row-timeout-s", type=float, default=200.0, help="a row that takes longer is an error")
     parser.add_argument("--out", type=Path, default=None,
                         help="Markdown file to write, with .json and .png beside it (default: print only)")
     args = parser.parse_args(argv)

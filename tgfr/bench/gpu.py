@@ -86,6 +86,8 @@ def markdown(env: dict, settings: dict, rows: list[dict], extra: dict) -> str:
         f"torch {env['torch']}, CUDA {env.get('cuda', 'none')}, triton {env['triton']}, {env['date']}. "
         f"Produced by `{settings['command']}`.",
         "",
+        *(["Dry run: times are `time.perf_counter` on the CPU and memory the resident set; the text below",
+           "describes the real run.", ""] if dry else []),
         "Forward, backward (`retain_graph`) and forward+backward timed separately with",
         "`triton.testing.do_bench` (L2 flushed before each call; median, quartiles in brackets); a row slower",
         f"than {settings['slow_s'] * 1e3:.0f} ms a step is timed with CUDA events over a few calls instead. Memory is",

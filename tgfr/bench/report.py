@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cases import BASELINE, IMPLS, label
+from .cases import BASELINE, DTYPES, IMPLS, label
 
 # Time ratios reported under every condition: the fused backend against its plain-PyTorch rivals.
 PAIRS = {"word_region": (("cpp", "vectorized"), ("cpp", "reference")), "info_nce": (("cpp", "cross_entropy"),)}
@@ -27,7 +27,9 @@ def fmt_ms(ms: float) -> str:
 
 
 def fmt_stat(stat: dict) -> str:
-    """Median and, in brackets, the quartiles."""
+    """Median and, in brackets, the quartiles (when there was more than one timing)."""
+    if stat.get("n", 2) < 2:
+        return fmt_ms(stat["median_ms"])
     return f"{fmt_ms(stat['median_ms'])} ({fmt_ms(stat['q25_ms'])}–{fmt_ms(stat['q75_ms'])})"
 
 
@@ -48,7 +50,8 @@ def _order(rows: list[dict], op: str) -> list[tuple]:
     """(batch, impl, dtype) in table order: by batch, then the implementations' fixed order."""
     keys = {(r["batch"], r["impl"], r["dtype"]) for r in rows if r["op"] == op}
     rank = {impl: i for i, impl in enumerate(IMPLS[op])}
-    return sorted(keys, key=lambda k: (k[0], rank.get(k[1], 99), k[2]))
+    dtype_rank = {dtype: i for i, dtype in enumerate(DTYPES)}
+    return sorted(keys, key=lambda k: (k[0], rank.get(k[1], 99), dtype_rank.get(k[2], 99)))
 
 
 def results_table(rows: list[dict], op: str) -> list[str]:

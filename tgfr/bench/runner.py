@@ -229,9 +229,12 @@ def run_specs(specs, *, repeats: dict, on_row, budget: Budget | None = None, fre
             budget.record(row)
             rows.append(row)
             on_row(row)
-    finally:
+    except BaseException:
         if worker is not None:
-            worker.close()
+            worker.kill()  # interrupted: do not wait for the row in progress
+        raise
+    if worker is not None:
+        worker.close()
     return rows
 
 
