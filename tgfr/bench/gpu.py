@@ -173,7 +173,7 @@ def main(argv=None) -> int:
 
     word_region, nce = specs(size_key, device)
     # word-region first, with most of the budget: it is the op this package exists for
-    budget = Budget(args.budget_s, {"published": LOOP_MAX_BATCH, "reference": LOOP_MAX_BATCH}, steps=10,
+    budget = Budget(args.budget_s, {"published": LOOP_MAX_BATCH, "reference": LOOP_MAX_BATCH}, steps=11,
                     shares={"word_region": 0.65})
     run_specs(word_region + nce, repeats=repeats, on_row=on_row, budget=budget, fresh_process_per_spec=False,
               row_timeout_s=args.row_timeout_s, slow_s=slow_s, env=worker_env)

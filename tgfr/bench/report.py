@@ -126,6 +126,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(2, max(len(ops), 1), figsize=(6 * max(len(ops), 1), 8), squeeze=False)
     for col, op in enumerate(ops):
         series = dict.fromkeys((r["impl"], r["dtype"], r.get("condition", "")) for r in rows if r["op"] == op)
+        # one colour per implementation and dtype, one line style per condition
+        colours = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys((i, d) for i, d, _ in series))}
         for impl, dtype, condition in series:
             done = sorted((r for r in rows if r["op"] == op and (r["impl"], r["dtype"], r.get("condition", ""))
                            == (impl, dtype, condition) and _ok(r)), key=lambda r: r["batch"])
@@ -137,9 +139,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             median = [r["total"]["median_ms"] for r in done]
             spread = [[m - r["total"]["q25_ms"] for m, r in zip(median, done)],
                       [r["total"]["q75_ms"] - m for m, r in zip(median, done)]]
-            line = axes[0, col].errorbar(batches, median, yerr=spread, fmt=style, capsize=3, label=name)
-            axes[1, col].plot(batches, [max(r["peak_mb"], 0.1) for r in done], style, color=line[0].get_color(),
-                              label=name)
+            colour = colours[(impl, dtype)]
+            axes[0, col].errorbar(batches, median, yerr=spread, fmt=style, color=colour, capsize=3, label=name)
+            axes[1, col].plot(batches, [max(r["peak_mb"], 0.1) for r in done], style, color=colour, label=name)
         axes[0, col].set_title(f"{OP_TITLES[op]}: forward+backward time")
         axes[0, col].set_ylabel("ms (median, quartiles)")
         axes[1, col].set_title(f"{OP_TITLES[op]}: peak memory above inputs")
