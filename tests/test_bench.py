@@ -140,3 +140,10 @@ def test_benchmarks_are_not_part_of_the_test_suite():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
     assert (ROOT / "benchmarks" / "test_ops_benchmark.py").exists()
+
+
+def test_bad_options_are_a_usage_error():
+    for argv in (["--background-load", "-1"], ["--batches", "0"], ["--min-repeats", "3", "--max-repeats", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            cpu.main(argv)
+        assert exc.value.code == 2

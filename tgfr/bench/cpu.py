@@ -119,6 +119,10 @@ def main(argv=None) -> int:
 
     if args.background_load < 0:
         parser.error(f"--background-load must be >= 0, got {args.background_load}")
+    if min(args.batches + args.info_nce_batches) < 1:
+        parser.error("--batches and --info-nce-batches must be positive")
+    if not 1 <= args.min_repeats <= args.max_repeats:
+        parser.error(f"need 1 <= --min-repeats <= --max-repeats, got {args.min_repeats} and {args.max_repeats}")
     if args.quick:
         args.batches, args.info_nce_batches = [4, 8], [256, 512]
         args.target_s, args.min_repeats, args.max_repeats = 0.1, 2, 3

@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
+    if args.budget_s <= 0 or args.row_timeout_s <= 0:
+        parser.error("--budget-s and --row-timeout-s must be positive")
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton, here and in the workers
     import torch
