@@ -5,7 +5,7 @@
 #      not import), a CPU-only build (TGFR_NO_CUDA=1) so that the Triton kernels still run;
 #   3. the tests that run on CUDA tensors (ids with cuda/gpu/triton), first;
 #   4. the GPU benchmark (benchmarks/bench_gpu.py) with most of the time that is left;
-#   5. the rest of the tests.
+#   5. the rest of the tests (not the slow end-to-end ones).
 # Every step is bounded by `timeout` and none stops the next; collection errors do not stop pytest.
 # Results, written as they come: the log (tee'd there directly), RESULTS_GPU.{json,md} after every row,
 # RESULTS_GPU.png last, the tests' junit XML. They go to $OUT when set, else benchmarks/ (a dry run: a
@@ -116,9 +116,9 @@ if [ "$DRY_RUN" != 1 ] && [ "$RESULTS" != benchmarks ]; then
   cp "$RESULTS"/RESULTS_GPU.* benchmarks/ 2>/dev/null
 fi
 
-# 5. the rest of the tests
+# 5. the rest of the tests, less the slow end-to-end runs (CPU work that CI does)
 step "other tests" "$(clamp $(($(left) - 15)) 20 300)" \
-  "$PYTHON" -m pytest "${pytest_args[@]}" --junitxml="$RESULTS/tests_other.xml" tests/ -k "not ($GPU_TESTS)"
+  "$PYTHON" -m pytest "${pytest_args[@]}" --junitxml="$RESULTS/tests_other.xml" tests/ -k "not ($GPU_TESTS)" -m "not slow"
 
 echo "== done in $(($(date +%s) - start)) s, status $status; results in $RESULTS:"
 ls -l "$RESULTS"

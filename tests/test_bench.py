@@ -3,6 +3,7 @@
 Nothing here asserts a speed: only that every row is measured or says why not, and that the outputs exist.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -147,3 +148,15 @@ def test_bad_options_are_a_usage_error():
         with pytest.raises(SystemExit) as exc:
             cpu.main(argv)
         assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_device_script_dry_run_brings_every_result_back(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TGFR_GPU_OUT": str(tmp_path),
+                                            "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (tmp_path / "gpu_run.log").read_text()
+    assert "simulating a failed CUDA build" in log and "== build CPU-only" in log
+    for name in ("RESULTS_GPU.md", "RESULTS_GPU.json", "RESULTS_GPU.png", "tests_gpu.xml", "tests_other.xml"):
+        assert (tmp_path / name).stat().st_size > 0, name
