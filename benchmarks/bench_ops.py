@@ -1,9 +1,9 @@
-"""CPU benchmark of word_region_scores and info_nce: reference loop, vectorised reference and the fused C++
-backend, forward+backward median time and peak memory, one run. Writes RESULTS.md, RESULTS.png, RESULTS.json
-beside this file.
+"""CPU benchmark of word_region_scores and info_nce, idle and beside busy processes (see ``tgfr.bench.cpu``).
+Writes RESULTS.md, RESULTS.json and RESULTS.png beside this file.
 
-    python benchmarks/bench_ops.py            # B = 16, 32, 64 and InfoNCE B = 4096, 16384
-    python benchmarks/bench_ops.py --quick    # a smoke run
+    python benchmarks/bench_ops.py                        # idle + 4 busy processes (about 10 minutes on 2 cores)
+    python benchmarks/bench_ops.py --background-load 0    # idle only
+    python benchmarks/bench_ops.py --quick                # a smoke run
 """
 import sys
 from pathlib import Path
