@@ -144,10 +144,9 @@ def _worker(rank, port, result_dir, cases, bad_inputs):
                             timeout=datetime.timedelta(seconds=60))
     try:
         group = dist.group.WORLD
-        for op, backend in cases:
+        for op, backend, with_ids in cases:
             if backends.is_available(backend, torch.device("cpu")):
-                for with_ids in (False, True):
-                    _check_equivalence(rank, group, op, backend, with_ids)
+                _check_equivalence(rank, group, op, backend, with_ids)
         if bad_inputs:
             _check_bad_inputs(rank, group)
     except BaseException:
@@ -171,7 +170,7 @@ OPS = ("info_nce", "word_region_loss")
 
 def test_losses_and_gradients_over_two_ranks_equal_one_process(tmp_path):
     # the interpreted triton word-region kernels take a minute even at these sizes: see the slow test
-    cases = [(op, b) for op in OPS for b in ("reference", "vectorized", "cpp", "triton")
+    cases = [(op, b, ids) for op in OPS for b in ("reference", "vectorized", "cpp", "triton") for ids in (False, True)
              if (op, b) != ("word_region_loss", "triton")]
     _spawn(tmp_path, cases, bad_inputs=True)
 
@@ -180,7 +179,7 @@ def test_losses_and_gradients_over_two_ranks_equal_one_process(tmp_path):
 def test_triton_word_region_over_two_ranks_equals_one_process(tmp_path):
     if not backends.is_available("triton", torch.device("cpu")):
         pytest.skip("triton is not installed or TRITON_INTERPRET is not 1")
-    _spawn(tmp_path, [("word_region_loss", "triton")])
+    _spawn(tmp_path, [("word_region_loss", "triton", True)])
 
 
 def test_group_without_torch_distributed_is_a_clear_error():
