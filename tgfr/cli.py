@@ -11,6 +11,7 @@ values read as YAML. The benchmark module is imported only by ``tgfr bench``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -136,7 +137,8 @@ def _run_train(args) -> int:
     except FileExistsError as error:
         message = f"{args.out} already holds a training run: add --resume to continue it, or choose another --out"
         raise _usage_error("train", message) from error
-    print(f"checkpoint: {checkpoint}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"checkpoint: {checkpoint}")
     return 0
 
 

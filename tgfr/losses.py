@@ -6,20 +6,27 @@ import math
 import torch
 from torch import nn
 
-from .ops import info_nce, word_region_loss
+from .ops import distributed, info_nce, word_region_loss
 
 
 class WordRegionLoss(nn.Module):
-    """WRCL: DAMSM words loss of a paired batch, ``image_to_caption + caption_to_image``."""
+    """WRCL: DAMSM words loss of a paired batch, ``image_to_caption + caption_to_image``.
 
-    def __init__(self, gamma1=4.0, gamma2=5.0, gamma3=10.0, eps=1e-8, backend="auto"):
+    With a process ``group`` the inputs are this rank's shard and the negatives the
+    whole global batch (see ``tgfr.ops.distributed``).
+    """
+
+    def __init__(self, gamma1=4.0, gamma2=5.0, gamma3=10.0, eps=1e-8, backend="auto", group=None):
         super().__init__()
         self.gamma1, self.gamma2, self.gamma3, self.eps, self.backend = gamma1, gamma2, gamma3, eps, backend
+        self.group = group
 
     def forward(self, words, regions, word_mask=None, class_ids=None):
-        i2t, t2i = word_region_loss(
-            words, regions, word_mask, class_ids, self.gamma1, self.gamma2, self.gamma3, self.eps, self.backend
-        )
+        args = (words, regions, word_mask, class_ids, self.gamma1, self.gamma2, self.gamma3, self.eps, self.backend)
+        if self.group is not None:
+            i2t, t2i = distributed.word_region_loss(*args, self.group)
+        else:
+            i2t, t2i = word_region_loss(*args)
         return i2t + t2i
 
     def extra_repr(self):
@@ -30,10 +37,11 @@ class InfoNCELoss(nn.Module):
     """Symmetric InfoNCE with a learnable temperature.
 
     The temperature is stored as ``log τ`` so that it stays positive under any
-    optimiser step; ``learnable=False`` keeps it fixed.
+    optimiser step; ``learnable=False`` keeps it fixed. With a process ``group`` the
+    inputs are this rank's shard and the negatives the whole global batch.
     """
 
-    def __init__(self, temperature=0.07, learnable=True, backend="auto"):
+    def __init__(self, temperature=0.07, learnable=True, backend="auto", group=None):
         super().__init__()
         log_t = torch.tensor(math.log(temperature))
         if learnable:
@@ -41,12 +49,15 @@ class InfoNCELoss(nn.Module):
         else:
             self.register_buffer("log_temperature", log_t)
         self.backend = backend
+        self.group = group
 
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
     def forward(self, a, b, class_ids=None):
+        if self.group is not None:
+            return distributed.info_nce(a, b, self.temperature, class_ids, self.backend, True, self.group)
         return info_nce(a, b, self.temperature, class_ids, self.backend)
 
     def extra_repr(self):

@@ -32,6 +32,8 @@ from ..models.tgfr import TGFRModel
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_dict, save_config
 from .data import TrainingSet, load_training_split, materialise
+from .distributed import Distributed
+from .grad_cache import align_loss_and_backward
 
 STEPS = ("image", "align", "fusion")
 LOG_NAME = "log.jsonl"
@@ -198,6 +200,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
+    ranks = Distributed.from_environment(config.distributed, device)  # torchrun: one process per rank
+    device = ranks.device(device)
     torch.manual_seed(config.seed)
     split = load_training_split(config.data, config.model.image_size, config.seed)
     views: dict[tuple, TrainingSet] = {}  # steps training on the same qualities share one copy
@@ -216,13 +220,15 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
         model = TGFRModel(config.model, vocabulary)
         progress = {"step": steps_for(config)[0], "epochs_done": 0}
     model.to(device)
-    save_config(config, out_dir / "config.yaml")
+    if ranks.is_main:
+        save_config(config, out_dir / "config.yaml")
 
     for position, name in enumerate(STEPS[STEPS.index(progress["step"]):]):
         qualities = tuple(getattr(config, name).qualities)
         if qualities not in views:
             views[qualities] = materialise(split, qualities)
         step = _Step(name, model, config, views[qualities], device)
+        ranks.prepare_step(step, config.distributed)
         epochs_done = progress["epochs_done"] if position == 0 else 0
         if position == 0 and saved is not None and saved["trainer"] is not None:
             step.load_trainer_state(saved["trainer"])
@@ -230,6 +236,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
             step.cache_frozen_features()
         for epoch in range(epochs_done, step.settings.epochs):
             record = _run_epoch(step, epoch, config, device)
+            if not ranks.is_main:
+                continue
             with open(out_dir / LOG_NAME, "a") as log:
                 log.write(json.dumps(record) + "\n")
             save_checkpoint({
@@ -241,7 +249,20 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
                 "trainer": step.trainer_state(),
             }, checkpoint_file)
     model.eval()
+    ranks.close()
     return checkpoint_file
+
+
+def _loss_and_backward(step: _Step, index: torch.Tensor, captions: list[str], amp) -> dict:
+    chunk = getattr(step.settings, "grad_cache_chunk", 0)
+    if not chunk:
+        with amp:
+            terms = step.loss(index, captions)
+        terms["loss"].backward()
+        return terms
+    terms = align_loss_and_backward(step, index, captions, chunk, lambda: amp)
+    step.distributed.average_gradients(p for group in step.optimizer.param_groups for p in group["params"])
+    return terms
 
 
 def _run_epoch(step: _Step, epoch: int, config: TrainConfig, device) -> dict:
@@ -253,18 +274,19 @@ def _run_epoch(step: _Step, epoch: int, config: TrainConfig, device) -> dict:
         else contextlib.nullcontext()
     totals: dict[str, float] = {}
     samples, started = 0, time.perf_counter()
-    batches = list(_batches(len(step.data), step.settings.batch_size, generator))
-    for index in tqdm(batches, desc=f"{step.name} {epoch + 1}/{step.settings.epochs}", disable=not config.progress,
-                      leave=False):
+    ranks = step.distributed
+    batches = ranks.batches(len(step.data), step.settings.batch_size, seed) if ranks.enabled \
+        else list(_batches(len(step.data), step.settings.batch_size, generator))
+    for index in tqdm(batches, desc=f"{step.name} {epoch + 1}/{step.settings.epochs}",
+                      disable=not (config.progress and ranks.is_main), leave=False):
         captions = step.data.sample_captions(index, generator)
-        with amp:
-            terms = step.loss(index, captions)
         step.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        terms = _loss_and_backward(step, index, captions, amp)
         step.optimizer.step()
         for key, value in terms.items():
             totals[key] = totals.get(key, 0.0) + float(value.detach()) * len(index)
         samples += len(index)
+    totals, samples = ranks.sum_over_ranks(totals, samples)
     return {
         "step": step.name,
         "epoch": epoch + 1,
