@@ -1,4 +1,7 @@
-"""``torchrun -m tgfr train`` with 2 gloo processes: rank 0 checkpoints, a killed run resumes."""
+"""``torchrun -m tgfr train`` with 2 gloo processes: rank 0 checkpoints, a killed run resumes.
+
+The align step caches gradients (chunks of 4 of each rank's 6 samples); the fusion step goes through DDP.
+"""
 from __future__ import annotations
 
 import json
@@ -15,7 +18,8 @@ from tgfr.training import read_checkpoint
 from test_distributed import free_port
 
 ARGS = ["--preset", "smoke", "data.num_identities=12", "data.images_per_identity=3", "data.captions_per_image=2",
-        "image.epochs=0", "align.epochs=3", "align.batch_size=12", "fusion.epochs=1", "fusion.batch_size=12"]
+        "image.epochs=0", "align.epochs=3", "align.batch_size=12", "align.grad_cache_chunk=4",
+        "fusion.epochs=1", "fusion.batch_size=12"]
 
 
 def _torchrun(out, *extra):
