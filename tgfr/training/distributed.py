@@ -105,12 +105,16 @@ class Distributed:
                                                        find_unused_parameters=True)
         step.loss = step.ddp  # every batch loss goes through DDP's forward
 
-    def batches(self, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-        """This rank's index batches of an epoch: the ranks' batches together form the global batches."""
+    def batch_sampler(self, count: int, batch_size: int, seed: int) -> BatchSampler:
+        """This rank's batches of an epoch (a ``DataLoader`` ``batch_sampler``); the ranks' batches together
+        form the global batches of ``batch_size`` (rounded up to a multiple of the world size)."""
         sampler = DistributedSampler(range(count), num_replicas=self.world, rank=self.rank, shuffle=True, seed=seed)
-        local = math.ceil(batch_size / self.world)
-        # every rank holds the same number of samples, so a dropped one-sample batch is dropped everywhere
-        return [torch.tensor(b) for b in BatchSampler(sampler, local, drop_last=False) if len(b) > 1]
+        return BatchSampler(sampler, math.ceil(batch_size / self.world), drop_last=False)
+
+    def batches(self, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+        """``batch_sampler`` as index tensors; every rank holds the same number of samples, so a one-sample
+        last batch (too small for BatchNorm and contrastive losses) is dropped on every rank alike."""
+        return [torch.tensor(b) for b in self.batch_sampler(count, batch_size, seed) if len(b) > 1]
 
     def average_gradients(self, parameters) -> None:
         """What DDP does after a backward, for a backward that bypassed it (gradient caching)."""
