@@ -147,19 +147,17 @@ def _rectangular_cross_entropy(logits: torch.Tensor, offset: int, class_ids: tor
     return F.cross_entropy(logits, positives, reduction="sum")
 
 
-def _rows_info_nce(a, b, temperature, class_ids, offset, backend):
-    # (temporary until the rectangular op lands) the row term of contract 1
-    logits = (a @ b.t()) / temperature
-    return _rectangular_cross_entropy(logits, offset, class_ids) / a.shape[0]
-
-
 def info_nce(a, b, temperature, class_ids, backend, symmetric, group) -> torch.Tensor:
     """This rank's share of the InfoNCE of the global batch (see the module docstring)."""
+    from .info_nce import info_nce as rectangular_info_nce
+    from .validation import check_info_nce_args
+
     rank, world = _world(group)
     error = None
     try:
-        from .validation import check_info_nce_args
-
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape[:1] != b.shape[:1]:
+            raise ValueError(f"with a process group a and b are paired shards: a has shape {tuple(a.shape)}, "
+                             f"b has {tuple(b.shape)}")
         check_info_nce_args(a, b, temperature, class_ids)
     except (TypeError, ValueError) as caught:
         error = caught
@@ -175,10 +173,12 @@ def info_nce(a, b, temperature, class_ids, backend, symmetric, group) -> torch.T
     a_all, b_all = both[:, : a.shape[1]], both[:, a.shape[1]:]
     ids = _gather_ids(class_ids.to(torch.int64), sizes, rank, group) if class_ids is not None else None
     scale = world * a.shape[0] / total  # each term below is a mean over this rank's rows
-    loss = scale * _rows_info_nce(a, b_all, temperature, ids, offset, backend)
+    # rows: this rank's a against every b; columns: this rank's b against every a
+    loss = scale * rectangular_info_nce(a, b_all, temperature, ids, backend, offset=offset, symmetric=False)
     if not symmetric:
         return loss
-    return 0.5 * (loss + scale * _rows_info_nce(b, a_all, temperature, ids, offset, backend))
+    columns = rectangular_info_nce(b, a_all, temperature, ids, backend, offset=offset, symmetric=False)
+    return 0.5 * (loss + scale * columns)
 
 
 def word_region_loss(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend,
