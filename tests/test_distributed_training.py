@@ -15,7 +15,7 @@ import torch
 
 from tgfr.training import read_checkpoint
 
-from test_distributed import free_port
+from test_distributed import free_port, kernel_runs
 
 ARGS = ["--preset", "smoke", "data.num_identities=12", "data.images_per_identity=3", "data.captions_per_image=2",
         "image.epochs=0", "align.epochs=3", "align.batch_size=12", "align.grad_cache_chunk=4",
@@ -23,8 +23,10 @@ ARGS = ["--preset", "smoke", "data.num_identities=12", "data.images_per_identity
 
 
 def _torchrun(out, *extra):
+    # the op backend "auto" picks on the CPU, where its kernels run the rectangular InfoNCE
+    backend = "auto" if kernel_runs("info_nce", "cpp") else "vectorized"
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-            "-m", "tgfr", "train", "--out", str(out), *ARGS, *extra]
+            "-m", "tgfr", "train", "--out", str(out), *ARGS, f"ops_backend={backend}", *extra]
 
 
 def _progress(out):
