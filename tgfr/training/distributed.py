@@ -42,6 +42,17 @@ class _StepModule(nn.Module):
         return self._loss(*args, **kwargs)
 
 
+class _RankBatches(BatchSampler):
+    """A rank's batches without a one-sample last batch (too small for BatchNorm and contrastive losses).
+    Every rank holds the same number of samples, so such a batch is dropped on every rank alike."""
+
+    def __iter__(self):
+        return (b for b in super().__iter__() if len(b) > 1)
+
+    def __len__(self):
+        return len(self.sampler) // self.batch_size + (len(self.sampler) % self.batch_size > 1)
+
+
 class Distributed:
     """The process group of a training run (world size 1 without torchrun)."""
 
@@ -105,16 +116,15 @@ class Distributed:
                                                        find_unused_parameters=True)
         step.loss = step.ddp  # every batch loss goes through DDP's forward
 
-    def batch_sampler(self, count: int, batch_size: int, seed: int) -> BatchSampler:
+    def batch_sampler(self, count: int, batch_size: int, seed: int) -> "_RankBatches":
         """This rank's batches of an epoch (a ``DataLoader`` ``batch_sampler``); the ranks' batches together
         form the global batches of ``batch_size`` (rounded up to a multiple of the world size)."""
         sampler = DistributedSampler(range(count), num_replicas=self.world, rank=self.rank, shuffle=True, seed=seed)
-        return BatchSampler(sampler, math.ceil(batch_size / self.world), drop_last=False)
+        return _RankBatches(sampler, math.ceil(batch_size / self.world), drop_last=False)
 
     def batches(self, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-        """``batch_sampler`` as index tensors; every rank holds the same number of samples, so a one-sample
-        last batch (too small for BatchNorm and contrastive losses) is dropped on every rank alike."""
-        return [torch.tensor(b) for b in self.batch_sampler(count, batch_size, seed) if len(b) > 1]
+        """``batch_sampler`` as index tensors."""
+        return [torch.tensor(b) for b in self.batch_sampler(count, batch_size, seed)]
 
     def average_gradients(self, parameters) -> None:
         """What DDP does after a backward, for a backward that bypassed it (gradient caching)."""
