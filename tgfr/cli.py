@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,7 +181,8 @@ def _run_train(args) -> int:
         raise _usage_error("train", message) from error
     except DataError as error:  # bad input data, found before training starts
         raise _usage_error("train", str(error)) from error
-    print(f"checkpoint: {checkpoint}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"checkpoint: {checkpoint}")
     return 0
 
 

@@ -73,6 +73,8 @@ class AlignStepConfig:
     temperature: float = 0.07
     arcface_scale: float = 64.0
     arcface_margin: float = 0.5
+    # > 0: embed captions and regions this many samples at a time (gradient caching; same gradient, less memory)
+    grad_cache_chunk: int = 0
 
 
 @dataclass
@@ -83,6 +85,21 @@ class FusionStepConfig(SGDStepConfig):
     qualities: list = field(default_factory=lambda: ["normal", "mixed"])
     batch_size: int = 64
     modes: list = field(default_factory=lambda: ["tgfr", "flf"])
+
+
+@dataclass
+class DistributedConfig:
+    """Data-parallel training under torchrun (ignored in one process).
+
+    ``backend``: ``"auto"`` (nccl on CUDA, gloo on the CPU), ``"gloo"`` or ``"nccl"``.
+    ``sync_batchnorm`` turns the BatchNorm layers of the trained modules into
+    ``SyncBatchNorm`` (statistics of the global batch; CUDA only). ``timeout_s`` bounds
+    every collective: a rank that stops ends the run with an error, not a hang.
+    """
+
+    backend: str = "auto"
+    sync_batchnorm: bool = False
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -117,6 +134,7 @@ class TrainConfig:
     image: ImageStepConfig = field(default_factory=ImageStepConfig)
     align: AlignStepConfig = field(default_factory=AlignStepConfig)
     fusion: FusionStepConfig = field(default_factory=FusionStepConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # Presets are overrides of the defaults. "demo": the whole pipeline (data, three steps,

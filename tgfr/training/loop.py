@@ -38,6 +38,8 @@ from .data import (FeatureViews, TrainingViews, build_splits, check_same_split, 
 from .features import cached_features
 from .objectives import build_align_loss, flipped_rows, pairs_views, second_view_captions
 from .sampler import SubjectPairBatchSampler
+from .distributed import Distributed
+from .grad_cache import align_loss_and_backward
 
 STEPS = ("image", "align", "fusion")
 LOG_NAME = "log.jsonl"
@@ -68,6 +70,7 @@ class _Step:
 
     def __init__(self, name: str, model: TGFRModel, config: TrainConfig, data: TrainingViews, device):
         self.name, self.model, self.config, self.data, self.device = name, model, config, data, device
+        self.distributed = Distributed()  # one process; Distributed.prepare_step replaces it under torchrun
         self.settings = getattr(config, name)
         s = self.settings
         embedding = model.config.embedding_size
@@ -132,18 +135,35 @@ class _Step:
         self.data = FeatureViews(self.data, features)
         return encoded
 
-    def _frozen_image(self, batch: dict):
+    def frozen_image(self, batch: dict):
+        """The frozen face encoder's (global feature, regions) of a batch, cached or computed; in a
+        two-view batch, the second view of a one-sample subject is its mirror image."""
         if "global" in batch:
-            return (batch["global"].to(self.device, non_blocking=True),
-                    batch["regions"].to(self.device, non_blocking=True))
-        with torch.no_grad():
-            return self.model.image_encoder(batch["image"].to(self.device, non_blocking=True))
-
-    def batch_sampler(self, generator: torch.Generator):
-        """This epoch's batches: two views per subject for eq. 7's IMCL, else shuffled."""
+            feature = batch["global"].to(self.device, non_blocking=True)
+            regions = batch["regions"].to(self.device, non_blocking=True)
+        else:
+            with torch.no_grad():
+                feature, regions = self.model.image_encoder(batch["image"].to(self.device, non_blocking=True))
         if pairs_views(self.settings):
-            return SubjectPairBatchSampler(self.data.labels, self.settings.batch_size, generator)
-        return make_batch_sampler(self.data, self.settings.batch_size, generator)
+            flip = flipped_rows(batch["index"])
+            if flip.any():
+                photos = torch.stack([self.data.photo(int(i)) for i in batch["index"][flip]])
+                with torch.no_grad():
+                    mirrored = self.model.image_encoder(photos.flip(-1).to(self.device))
+                rows = flip.nonzero().flatten().to(feature.device)
+                feature, regions = feature.index_copy(0, rows, mirrored[0]), regions.index_copy(0, rows, mirrored[1])
+        return feature, regions
+
+    def batch_sampler(self, generator: torch.Generator, seed: int):
+        """This epoch's batches (this rank's part of them under torchrun): two views per subject for
+        eq. 7's IMCL, else shuffled."""
+        ranks, batch_size = self.distributed, self.settings.batch_size
+        if pairs_views(self.settings):
+            batches = SubjectPairBatchSampler(self.data.labels, batch_size, generator)
+            return ranks.pair_batches(batches) if ranks.enabled else batches
+        if ranks.enabled:
+            return ranks.batch_sampler(len(self.data), batch_size, seed)
+        return make_batch_sampler(self.data, batch_size, generator)
 
     def captions(self, batch: dict, generator: torch.Generator) -> list[str]:
         if pairs_views(self.settings):
@@ -155,15 +175,7 @@ class _Step:
         if self.name == "image":
             feature, _ = self.model.image_encoder(batch["image"].to(self.device, non_blocking=True))
             return {"loss": self.heads(feature, labels)}
-        feature, regions = self._frozen_image(batch)
-        if pairs_views(self.settings):
-            flip = flipped_rows(batch["index"])
-            if flip.any():  # the second view of a one-sample subject: its mirror image
-                photos = torch.stack([self.data.photo(int(i)) for i in batch["index"][flip]])
-                with torch.no_grad():
-                    mirrored = self.model.image_encoder(photos.flip(-1).to(self.device))
-                rows = flip.nonzero().flatten().to(feature.device)
-                feature, regions = feature.index_copy(0, rows, mirrored[0]), regions.index_copy(0, rows, mirrored[1])
+        feature, regions = self.frozen_image(batch)
         if self.name == "align":
             return self.heads(self.model.project_image(feature, regions), self.model.encode_text(captions), labels)
         with torch.no_grad():
@@ -213,6 +225,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
+    ranks = Distributed.from_environment(config.distributed, device)  # torchrun: one process per rank
+    device = ranks.device(device)
     torch.manual_seed(config.seed)
     splits = build_splits(config, progress=config.progress)  # bad input stops here, before any training
     if saved is not None:
@@ -236,10 +250,12 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
         model = TGFRModel(config.model, vocabulary)
         progress = {"step": steps_for(config)[0], "epochs_done": 0}
     model.to(device)
-    save_config(config, out_dir / "config.yaml")
+    if ranks.is_main:
+        save_config(config, out_dir / "config.yaml")
 
     for position, name in enumerate(STEPS[STEPS.index(progress["step"]):]):
         step = _Step(name, model, config, TrainingViews(split, getattr(config, name).qualities), device)
+        ranks.prepare_step(step, config.distributed)
         epochs_done = progress["epochs_done"] if position == 0 else 0
         if position == 0 and saved is not None and saved["trainer"] is not None:
             step.load_trainer_state(saved["trainer"])
@@ -247,6 +263,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
             step.use_cached_features(cache_dir, dataset_key)
         for epoch in range(epochs_done, step.settings.epochs):
             record = _run_epoch(step, epoch, config, device)
+            if not ranks.is_main:
+                continue
             with open(out_dir / LOG_NAME, "a") as log:
                 log.write(json.dumps(record) + "\n")
             save_checkpoint({
@@ -258,7 +276,20 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
                 "trainer": step.trainer_state(),
             }, checkpoint_file)
     model.eval()
+    ranks.close()
     return checkpoint_file
+
+
+def _loss_and_backward(step: _Step, batch: dict, captions: list[str], amp) -> dict:
+    chunk = getattr(step.settings, "grad_cache_chunk", 0)
+    if not chunk:
+        with amp:
+            terms = step.loss(batch, captions)
+        terms["loss"].backward()
+        return terms
+    terms = align_loss_and_backward(step, batch, captions, chunk, lambda: amp)
+    step.distributed.average_gradients(p for group in step.optimizer.param_groups for p in group["params"])
+    return terms
 
 
 def _run_epoch(step: _Step, epoch: int, config: TrainConfig, device) -> dict:
@@ -270,20 +301,20 @@ def _run_epoch(step: _Step, epoch: int, config: TrainConfig, device) -> dict:
         else contextlib.nullcontext()
     totals: dict[str, float] = {}
     samples, started = 0, time.perf_counter()
-    batch_sampler = step.batch_sampler(generator)
+    ranks = step.distributed
+    batch_sampler = step.batch_sampler(generator, seed)
     loader = make_loader(step.data, batch_sampler, config.num_workers, device)
     for batch in tqdm(loader, total=len(batch_sampler), desc=f"{step.name} {epoch + 1}/{step.settings.epochs}",
-                      disable=not config.progress, leave=False):
+                      disable=not (config.progress and ranks.is_main), leave=False):
         index = batch["index"]
         captions = step.captions(batch, generator)
-        with amp:
-            terms = step.loss(batch, captions)
         step.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        terms = _loss_and_backward(step, batch, captions, amp)
         step.optimizer.step()
         for key, value in terms.items():
             totals[key] = totals.get(key, 0.0) + float(value.detach()) * len(index)
         samples += len(index)
+    totals, samples = ranks.sum_over_ranks(totals, samples)
     return {
         "step": step.name,
         "epoch": epoch + 1,
