@@ -108,7 +108,7 @@ def gallery_index(run_dir, model, config, gallery: str | Path | None, splits_fn)
 def draw_grid(query_text: str, query_image: np.ndarray | None, index: GalleryIndex, ranked: list[int],
               scores: list[float], match: str | None, out, tile: int = 112) -> Path:
     """Query (text, and image when given) then the top-k, the correct match framed green (others gray)."""
-    label_height, columns = 34, len(ranked) + 1
+    label_height, columns = 48, len(ranked) + 1
     grid = Image.new("RGB", (columns * (tile + 8) + 8, tile + label_height + 16), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     x = 8

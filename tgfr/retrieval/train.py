@@ -55,7 +55,7 @@ class XModalConfig:
     text_encoder: str = "minilm"
     max_tokens: int = 32
     # training
-    epochs: int = 20
+    epochs: int = 16
     steps_per_epoch: int = 0  # 0: one pass over the training people per epoch
     batch_size: int = 32
     lr: float = 2e-3
@@ -90,7 +90,8 @@ class XModalConfig:
 PRESETS = {
     # seconds: tests and smoke runs
     "tiny": dict(num_identities=16, images_per_identity=2, image_size=32, captions_per_image=1,
-                 pairs_per_identity=1, face_width=4, dim=32, epochs=2, batch_size=4, threads=1),
+                 pairs_per_identity=1, face_width=4, dim=32, epochs=2, batch_size=4, threads=1,
+                 backend="vectorized"),  # pure PyTorch: the smoke run needs no compiled kernel
     # <= 10 minutes on two idle cores, training and evaluation
     "quick": dict(),
     # a longer run on more people
