@@ -191,3 +191,18 @@ def test_xmodal_bad_config_and_existing_run_are_usage_errors(tiny_run, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["iresnet", "resnet50", "vit_s"])
+def test_face_encoders_give_global_and_regions(kind):
+    from tgfr.retrieval.models import build_face_encoder
+
+    torch.manual_seed(0)
+    encoder = build_face_encoder(kind, input_size=32, width=4)
+    pooled, regions = encoder(torch.randn(3, 3, 32, 32))
+    assert pooled.shape == (3, encoder.global_size)
+    assert regions.ndim == 3 and regions.shape[0] == 3 and regions.shape[2] == encoder.region_size
+    (pooled.sum() + regions.sum()).backward()
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="face_encoder"):
+        build_face_encoder("vgg", 32, 4)
