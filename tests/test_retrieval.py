@@ -206,3 +206,28 @@ def test_face_encoders_give_global_and_regions(kind):
     assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="face_encoder"):
         build_face_encoder("vgg", 32, 4)
+
+
+def test_killed_run_resumes_after_its_last_finished_epoch(tiny_run, tmp_path):
+    import shutil
+
+    from tgfr.retrieval.train import load_config, read_run, train_xmodal
+
+    config = load_config("tiny")
+    run = tmp_path / "run"
+    run.mkdir()
+    # rendered faces and sentence features: reuse, do not recompute
+    for cache in [*tiny_run.glob("tgfr_synthetic_*.npz"), *tiny_run.glob("text_features_*.pt")]:
+        shutil.copy(cache, run / cache.name)
+
+    def killed_after_first_epoch(message):
+        raise KeyboardInterrupt(message)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_xmodal(config, run, log=killed_after_first_epoch)
+    assert read_run(run)["epochs_done"] == 1
+    train_xmodal(config, run, resume=True, log=lambda message: None)
+    resumed, uninterrupted = read_run(run), read_run(tiny_run)
+    assert resumed["epochs_done"] == 2
+    for name, value in uninterrupted["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -221,10 +221,11 @@ def train_xmodal(config: XModalConfig, out, resume: bool = False, log=print) -> 
     batches = GradedBatches(splits["train"], config.seed)
     steps = config.steps_per_epoch or max(1, len(batches.people) // config.batch_size)
     total_steps = config.epochs * steps
+    # cosine decay per step; a resumed run continues it at its first unfinished step
+    # (the loaded optimizer's param groups hold the initial learning rate the scheduler needs)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    for _ in range(epochs_done * steps):
-        schedule.step()
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)),
+        last_epoch=epochs_done * steps - 1)
     for epoch in range(epochs_done, config.epochs):
         model.train()
         rng = np.random.default_rng([config.seed, epoch, 11])  # per epoch: a resumed run draws the same batches
