@@ -1,4 +1,4 @@
-"""The ``tgfr`` command: demo, train, eval, study and bench.
+"""The ``tgfr`` command: demo, train, eval, study, bench, xmodal and retrieve.
 
     tgfr demo [--out DIR] [--preset demo|smoke] [key=value ...]
     tgfr train (--config FILE | --preset NAME) --out DIR [--dataset NAME --data-root ROOT] [--skip-bad]
@@ -6,6 +6,9 @@
     tgfr eval --checkpoint PATH --out DIR [--dataset NAME --data-root ROOT] [--levels LEVEL ...] [--modes MODE ...]
     tgfr study [--preset quick|paper|tiny] [--out DIR] [--seeds N ...] [--text-model PATH|minilm|none]
     tgfr bench [args ...]
+    tgfr xmodal train --preset NAME --out DIR [--resume] [key=value ...]
+    tgfr xmodal eval --checkpoint RUN [--out DIR]
+    tgfr retrieve --checkpoint RUN --text TEXT [--image PATH] [--gallery DIR] [--top-k K] [--out PNG]
 
 ``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``),
 values read as YAML. The benchmark module is imported only by ``tgfr bench``.
@@ -124,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("overrides", nargs="*", type=_override, metavar="key=value",
                        help="config overrides applied to every run")
 
+    xmodal = commands.add_parser("xmodal", help="X-Modal face retrieval from text or text+image queries")
+    xmodal_commands = xmodal.add_subparsers(dest="xmodal_command", required=True, metavar="XCOMMAND")
+    xtrain = xmodal_commands.add_parser("train", help="train the retrieval model on the embedded data")
+    xtrain.add_argument("--preset", default="quick", help="config preset: tiny, quick or full (default: quick)")
+    xtrain.add_argument("--out", type=Path, required=True, help="run directory")
+    xtrain.add_argument("--resume", action="store_true", help="continue the run in --out")
+    xtrain.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help="config overrides")
+    xeval = xmodal_commands.add_parser("eval", help="R@K table on people unseen in training")
+    xeval.add_argument("--checkpoint", type=_existing_path, required=True, help="run directory of xmodal train")
+    xeval.add_argument("--out", type=Path, help="output directory (default: RUN/eval)")
+
+    retrieve = commands.add_parser("retrieve", help="rank a face gallery for one text or text+image query")
+    retrieve.add_argument("--checkpoint", type=_existing_path, required=True, help="run directory of xmodal train")
+    retrieve.add_argument("--text", required=True, help="description, or change description with --image")
+    retrieve.add_argument("--image", type=Path, help="reference face: composed query")
+    retrieve.add_argument("--gallery", type=Path,
+                          help="directory of gallery images (default: the embedded test people)")
+    retrieve.add_argument("--top-k", type=int, default=10, help="faces to return (default: 10)")
+    retrieve.add_argument("--out", type=Path, help="PNG grid of the query and its top-k")
+    retrieve.add_argument("--match", help="identity (or gallery name) of the correct match, framed in the grid")
+
     # Listed for the help text only: main() hands everything after "bench" to the benchmark's parser.
     commands.add_parser("bench", help="benchmark the op backends (tgfr bench -h for its options)")
     return parser
@@ -231,7 +255,50 @@ def _run_bench(bench_argv: list[str]) -> int:
     return bench.main(bench_argv) or 0
 
 
-COMMANDS = {"demo": _run_demo, "train": _run_train, "eval": _run_eval, "study": _run_study}
+def _run_xmodal(args) -> int:
+    import yaml
+
+    from .retrieval import load_config, train_xmodal
+    from .retrieval.commands import evaluate_run
+
+    command = f"xmodal {args.xmodal_command}"
+    try:
+        if args.xmodal_command == "train":
+            config = load_config(args.preset, args.overrides)
+            checkpoint = train_xmodal(config, args.out, resume=args.resume)
+            print(f"checkpoint: {checkpoint}")
+        else:
+            table, paths = evaluate_run(args.checkpoint, args.out)
+            print(table)
+            print(f"table: {paths['markdown']} and {paths['json'].name}")
+    except FileExistsError as error:
+        raise _usage_error(command, f"{args.out} already holds a run: add --resume to continue it, "
+                                    f"or choose another --out") from error
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error(command, str(error)) from error
+    except yaml.YAMLError as error:
+        raise _usage_error(command, f"not valid YAML: {error}") from error
+    return 0
+
+
+def _run_retrieve(args) -> int:
+    from .retrieval.commands import retrieve
+
+    try:
+        results = retrieve(args.checkpoint, args.text, args.image, args.gallery, args.top_k, args.out, args.match)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error("retrieve", str(error)) from error
+    print("rank  score   identity  name")
+    for rank, (identity, name, score) in enumerate(results, start=1):
+        mark = "  <- match" if args.match in (identity, name) else ""
+        print(f"{rank:>4}  {score:+.4f}  {identity:<8}  {name}{mark}")
+    if args.out:
+        print(f"grid: {args.out}")
+    return 0
+
+
+COMMANDS = {"demo": _run_demo, "train": _run_train, "eval": _run_eval, "study": _run_study, "xmodal": _run_xmodal,
+            "retrieve": _run_retrieve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,70 @@
+"""Multiple Negatives Ranking Loss with graded negatives, on the rectangular InfoNCE.
+
+MNRL (sentence-transformers) is cross-entropy from each query over ``scale * cos`` to
+every gallery face of the batch, its own positive the target: in-batch InfoNCE in one
+direction, temperature ``1 / scale``. Explicit negatives are extra gallery columns
+shared by every query of the batch, graded by difficulty:
+
+* ``easy``: a face of a random other identity;
+* ``semi_hard``: an identity that shares some of the described attributes;
+* ``hard``: an identity that shares most of them, or, for a composed query, the same
+  person before the described change.
+
+``b = [positives; easy; semi_hard; hard]`` has ``B + K`` rows and the positive of query
+``i`` is row ``i``: exactly ``tgfr.ops.info_nce(..., offset=0, symmetric=False)``.
+``class_ids`` keeps a column of the query's own class out of its denominator (two photos
+of one person are not negatives of each other).
+
+The grades enter on a curriculum (:func:`active_grades`): easy negatives from the first
+step, semi-hard after ``starts[1]`` and hard after ``starts[2]`` of training. Hard
+negatives from the start pull apart look-alikes before the encoder can tell people apart
+at all, the collapse FaceNet met with its hardest negatives; after a warm-up they carry
+the fine distinctions that in-batch negatives of random people rarely pose.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops import info_nce
+
+GRADES = ("easy", "semi_hard", "hard")
+#: Ablation settings: which grades are used at all (each adds to the previous one).
+NEGATIVE_SETTINGS = {"none": (), "easy": GRADES[:1], "semi_hard": GRADES[:2], "hard": GRADES}
+DEFAULT_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss
+
+
+def active_grades(setting: str, progress: float, starts=(0.0, 0.2, 0.4)) -> tuple[str, ...]:
+    """The grades used at ``progress`` (fraction of training done, 0..1) under ``setting``."""
+    if setting not in NEGATIVE_SETTINGS:
+        raise ValueError(f"negatives must be one of {sorted(NEGATIVE_SETTINGS)}, got {setting!r}")
+    if len(starts) != len(GRADES):
+        raise ValueError(f"grade_starts must give {len(GRADES)} fractions, got {starts}")
+    return tuple(g for g, start in zip(GRADES, starts) if g in NEGATIVE_SETTINGS[setting] and progress >= start)
+
+
+def graded_mnrl(queries: torch.Tensor, positives: torch.Tensor, positive_ids: torch.Tensor,
+                negatives: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                scale: float = DEFAULT_SCALE, backend: str = "auto") -> torch.Tensor:
+    """MNRL of ``queries`` [B, D] against ``positives`` [B, D] plus graded negative columns.
+
+    Args:
+        queries, positives: unit-norm embeddings; row ``i`` of each is a matching pair.
+        positive_ids: int [B], the class of each positive (and so of its query).
+        negatives: ``{grade: (embeddings [K_g, D], class ids [K_g])}``, appended as columns in
+            :data:`GRADES` order; missing or empty grades add nothing.
+        scale: inverse temperature (20 as in sentence-transformers).
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    columns, ids = [positives], [positive_ids]
+    for grade in GRADES:
+        if negatives and grade in negatives:
+            embeddings, grade_ids = negatives[grade]
+            columns.append(embeddings)
+            ids.append(grade_ids.to(positive_ids.device))
+    unknown = set(negatives or {}) - set(GRADES)
+    if unknown:
+        raise ValueError(f"negatives has unknown grades {sorted(unknown)}; expected some of {GRADES}")
+    temperature = torch.tensor(1.0 / scale, dtype=queries.dtype, device=queries.device)
+    return info_nce(queries, torch.cat(columns), temperature, class_ids=torch.cat(ids), backend=backend,
+                    offset=0, symmetric=False)
