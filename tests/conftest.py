@@ -17,6 +17,36 @@ if torch.cuda.is_available():
     BACKEND_DEVICES += [("vectorized", "cuda"), ("cuda", "cuda"), ("triton", "cuda")]
 
 
+def expected_missing_reason(backend: str, device: str) -> str | None:
+    """Why a backend that this installation should have cannot run, or None.
+
+    The backend matrix is a contract: ``cpp`` is expected wherever the package was built
+    (``tgfr._C`` imports, or exists and fails to import), ``cuda`` wherever that build has CUDA
+    and a GPU is present, ``triton`` wherever triton is installed (on the CPU through the
+    interpreter). A missing expected backend fails its tests with the reason; a backend that
+    this installation legitimately lacks is skipped.
+    """
+    device = torch.device(device)
+    if backends.is_available(backend, device):
+        return None
+    if backend in ("cpp", "cuda"):
+        error = backends.extension_import_error()
+        built = error is None or "No module named 'tgfr._C'" not in error
+        if backend == "cuda" and (error is None and not backends.kernels("cuda").built_with_cuda()):
+            built = False
+    elif backend == "triton":
+        built = backends.triton_installed()
+    else:
+        built = True
+    if not built:
+        return None
+    try:
+        backends.resolve(backend, device)
+    except (RuntimeError, ValueError) as error:
+        return str(error)
+    return f"backend {backend} is not available on {device}"
+
+
 def _param(backend, device):
     return pytest.param((backend, torch.device(device)), id=f"{backend}-{device}")
 
@@ -25,10 +55,38 @@ def _param(backend, device):
 def backend_device(request):
     backend, device = request.param
     if not backends.is_available(backend, device):
-        pytest.skip(f"backend {backend} not available on {device}")
+        reason = expected_missing_reason(backend, device)
+        if reason is not None:
+            pytest.fail(f"expected backend {backend} on {device} is missing: {reason}")
+        pytest.skip(f"backend {backend} not installed here")
     return backend, device
 
 
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+# Absolute floor of every comparison, by the dtype computed in: where the expected value is 0
+# (a loss with every negative masked, a padded word's gradient) a tolerance relative to it
+# would be 0, and another machine's rounding would fail the test.
+ABSOLUTE_FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-4}
+
+
+def assert_close(actual, expected, rtol, atol=0.0, *, scale_atol=False, msg=None):
+    """``|actual - expected| <= rtol |expected| + max(atol', floor)`` elementwise, where ``atol'`` is
+    ``atol`` or, with ``scale_atol``, ``atol * max|expected|`` (so that gradients of size 1/B are
+    held to the standard of the values), and ``floor`` is ``ABSOLUTE_FLOOR`` of ``actual``'s dtype.
+    ``expected`` may be of a wider dtype (a float64 reference); ``actual`` is compared in it."""
+    expected = torch.as_tensor(expected)
+    actual = torch.as_tensor(actual)
+    floor = ABSOLUTE_FLOOR.get(actual.dtype, 0.0)
+    if scale_atol and expected.numel():
+        atol = atol * expected.detach().abs().max().item()
+    torch.testing.assert_close(
+        actual.detach().cpu().to(expected.dtype),
+        expected.detach().cpu(),
+        rtol=rtol,
+        atol=max(atol, floor),
+        msg=msg,
+    )

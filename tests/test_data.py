@@ -11,9 +11,10 @@ import torch
 from tgfr.data import (
     ATTRIBUTE_VALUES, QUALITY_LEVELS, FaceCaptionDataset, FaceRecord, IdentityProfile, SyntheticConfig,
     build_synthetic_splits, celebahq_identities, collate_face_captions, degrade, generate_synthetic,
-    identification_split, impostors_needed, load_real_captions, make_caption, read_celeba_dialog, read_face2text,
+    identification_split, load_real_captions, make_caption, read_celeba_dialog, read_face2text,
     read_mmcelebahq, render_face, sample_identity, sample_variation, split_identities, verification_pairs)
 from tgfr.data.captions import TEMPLATE_PHRASES
+from tgfr.evaluation.metrics import min_impostors_for_far
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = SyntheticConfig(num_identities=10, images_per_identity=4, image_size=32, captions_per_image=3, seed=3)
@@ -129,7 +130,7 @@ def test_default_test_split_resolves_far_1e_3():
     config = SyntheticConfig()  # labels only: the split sizes do not need rendering
     test_identities = split_identities(config)["test"]
     pairs = verification_pairs(np.repeat(np.arange(test_identities.size), config.images_per_identity))
-    assert pairs.num_impostor >= impostors_needed(1e-3)
+    assert pairs.num_impostor >= min_impostors_for_far(1e-3)
     assert pairs.lowest_resolvable_far() < 1e-3
 
 

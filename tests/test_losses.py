@@ -38,3 +38,34 @@ def test_info_nce_module_learns_its_temperature():
 def test_info_nce_fixed_temperature_is_a_buffer():
     module = InfoNCELoss(temperature=0.07, learnable=False)
     assert list(module.parameters()) == [] and "log_temperature" in dict(module.named_buffers())
+
+
+def test_modules_pass_their_process_group_on(monkeypatch):
+    """group= reaches tgfr.ops.distributed with this rank's shard (contract of the ops)."""
+    import importlib
+
+    # the package exports functions of the same names, so look the modules up
+    info_nce_module = importlib.import_module("tgfr.ops.info_nce")
+    word_region_module = importlib.import_module("tgfr.ops.word_region")
+    calls = []
+
+    class FakeDistributed:
+        @staticmethod
+        def info_nce(a, b, temperature, class_ids, backend, symmetric, group):
+            calls.append(("info_nce", backend, symmetric, group))
+            return a.sum() * 0
+
+        @staticmethod
+        def word_region_loss(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group):
+            calls.append(("word_region", backend, group))
+            zero = words.sum() * 0
+            return zero, zero
+
+    monkeypatch.setattr(info_nce_module, "_distributed", lambda: FakeDistributed)
+    monkeypatch.setattr(word_region_module, "_distributed", lambda: FakeDistributed)
+    group = object()
+    a = torch.randn(3, 4)
+    InfoNCELoss(backend="vectorized", group=group)(a, a.clone())
+    words, regions = torch.randn(3, 2, 4), torch.randn(3, 5, 4)
+    WordRegionLoss(backend="vectorized", group=group)(words, regions)
+    assert calls == [("info_nce", "vectorized", True, group), ("word_region", "vectorized", group)]

@@ -3,15 +3,18 @@
 Ground truth is ``reference.word_region_scores_loop`` (the published loop
 structure) and ``reference.info_nce_reference`` (full logits + cross-entropy).
 Tolerances: float64 to 1e-10 relative, float32 to 1e-5 (values) against the
-float64 reference. Inputs are fresh random tensors with ragged masks, shapes
+float64 reference, always with an absolute floor (``conftest.assert_close``). Inputs are fresh random tensors with ragged masks, shapes
 that are not multiples of any tile, ``B_v != B_t`` and non-contiguous views.
 """
 import importlib
-import os
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 
+from conftest import BACKEND_DEVICES, assert_close, expected_missing_reason
 from tgfr.ops import backends, info_nce, reference, word_region_loss, word_region_scores
 
 # (B_v, B_t, T, N, D): odd sizes, B_v != B_t, T = 1, N = 1, D not a multiple of 8.
@@ -239,7 +242,7 @@ def test_info_nce_bad_input(backend_device, rng):
     nan_a[2, 1] = float("nan")
     cases = [
         (dict(a=a[0]), "a must have 2 dimensions"),
-        (dict(b=b[:3]), "a and b must have the same shape"),
+        (dict(b=b[:3]), "exceeds b's 3 rows"),
         (dict(b=b.float()), "b has dtype"),
         (dict(temperature=torch.tensor([0.1, 0.2], device=device)), "temperature must be a tensor holding one value"),
         (dict(temperature=0.07), "temperature must be a tensor holding one value"),
@@ -247,6 +250,7 @@ def test_info_nce_bad_input(backend_device, rng):
         (dict(temperature=torch.tensor(float("nan"), device=device)), "temperature must be positive and finite"),
         (dict(a=nan_a), "a contains NaN"),
         (dict(class_ids=torch.tensor([0, 1, 2], device=device)), "class_ids must have length 4"),
+        (dict(b=b[:, :4]), "must share D"),
         (dict(class_ids=torch.rand(4, device=device)), "class_ids must hold integers"),
     ]
     for override, message in cases:
@@ -256,15 +260,132 @@ def test_info_nce_bad_input(backend_device, rng):
             info_nce(**args, backend=backend)
 
 
+# --------------------------------------------------------------------------- rectangular InfoNCE
+
+# (B, M, offset, symmetric, D): b holds extra negatives before and after the positives.
+RECTANGULAR_CASES = [(5, 12, 3, True, 7), (5, 12, 7, False, 7), (9, 9, 0, False, 6), (4, 17, 0, True, 5), (3, 300, 297, True, 4)]
+
+
+def make_rectangular_inputs(case, dtype, device, gen, n_classes=None):
+    B, M, offset, symmetric, D = case
+    b = torch.nn.functional.normalize(torch.randn(M, D, generator=gen, dtype=torch.float64), dim=1)
+    positives = b[offset : offset + B]
+    a = torch.nn.functional.normalize(positives + 0.5 * torch.randn(B, D, generator=gen, dtype=torch.float64), dim=1)
+    temperature = torch.tensor(0.1 + torch.rand((), generator=gen, dtype=torch.float64).item(), dtype=torch.float64)
+    class_ids = None if n_classes is None else torch.randint(0, n_classes, (M,), generator=gen).to(device)
+    return a.to(device, dtype), b.to(device, dtype), temperature.to(device), class_ids
+
+
+def _rectangular_reference(a, b, t, class_ids, offset, symmetric):
+    """The definition written out: row term over all M columns, column term over the positives' columns."""
+    B = a.shape[0]
+    logits = (a @ b.t()) / t
+    positives = torch.arange(offset, offset + B)
+    if class_ids is not None:
+        same = class_ids[positives][:, None] == class_ids[None, :]
+        same[torch.arange(B), positives] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    positive = logits[torch.arange(B), positives]
+    rows = (logits.logsumexp(1) - positive).mean()
+    if not symmetric:
+        return rows
+    return 0.5 * (rows + (logits[:, offset : offset + B].logsumexp(0) - positive).mean())
+
+
+@pytest.mark.parametrize("case", RECTANGULAR_CASES, ids=str)
+@pytest.mark.parametrize("with_class_ids", [False, True], ids=["plain", "class_ids"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"])
+def test_info_nce_rectangular_matches_reference(backend_device, case, with_class_ids, dtype, rtol, rng):
+    backend, device = backend_device
+    B, M, offset, symmetric, D = case
+    a, b, t, class_ids = make_rectangular_inputs(case, dtype, device, rng, n_classes=max(2, M // 3) if with_class_ids else None)
+    got = info_nce(a, b, t, class_ids, backend=backend, offset=offset, symmetric=symmetric)
+    cpu_ids = None if class_ids is None else class_ids.cpu()
+    expected = _rectangular_reference(a.double().cpu(), b.double().cpu(), t.cpu(), cpu_ids, offset, symmetric)
+    assert got.dim() == 0
+    assert_close(got, expected, rtol=rtol, atol=rtol)
+    # the reference module agrees with the definition
+    torch.testing.assert_close(
+        reference.info_nce_reference(a.double().cpu(), b.double().cpu(), t.cpu(), cpu_ids, offset, symmetric),
+        expected, rtol=1e-12, atol=1e-13,
+    )
+
+
+@pytest.mark.parametrize("case", RECTANGULAR_CASES[:4], ids=str)
+def test_info_nce_rectangular_backward_matches_reference(backend_device, case, rng):
+    backend, device = backend_device
+    B, M, offset, symmetric, D = case
+    a, b, t, class_ids = make_rectangular_inputs(case, torch.float64, device, rng, n_classes=max(2, M // 2))
+    leaves = [x.detach().cpu().requires_grad_() for x in (a, b, t)]
+    _rectangular_reference(*leaves, class_ids.cpu(), offset, symmetric).backward()
+    fused = [x.detach().requires_grad_() for x in (a, b, t)]
+    info_nce(*fused, class_ids, backend=backend, offset=offset, symmetric=symmetric).mul(1.3).backward()
+    for got, ref, name in zip(fused, leaves, ("a", "b", "temperature")):
+        assert_close(got.grad, 1.3 * ref.grad, rtol=1e-9, atol=1e-11, msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "rows"])
+def test_info_nce_rectangular_gradcheck(backend_device, symmetric, rng):
+    backend, device = backend_device
+    interpreted = backend == "triton" and device.type == "cpu"
+    a, b, t, class_ids = make_rectangular_inputs((4, 9, 2, symmetric, 5), torch.float64, device, rng, n_classes=4)
+    inputs = tuple(x.detach().requires_grad_() for x in (a, b, t))
+    fn = lambda a, b, t: info_nce(a, b, t, class_ids, backend=backend, offset=2, symmetric=symmetric)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=interpreted)
+
+
+def test_info_nce_rectangular_non_contiguous(backend_device, rng):
+    backend, device = backend_device
+    a, b, t, _ = make_rectangular_inputs((5, 11, 4, True, 6), torch.float64, device, rng)
+    a_nc, b_nc = torch.cat([a, a], 1)[:, ::2], b.t().contiguous().t()
+    a_nc.copy_(a)
+    assert not a_nc.is_contiguous()
+    got = info_nce(a_nc, b_nc, t, backend=backend, offset=4)
+    assert_close(got, reference.info_nce_reference(a.cpu(), b.cpu(), t.cpu(), None, 4, True), rtol=1e-10)
+
+
+def test_info_nce_square_defaults_are_the_symmetric_loss(rng):
+    """offset=0, symmetric=True, M=B: the CLIP loss, ½ [CE(rows) + CE(columns)]."""
+    a, b, t = make_info_nce_inputs((6, 5), torch.float64, "cpu", rng)
+    logits = a @ b.t() / t
+    labels = torch.arange(6)
+    clip = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels))
+    assert_close(reference.info_nce_reference(a, b, t), clip, rtol=1e-12)
+    assert_close(reference.info_nce_reference(a, b, t, symmetric=False), torch.nn.functional.cross_entropy(logits, labels), rtol=1e-12)
+
+
+def test_info_nce_rectangular_bad_input(rng):
+    a, b, t, _ = make_rectangular_inputs((4, 9, 2, True, 5), torch.float64, "cpu", rng)
+    cases = [
+        (dict(offset=6), ValueError, r"offset \+ B = 6 \+ 4 exceeds b's 9 rows"),
+        (dict(offset=-1), ValueError, "offset must be non-negative"),
+        (dict(offset=1.0), TypeError, "offset must be an int"),
+        (dict(symmetric=1), TypeError, "symmetric must be a bool"),
+        (dict(class_ids=torch.arange(4)), ValueError, r"class_ids must have length 9 \(one id per row of b\)"),
+        (dict(b=b[:, :4]), ValueError, "must share D"),
+    ]
+    for override, error, message in cases:
+        args = dict(a=a, b=b, temperature=t, offset=2)
+        args.update(override)
+        with pytest.raises(error, match=message):
+            info_nce(**args)
+
+
+def test_group_needs_offset_zero(rng):
+    a, b, t, _ = make_rectangular_inputs((4, 9, 2, True, 5), torch.float64, "cpu", rng)
+    with pytest.raises(ValueError, match="offset must be 0 with a process group"):
+        info_nce(a, b, t, offset=2, group=object())
+
+
 # --------------------------------------------------------------------------- dispatch, custom ops, compile
 
 
-def test_fused_backends_present_in_ci():
-    """In CI the C++ extension and the Triton interpreter must really run, not be skipped."""
-    if os.environ.get("CI") != "true":
-        pytest.skip("only enforced in CI")
-    assert backends.is_available("cpp", "cpu"), "tgfr._C was not built"
-    assert backends.is_available("triton", "cpu"), "triton kernels not importable under TRITON_INTERPRET=1"
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=[f"{b}-{d}" for b, d in BACKEND_DEVICES])
+def test_expected_backends_are_present(backend, device):
+    """The backend matrix is a contract: a backend this installation should have (cpp wherever the
+    extension was built, triton wherever triton is installed) must run, or this fails with why."""
+    reason = expected_missing_reason(backend, device)
+    assert reason is None, f"expected backend {backend} on {device} is missing: {reason}"
 
 
 def test_auto_backend_and_unknown_backend(rng):
@@ -290,7 +411,14 @@ def test_extension_rejects_bad_input_without_crashing(rng):
         ext.word_region_scores_forward(words, regions[..., :4].contiguous(), mask, 4.0, 5.0, 1e-8)
     a = torch.randn(4, 3, generator=rng)
     with pytest.raises(RuntimeError, match="class_ids must be an int64 tensor"):
-        ext.info_nce_forward(a, a.clone(), torch.tensor(0.1), torch.arange(3))
+        ext.info_nce_forward(a, a.clone(), torch.tensor(0.1), torch.arange(3), 0, True)
+    with pytest.raises(RuntimeError, match="offset \\+ B must be at most M"):
+        ext.info_nce_forward(a, a.clone(), torch.tensor(0.1), torch.arange(4), 1, True)
+    with pytest.raises(RuntimeError, match="offset must be non-negative"):
+        ext.info_nce_forward(a, a.clone(), torch.tensor(0.1), torch.arange(4), -1, True)
+    lse = torch.zeros(4)
+    with pytest.raises(RuntimeError, match=r"lse_cols must have shape \[0\]"):
+        ext.info_nce_backward(torch.tensor(1.0), a, a.clone(), torch.tensor(0.1), torch.arange(4), lse, lse, 0, False)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
@@ -309,7 +437,12 @@ def test_custom_ops_pass_opcheck(backend, rng):
     a, b, t = make_info_nce_inputs((5, 6), torch.float64, "cpu", rng)
     torch.library.opcheck(
         info_nce_module._info_nce_op,
-        (a.requires_grad_(), b.requires_grad_(), t.requires_grad_(), torch.arange(5), backend),
+        (a.requires_grad_(), b.requires_grad_(), t.requires_grad_(), torch.arange(5), 0, True, backend),
+    )
+    a, b, t, _ = make_rectangular_inputs((3, 7, 2, False, 4), torch.float64, "cpu", rng)
+    torch.library.opcheck(
+        info_nce_module._info_nce_op,
+        (a.requires_grad_(), b.requires_grad_(), t.requires_grad_(), torch.arange(7), 2, False, backend),
     )
 
 
@@ -334,3 +467,86 @@ def test_torch_compile_fullgraph(rng):
     torch.testing.assert_close(got, expected)
     for x, y in zip(compiled_inputs, eager_inputs):
         torch.testing.assert_close(x.grad, y.grad)
+
+
+# --------------------------------------------------------------------------- dispatch that tells the truth
+
+
+@pytest.fixture
+def broken_extension(monkeypatch):
+    """tgfr._C as a build with an ABI mismatch would leave it: present, failing to import."""
+    real_import = backends._import.__wrapped__
+
+    def fake_import(name):
+        if name == "tgfr._C":
+            return None, "ImportError: tgfr/_C.so: undefined symbol: _ZN4tgfr3fooEv"
+        return real_import(name)
+
+    monkeypatch.setattr(backends, "_import", fake_import)
+    backends._warn_fallback.cache_clear()
+    yield
+    backends._warn_fallback.cache_clear()
+
+
+def test_auto_warns_once_about_a_broken_extension(broken_extension, rng):
+    words, regions, mask = make_word_region_inputs((2, 2, 3, 4, 5), torch.float64, "cpu", rng)
+    with pytest.warns(RuntimeWarning, match="undefined symbol: _ZN4tgfr3fooEv"):
+        word_region_scores(words, regions, mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        word_region_scores(words, regions, mask)  # once is enough
+    with pytest.raises(RuntimeError, match="backend 'cpp' is not available.*undefined symbol"):
+        word_region_scores(words, regions, mask, backend="cpp")
+    assert expected_missing_reason("cpp", "cpu") is not None, "a broken build must fail the backend matrix"
+
+
+def test_unsupported_reason_skips_in_auto_and_raises_when_named(monkeypatch, rng):
+    if not backends.is_available("cpp", "cpu"):
+        pytest.skip("tgfr._C not built")
+    real_kernels = backends.kernels("cpp")
+
+    class Declining:
+        def __getattr__(self, name):
+            return getattr(real_kernels, name)
+
+        @staticmethod
+        def unsupported_reason(op, dtype, sizes):
+            return f"D={sizes['D']} exceeds 4" if sizes["D"] > 4 else None
+
+    monkeypatch.setattr(backends, "kernels", lambda backend: Declining())
+    backends._warn_fallback.cache_clear()
+    a, b, t = make_info_nce_inputs((3, 5), torch.float64, "cpu", rng)
+    assert backends.resolve("auto", "cpu", "info_nce", torch.float64, D=4) == "cpp"
+    with pytest.warns(RuntimeWarning, match="D=5 exceeds 4"):
+        assert backends.resolve("auto", "cpu", "info_nce", torch.float64, D=5) == "vectorized"
+    with pytest.raises(ValueError, match="D=5 exceeds 4"):
+        info_nce(a, b, t, backend="cpp")
+    backends._warn_fallback.cache_clear()
+
+
+def test_value_checks_can_be_turned_off(rng):
+    from tgfr.ops import set_value_checks
+
+    words, regions, mask = make_word_region_inputs((2, 3, 4, 5, 6), torch.float64, "cpu", rng)
+    mask[1] = False
+    with pytest.raises(ValueError, match="no valid word"):
+        word_region_scores(words, regions, mask, backend="reference")
+    set_value_checks(False)
+    try:
+        for backend in backends.available_backends("cpu"):
+            scores = word_region_scores(words, regions, mask, backend=backend)
+            assert torch.isneginf(scores[:, 1]).all() and torch.isfinite(scores[:, [0, 2]]).all(), backend
+    finally:
+        set_value_checks(True)
+
+
+def test_ops_import_light():
+    """The ops and the losses need torch and numpy alone (the core install). ``import torch``
+    itself loads tqdm where it is installed (torch.hub), so only what tgfr adds counts."""
+    heavy = ("transformers", "matplotlib", "yaml", "sklearn", "PIL", "tqdm", "safetensors")
+    code = (
+        f"import sys, torch; before = set(sys.modules); import tgfr, tgfr.ops, tgfr.losses; "
+        f"print([m for m in {heavy!r} if m in sys.modules and m not in before])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing tgfr.ops / tgfr.losses imported {out.strip()}"

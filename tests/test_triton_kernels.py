@@ -10,6 +10,7 @@ mantissa, float16: 11). On the CPU the kernels run under ``TRITON_INTERPRET=1``
 import pytest
 import torch
 
+from conftest import assert_close
 from tgfr.ops import backends, reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,10 +56,10 @@ def _run_word_region(words, regions, mask, upstream, gamma1=4.0, gamma2=5.0, eps
 
 
 def _close(actual, expected, rtol, atol):
-    """``|actual - expected| <= rtol |expected| + atol max|expected|``: atol is relative to the
-    tensor's scale, so gradients of size 1/B are held to the same standard as scores."""
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol * scale)
+    """``|actual - expected| <= rtol |expected| + atol max|expected|`` (at least the shared
+    absolute floor): atol is relative to the tensor's scale, so gradients of size 1/B are held to
+    the same standard as scores."""
+    assert_close(actual, expected, rtol, atol, scale_atol=True)
 
 
 # (B_v, B_t, T, N, D), the tiles (captions per block, D chunk) and the backward's caption groups

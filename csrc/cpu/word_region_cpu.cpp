@@ -10,13 +10,12 @@
 // ([N, N], computed once per image), which makes those products N/D as large and saves the
 // backward's dA = dC R^T product altogether (see backward_tile). In the backward a thread
 // takes whole images, so it alone writes their region gradients, and keeps a private word
-// gradient, summed at the end.
+// gradient, summed at the end. Threads: see parallel.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -24,6 +23,7 @@
 
 #include "../tgfr.h"
 #include "array_ops.h"
+#include "parallel.h"
 
 namespace tgfr::cpu {
 namespace {
@@ -48,8 +48,6 @@ PackedCaptions pack_captions(const at::Tensor& words, const at::Tensor& word_mas
   for (int64_t k = 0; k < B_t; ++k) {
     int64_t count = 0;
     for (int64_t t = 0; t < T; ++t) count += mask[k * T + t];
-    TORCH_CHECK(count > 0, "word_mask marks no valid word for caption ", k,
-                ": every caption needs at least one word");
     packed.first_row[k + 1] = packed.first_row[k] + count;
   }
   packed.all_valid = packed.first_row[B_t] == B_t * T;
@@ -184,7 +182,8 @@ void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, 
     buf.cosine[r] = array_dot(ar, s + r * N, N) / max_of(norms, problem.eps);
     buf.context_norm[r] = context_norm;
   }
-  // eq. 5: log-sum-exp of gamma2 * cos over the caption's words
+  // eq. 5: log-sum-exp of gamma2 * cos over the caption's words (-inf for a caption without
+  // words, the log-sum-exp of an empty set; such a caption has no rows, so no gradient either)
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t begin = packed.first_row[k] - r0, end = packed.first_row[k + 1] - r0;
     scalar_t shift = -std::numeric_limits<scalar_t>::infinity();
@@ -280,19 +279,17 @@ void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf,
   grad_region.addmm_(grad_logits.t(), words);
 }
 
-// Calls work(item, buffers) for every item in [0, n_items) on the intra-op threads, each
-// worker with its own buffers, handing items out one at a time: a thread slowed down by
-// other load, or given lighter tiles, simply takes more items. Returns the workers' buffers.
+// Calls work(item, buffers) for every item in [0, n_items) as parallel.h's for_each_item does,
+// each worker with its own buffers, made on its first item. Returns the workers' buffers.
 template <typename scalar_t, typename Work>
-std::vector<std::unique_ptr<TileBuffers<scalar_t>>> for_each_item(const Problem<scalar_t>& problem, int64_t n_items,
-                                                                   bool backward, const Work& work) {
-  std::atomic<int64_t> next_item{0};
-  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_items);
-  std::vector<std::unique_ptr<TileBuffers<scalar_t>>> workers(n_workers);
-  // the first index of each call's range names its worker (one call takes all when run inline)
-  at::parallel_for(0, n_workers, 1, [&](int64_t worker, int64_t) {
-    auto& buf = workers[worker] = std::make_unique<TileBuffers<scalar_t>>(problem, backward);
-    for (int64_t item = next_item++; item < n_items; item = next_item++) work(item, *buf);
+std::vector<std::unique_ptr<TileBuffers<scalar_t>>> for_each_tile_item(const Problem<scalar_t>& problem,
+                                                                        int64_t n_items, bool backward,
+                                                                        const Work& work) {
+  std::vector<std::unique_ptr<TileBuffers<scalar_t>>> workers(worker_count(n_items));
+  for_each_item(n_items, [&](int64_t worker, int64_t item) {
+    auto& buf = workers[worker];
+    if (!buf) buf = std::make_unique<TileBuffers<scalar_t>>(problem, backward);
+    work(item, *buf);
   });
   return workers;
 }
@@ -328,7 +325,7 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
     const auto problem = make_problem<scalar_t>(packed, regions, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     scalar_t* out = scores.data_ptr<scalar_t>();
-    for_each_item(problem, B_v * n_blocks, /*backward=*/false, [&](int64_t item, TileBuffers<scalar_t>& buf) {
+    for_each_tile_item(problem, B_v * n_blocks, /*backward=*/false, [&](int64_t item, TileBuffers<scalar_t>& buf) {
       const int64_t image = item / n_blocks;
       forward_tile(problem, buf, image, item % n_blocks, out + image * B_t);
     });
@@ -352,7 +349,7 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     const scalar_t* grad_out = grad_scores_acc.data_ptr<scalar_t>();
     // an item is one image with all its caption blocks, so that its region gradient has one writer
-    const auto workers = for_each_item(problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
+    const auto workers = for_each_tile_item(problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
       const auto grad_region = grad_regions[image];
       buf.region_gram_grad.zero_();
       for (int64_t block = 0; block < n_blocks; ++block) {

@@ -164,7 +164,15 @@ void test_argument_errors() {
                "word_mask of the wrong shape");
   auto empty_caption = mask.clone();
   empty_caption[1].fill_(false);
-  expect_error(forward(words, regions, empty_caption), "no valid word for caption 1", "caption without words");
+  // a caption without words scores -inf against every image (the log-sum-exp of an empty set)
+  // and passes no gradient: the Python value checks reject it unless they are turned off
+  const auto empty_scores = tgfr::word_region_scores_forward(words, regions, empty_caption, kGamma1, kGamma2, kEps);
+  expect(empty_scores.select(1, 1).isneginf().all().item<bool>(), "caption without words scores -inf");
+  expect(empty_scores.select(1, 0).isfinite().all().item<bool>(), "the other captions score finite values");
+  const auto [empty_grad_words, empty_grad_regions] = tgfr::word_region_scores_backward(
+      at::ones({2, 3}), words, regions, empty_caption, kGamma1, kGamma2, kEps);
+  expect(empty_grad_words[1].abs().sum().item<double>() == 0, "caption without words gets no gradient");
+  expect(empty_grad_regions.isfinite().all().item<bool>(), "region gradients stay finite");
   expect_error([&] {
     tgfr::word_region_scores_backward(at::randn({3, 2}), words, regions, mask, kGamma1, kGamma2, kEps);
   }, "grad_scores must have shape", "grad_scores transposed");
@@ -199,6 +207,9 @@ int main() {
   test_word_region(2, 3, 4, 5, 6, 1e-5, "word_region clamped cosine");
   test_info_nce(5, 5, 0, true, 3, 5, "info_nce small");
   test_info_nce(300, 300, 0, true, 17, 60, "info_nce several tiles, repeated classes");
+  test_info_nce(70, 333, 150, true, 9, 40, "info_nce rectangular, offset, repeated classes");
+  test_info_nce(70, 333, 263, false, 9, 40, "info_nce rectangular, last offset, one-directional");
+  test_info_nce(300, 301, 1, false, 17, 1000, "info_nce several tiles, one-directional");
   test_argument_errors();
   std::cout << (failures ? "FAILED: " + std::to_string(failures) + " check(s)" : std::string("all checks passed"))
             << "\n";

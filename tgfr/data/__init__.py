@@ -47,7 +47,7 @@ captions shipped with the package (tokenizer and text-encoder tests, length stat
 from .captions import CAPTION_STYLES, Caption, CaptionFact, make_caption
 from .dataset import FaceCaptionDataset, FaceRecord, collate_face_captions, image_to_tensor
 from .identities import ATTRIBUTE_VALUES, GEOMETRY_NAMES, IdentityProfile, sample_identity
-from .protocols import (IdentificationSplit, VerificationPairs, identification_split, impostors_needed,
+from .protocols import (IdentificationSplit, VerificationPairs, identification_split,
                         verification_pairs)
 from .quality import QUALITY_LEVELS, degrade
 from .readers import celebahq_identities, read_celeba_dialog, read_celeba_identities, read_face2text, read_mmcelebahq
@@ -62,7 +62,7 @@ __all__ = [
     "FaceCaptionDataset", "FaceRecord", "IdentificationSplit", "IdentityProfile", "ImageVariation",
     "REAL_CAPTION_CORPORA", "SyntheticConfig", "SyntheticFaces", "VerificationPairs", "build_synthetic_splits",
     "celebahq_identities", "collate_face_captions", "degrade", "generate_synthetic", "identification_split",
-    "image_to_tensor", "impostors_needed", "load_real_captions", "make_caption", "read_celeba_dialog",
+    "image_to_tensor", "load_real_captions", "make_caption", "read_celeba_dialog",
     "read_celeba_identities", "read_face2text", "read_mmcelebahq", "render_face", "sample_identity",
     "sample_variation", "split_identities", "verification_pairs",
 ]

@@ -7,7 +7,6 @@ indices into it, so the same protocol is applied at each quality level with
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +36,8 @@ class VerificationPairs:
         return int((~self.genuine).sum())
 
     def lowest_resolvable_far(self) -> float:
-        """Smallest false-accept rate with at least one impostor pair above the threshold."""
+        """Smallest false-accept rate with at least one impostor pair above the threshold (the
+        FAR-resolution rule of ``tgfr.evaluation.metrics.min_impostors_for_far``, inverted)."""
         return 1.0 / max(self.num_impostor, 1)
 
 
@@ -65,13 +65,6 @@ def verification_pairs(labels, max_impostors: int | None = None, seed: int = 0) 
     if not genuine.any() or genuine.all():
         raise ValueError("labels must give at least one genuine and one impostor pair")
     return VerificationPairs(np.stack([first, second], axis=1).astype(np.int64), genuine)
-
-
-def impostors_needed(far: float) -> int:
-    """Impostor pairs needed for ``far`` to mean at least ten false accepts (a stable TAR)."""
-    if not 0.0 < far < 1.0:
-        raise ValueError(f"far must be in (0, 1), got {far}")
-    return math.ceil(10.0 / far)
 
 
 @dataclass(frozen=True)
