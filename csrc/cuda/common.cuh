@@ -2,11 +2,10 @@
 //
 // Precision convention: GEMM operands stay in the input dtype (tensor cores for
 // float16/bfloat16), GEMM results and every softmax/log-sum-exp are in the
-// accumulation dtype acc_t (float, or double for double inputs).
+// accumulation dtype (accumulation.h: float, or double for double inputs).
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,6 +13,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
+
+#include "../accumulation.h"
 
 namespace tgfr::cuda_common {
 
@@ -35,39 +37,62 @@ __device__ __forceinline__ T* dynamic_shared() {
   return reinterpret_cast<T*>(dynamic_shared_bytes);
 }
 
-template <typename scalar_t>
-using acc_type = at::acc_type<scalar_t, /*is_cuda=*/true>;
+// Every kernel is launched with kBlockThreads threads; __launch_bounds__ lets the
+// compiler budget registers for exactly that (255 per thread at most).
+#define TGFR_LAUNCH_BOUNDS __launch_bounds__(tgfr::cuda_common::kBlockThreads)
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-inline at::ScalarType accumulation_dtype(at::ScalarType input) {
-  return input == at::kDouble ? at::kDouble : at::kFloat;
+// A one-dimensional grid of `blocks` blocks (x may reach 2^31 - 1; y and z only 65535).
+inline dim3 grid_1d(int64_t blocks) {
+  TORCH_CHECK(blocks >= 1 && blocks <= int64_t{0x7fffffff}, "tgfr CUDA kernel grid of ", blocks, " blocks");
+  return dim3(static_cast<unsigned>(blocks));
 }
+
+// ATen's GEMMs with an out_dtype (aten::mm.dtype_out, aten::bmm.dtype_out: float16/bfloat16
+// in, float32 out, accumulated in float32 by cuBLAS) have CUDA kernels only. The CPU
+// emulation of these sources multiplies float32 copies instead: a product of two
+// float16/bfloat16 numbers is exact in float32, so only the summation order differs.
+#ifdef TGFR_CUDA_EMULATION
+constexpr bool kEmulated = true;
+#else
+constexpr bool kEmulated = false;
+#endif
 
 // out = a @ b with a, b in the input dtype and out in the accumulation dtype.
 inline void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() == out.scalar_type()) {
+  const auto dtype = out.scalar_type();
+  if (a.scalar_type() == dtype) {
     at::mm_out(out, a, b);
+  } else if (kEmulated) {
+    at::mm_out(out, a.to(dtype), b.to(dtype));
   } else {
-    at::mm_out(out, a, b, out.scalar_type());
+    at::mm_out(out, a, b, dtype);
   }
 }
 
 // Batched form of matmul_into: out[i] = a[i] @ b[i].
 inline void batched_matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() == out.scalar_type()) {
+  const auto dtype = out.scalar_type();
+  if (a.scalar_type() == dtype) {
     at::bmm_out(out, a, b);
+  } else if (kEmulated) {
+    at::bmm_out(out, a.to(dtype), b.to(dtype));
   } else {
-    at::bmm_out(out, a, b, out.scalar_type());
+    at::bmm_out(out, a, b, dtype);
   }
 }
 
-// total += a @ b (total in the accumulation dtype, a and b in the input dtype).
+// total += a @ b (total in the accumulation dtype, a and b in the input dtype). The
+// mixed case goes through a temporary: aten::addmm.dtype_out requires `self` in the
+// input dtype, so it cannot accumulate into a float32 total.
 inline void matmul_accumulate(at::Tensor total, const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() == total.scalar_type()) {
     total.addmm_(a, b);
   } else {
-    total.add_(at::mm(a, b, total.scalar_type()));
+    at::Tensor product = at::empty({a.size(0), b.size(1)}, total.options());
+    matmul_into(product, a, b);
+    total.add_(product);
   }
 }
 
@@ -76,8 +101,27 @@ inline void batched_matmul_accumulate(at::Tensor total, const at::Tensor& a, con
   if (a.scalar_type() == total.scalar_type()) {
     total.baddbmm_(a, b);
   } else {
-    total.add_(at::bmm(a, b, total.scalar_type()));
+    at::Tensor product = at::empty({a.size(0), a.size(1), b.size(2)}, total.options());
+    batched_matmul_into(product, a, b);
+    total.add_(product);
   }
+}
+
+// Gradient operands stored in the input dtype for a GEMM are first multiplied by a
+// power of two (exact in every dtype, undone exactly on the float32/float64 result):
+// float16 keeps 11 significant bits only down to 2^-14 and flushes below 2^-24, so
+// without it small gradients (a softmax probability ~2/B at large B) lose precision or
+// vanish. The scale is the largest power of two s with s * bound <= ceiling, where
+// `bound` bounds the magnitude of the values scaled.
+inline double power_of_two_scale(double bound, double ceiling) {
+  return std::exp2(std::floor(std::log2(ceiling / bound)));
+}
+
+// The same for a bound known only on the device (a 0-d tensor): no host synchronisation.
+// A zero bound gives the largest finite float scale rather than inf (0 * inf is NaN).
+inline at::Tensor power_of_two_scale(const at::Tensor& bound, double ceiling) {
+  const double smallest_normal = static_cast<double>(std::numeric_limits<float>::min());
+  return at::exp2(at::floor(at::log2(ceiling / bound.clamp_min(smallest_normal))));
 }
 
 // First `numel` elements of a flat scratch buffer, shaped `sizes` (always contiguous).

@@ -1,4 +1,4 @@
-// Word-region matching scores on CUDA (DESIGN.md §1a).
+// Word-region matching scores on CUDA (eqs. 3-5 of the DAMSM word-level matching).
 //
 // Work goes in chunks of `images` images x `captions` captions, sized so that the
 // scratch stays under kScratchBytes whatever B_v and B_t. Within a chunk the two
@@ -53,9 +53,9 @@ void for_each_chunk(int64_t B_v, int64_t B_t, ChunkSize size, F&& body) {
 // valid words of each region column, 0 on padded words); `attn` receives A (eq. 4:
 // softmax over regions of gamma1 * P, 0 on padded words). Both tiles are pair-major.
 template <typename scalar_t, typename acc_t>
-__global__ void attention_forward_kernel(acc_t* __restrict__ sp, scalar_t* __restrict__ attn,
-                                         const bool* __restrict__ word_mask, int T, int N, int images,
-                                         acc_t gamma1) {
+__global__ void TGFR_LAUNCH_BOUNDS
+attention_forward_kernel(acc_t* __restrict__ sp, scalar_t* __restrict__ attn, const bool* __restrict__ word_mask,
+                         int T, int N, int images, acc_t gamma1) {
   const int image = blockIdx.x % images;
   const int caption = blockIdx.x / images;
   const int64_t ld = int64_t{images} * N;
@@ -148,10 +148,10 @@ __device__ acc_t pair_cosine_lse(const scalar_t* words, const acc_t* context, co
 // `context` is C in layout [images, captions*T, D]; `scores` points at the chunk's
 // corner of the [B_v, B_t] output, row stride `ld_scores`.
 template <typename scalar_t, typename acc_t>
-__global__ void cosine_lse_kernel(const scalar_t* __restrict__ words, const acc_t* __restrict__ context,
-                                  const bool* __restrict__ word_mask, scalar_t* __restrict__ scores,
-                                  int64_t ld_scores, int T, int D, int images, int captions, acc_t gamma2,
-                                  acc_t eps) {
+__global__ void TGFR_LAUNCH_BOUNDS
+cosine_lse_kernel(const scalar_t* __restrict__ words, const acc_t* __restrict__ context,
+                  const bool* __restrict__ word_mask, scalar_t* __restrict__ scores, int64_t ld_scores, int T, int D,
+                  int images, int captions, acc_t gamma2, acc_t eps) {
   acc_t* logits = dynamic_shared<acc_t>();
   const int image = blockIdx.x % images;
   const int caption = blockIdx.x / images;
@@ -165,15 +165,17 @@ __global__ void cosine_lse_kernel(const scalar_t* __restrict__ words, const acc_
 // cos_t and the score in acc_t, then with dcos_t = g * gamma2 * exp(gamma2*cos_t - score)
 // writes d_context (layout of C, input dtype) and adds the direct cosine term to
 // grad_words (the chunk's [captions*T, D] rows; this block owns its caption's rows).
-// g is grad_scores divided by *grad_scale, so that every gradient stored in the input
-// dtype stays in float16's range; the caller multiplies the results back.
+// g is grad_scores times *grad_scale (power_of_two_scale: |g| <= 1), so that every
+// gradient stored in the input dtype sits well inside float16's range; the caller
+// divides the results by it. A caption without words has no valid token: its words,
+// its context and so the regions get no gradient from it, whatever its grad_scores.
 template <typename scalar_t, typename acc_t>
-__global__ void cosine_backward_kernel(const scalar_t* __restrict__ words, const acc_t* __restrict__ context,
-                                       const bool* __restrict__ word_mask, const scalar_t* __restrict__ grad_scores,
-                                       int64_t ld_scores, const acc_t* __restrict__ grad_scale,
-                                       scalar_t* __restrict__ grad_context,
-                                       acc_t* __restrict__ grad_words, int T, int D, int images, int captions,
-                                       acc_t gamma2, acc_t eps) {
+__global__ void TGFR_LAUNCH_BOUNDS
+cosine_backward_kernel(const scalar_t* __restrict__ words, const acc_t* __restrict__ context,
+                       const bool* __restrict__ word_mask, const scalar_t* __restrict__ grad_scores,
+                       int64_t ld_scores, const acc_t* __restrict__ grad_scale, scalar_t* __restrict__ grad_context,
+                       acc_t* __restrict__ grad_words, int T, int D, int images, int captions, acc_t gamma2,
+                       acc_t eps) {
   acc_t* logits = dynamic_shared<acc_t>();
   const int caption = blockIdx.x;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -187,7 +189,7 @@ __global__ void cosine_backward_kernel(const scalar_t* __restrict__ words, const
     scalar_t* gc_pair = grad_context + pair_rows * D;
     const acc_t score = pair_cosine_lse<scalar_t, acc_t>(w_caption, c_pair, valid, T, D, gamma2, eps, logits,
                                                          logits + T);
-    const acc_t g = static_cast<acc_t>(grad_scores[image * ld_scores + caption]) / *grad_scale;
+    const acc_t g = static_cast<acc_t>(grad_scores[image * ld_scores + caption]) * *grad_scale;
     for (int t = warp; t < T; t += blockDim.x / kWarpSize) {
       const scalar_t* w = w_caption + int64_t{t} * D;
       const acc_t* c = c_pair + int64_t{t} * D;
@@ -223,9 +225,10 @@ __global__ void cosine_backward_kernel(const scalar_t* __restrict__ words, const
 // with dP; A is recomputed from P. Writes dS (pair-major, input dtype):
 //   dZ = A * (dA - rowsum(dA * A)), dP = gamma1 * dZ, dS = P * (dP - colsum_valid(dP * P)).
 template <typename scalar_t, typename acc_t>
-__global__ void attention_backward_kernel(const acc_t* __restrict__ p, acc_t* __restrict__ grad_attn,
-                                          const bool* __restrict__ word_mask, scalar_t* __restrict__ grad_sim,
-                                          int T, int N, int images, int captions, acc_t gamma1) {
+__global__ void TGFR_LAUNCH_BOUNDS
+attention_backward_kernel(const acc_t* __restrict__ p, acc_t* __restrict__ grad_attn,
+                          const bool* __restrict__ word_mask, scalar_t* __restrict__ grad_sim, int T, int N,
+                          int images, int captions, acc_t gamma1) {
   const int image = blockIdx.x % images;
   const int caption = blockIdx.x / images;
   const int64_t ld = int64_t{images} * N;
@@ -299,7 +302,7 @@ template <typename scalar_t, typename acc_t>
 void attention_forward(const Problem& pb, const Chunk& c, at::Tensor& sp, at::Tensor& attn, cudaStream_t stream) {
   const at::Tensor regions = pb.chunk_regions(c);
   matmul_into(sp, pb.chunk_words(c), regions.view({c.images * pb.N, pb.D}).t());
-  attention_forward_kernel<scalar_t, acc_t><<<c.images * c.captions, kBlockThreads, 0, stream>>>(
+  attention_forward_kernel<scalar_t, acc_t><<<grid_1d(c.images * c.captions), kBlockThreads, 0, stream>>>(
       sp.data_ptr<acc_t>(), attn.data_ptr<scalar_t>(), pb.chunk_mask(c).data_ptr<bool>(), pb.T, pb.N, c.images,
       static_cast<acc_t>(pb.gamma1));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -316,7 +319,7 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
                                       const at::Tensor& word_mask, double gamma1, double gamma2, double eps) {
   c10::cuda::CUDAGuard guard(words.device());
   const Problem pb(words, regions, word_mask, gamma1, gamma2, eps);
-  const auto acc_dtype = accumulation_dtype(words.scalar_type());
+  const auto acc_dtype = accumulation_type(words);
   const int64_t acc_bytes = c10::elementSize(acc_dtype), in_bytes = words.element_size();
   check_shared_memory(pb, acc_bytes);
   // per pair: S/P (acc), A (input dtype), C (acc)
@@ -330,14 +333,14 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, words.scalar_type(), "word_region_scores_cuda", [&] {
-    using acc_t = acc_type<scalar_t>;
+    using acc_t = accumulation_t<scalar_t>;
     for_each_chunk(pb.B_v, pb.B_t, size, [&](const Chunk& c) {
       at::Tensor sp = scratch_view(sp_buffer, {c.captions * pb.T, c.images * pb.N});
       at::Tensor attn = scratch_view(attn_buffer, {c.captions * pb.T, c.images * pb.N});
       at::Tensor context = scratch_view(context_buffer, {c.images, c.captions * pb.T, pb.D});
       attention_forward<scalar_t, acc_t>(pb, c, sp, attn, stream);
       batched_matmul_into(context, by_image(attn, c, pb.T, pb.N), pb.chunk_regions(c));
-      cosine_lse_kernel<scalar_t, acc_t><<<c.images * c.captions, kBlockThreads,
+      cosine_lse_kernel<scalar_t, acc_t><<<grid_1d(c.images * c.captions), kBlockThreads,
                                            pb.logits_shared_bytes(sizeof(acc_t)), stream>>>(
           pb.chunk_words(c).data_ptr<scalar_t>(), context.data_ptr<acc_t>(), pb.chunk_mask(c).data_ptr<bool>(),
           scores.data_ptr<scalar_t>() + c.image0 * pb.B_t + c.caption0, pb.B_t, pb.T, pb.D, c.images,
@@ -348,16 +351,15 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
   return scores;
 }
 
-// `scores` is not read: the backward recomputes each score in the accumulation dtype,
-// which for float16/bfloat16 inputs is more accurate than the rounded saved one.
+// The backward recomputes each score in the accumulation dtype (for float16/bfloat16
+// inputs more accurate than the rounded forward output).
 std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor& grad_scores,
                                                                const at::Tensor& words, const at::Tensor& regions,
-                                                               const at::Tensor& word_mask,
-                                                               const at::Tensor& /*scores*/, double gamma1,
+                                                               const at::Tensor& word_mask, double gamma1,
                                                                double gamma2, double eps) {
   c10::cuda::CUDAGuard guard(words.device());
   const Problem pb(words, regions, word_mask, gamma1, gamma2, eps);
-  const auto acc_dtype = accumulation_dtype(words.scalar_type());
+  const auto acc_dtype = accumulation_type(words);
   const auto acc_options = words.options().dtype(acc_dtype);
   const int64_t acc_bytes = c10::elementSize(acc_dtype), in_bytes = words.element_size();
   check_shared_memory(pb, acc_bytes);
@@ -373,11 +375,14 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
   const at::Tensor grad_sim_buffer = at::empty({max_pairs * pb.T * pb.N}, words.options());
   at::Tensor grad_words = at::zeros({pb.B_t * pb.T, pb.D}, acc_options);
   at::Tensor grad_regions = at::zeros({pb.B_v * pb.N, pb.D}, acc_options);
-  const at::Tensor grad_scale = grad_scores.abs().amax().to(acc_dtype).clamp_min(1e-30);
+  // captions without words take no part (their upstream gradient may be anything)
+  const at::Tensor has_words = word_mask.any(1).unsqueeze(0);
+  const at::Tensor grad_scale =
+      power_of_two_scale(grad_scores.to(acc_dtype).masked_fill(has_words.logical_not(), 0).abs().amax(), 1.0);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, words.scalar_type(), "word_region_scores_backward_cuda", [&] {
-    using acc_t = acc_type<scalar_t>;
+    using acc_t = accumulation_t<scalar_t>;
     for_each_chunk(pb.B_v, pb.B_t, size, [&](const Chunk& c) {
       const int64_t rows = c.captions * pb.T, cols = c.images * pb.N;
       at::Tensor sp = scratch_view(sp_buffer, {rows, cols});
@@ -395,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
 
       attention_forward<scalar_t, acc_t>(pb, c, sp, attn, stream);
       batched_matmul_into(context, by_image(attn, c, pb.T, pb.N), r_chunk);
-      cosine_backward_kernel<scalar_t, acc_t><<<c.captions, kBlockThreads,
+      cosine_backward_kernel<scalar_t, acc_t><<<grid_1d(c.captions), kBlockThreads,
                                                 pb.logits_shared_bytes(sizeof(acc_t)), stream>>>(
           w_chunk.data_ptr<scalar_t>(), context.data_ptr<acc_t>(), mask,
           grad_scores.data_ptr<scalar_t>() + c.image0 * pb.B_t + c.caption0, pb.B_t, grad_scale.data_ptr<acc_t>(),
@@ -406,7 +411,7 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
       batched_matmul_into(grad_attn, grad_context, r_chunk.transpose(1, 2));
       batched_matmul_accumulate(gr_chunk.view({c.images, pb.N, pb.D}), by_image(attn, c, pb.T, pb.N).transpose(1, 2),
                                 grad_context);
-      attention_backward_kernel<scalar_t, acc_t><<<c.images * c.captions, kBlockThreads, 0, stream>>>(
+      attention_backward_kernel<scalar_t, acc_t><<<grid_1d(c.images * c.captions), kBlockThreads, 0, stream>>>(
           sp.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>(), mask, grad_sim.data_ptr<scalar_t>(), pb.T, pb.N,
           c.images, c.captions, static_cast<acc_t>(gamma1));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -415,8 +420,8 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(const at::Tensor&
       matmul_accumulate(gr_chunk, grad_sim.t(), w_chunk);
     });
   });
-  return {grad_words.mul_(grad_scale).view({pb.B_t, pb.T, pb.D}).to(words.scalar_type()),
-          grad_regions.mul_(grad_scale).view({pb.B_v, pb.N, pb.D}).to(regions.scalar_type())};
+  return {grad_words.div_(grad_scale).view({pb.B_t, pb.T, pb.D}).to(words.scalar_type()),
+          grad_regions.div_(grad_scale).view({pb.B_v, pb.N, pb.D}).to(regions.scalar_type())};
 }
 
 }  // namespace tgfr::cuda
