@@ -205,7 +205,7 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         grad_score = tl.load(grad_scores_ptr + image.to(tl.int64) * B_t + caption, mask=w_ok, other=0.0).to(ACC)
         # d score / d cos_t = gamma2 * softmax_t(gamma2 * cos); a caption without a real word
         # (score -inf) has no w_ok row, so it gets no gradient and passes none to the regions
-        d_cos = tl.where(w_ok, grad_score * gamma2 * tl.exp(logit - score), 0.0)
+        d_cos = tl.where(w_ok, grad_score * gamma2 * tl.exp(logit - tl.where(w_ok, score, 0.0)), 0.0)
         # d cos = alpha * (c dw + w dc) + beta_w * w dw + beta_c * c dc; the clamped branch has no beta terms
         alpha = d_cos / den
         beta_w = tl.where(unclamped, -d_cos * cos / tl.where(unclamped, ww, 1.0), 0.0)
@@ -270,8 +270,9 @@ _GPU_TILES = {
     ("backward", "fp64"): (32, 16, 8, 1),
 }
 # registers per thread the [M, N_PAD] tiles may take (estimated by ``footprint``): at 160,
-# ptxas spills under 1 KB per thread (sm_80/90, T_PAD = 32, float32 backward)
-_TILE_REGISTERS = 160
+# ptxas spills under 1 KB per thread (sm_80/90, T_PAD = 32, float32 backward). float64
+# serves verification, not speed: it may spill more (~1.5 KB at T_PAD = 32).
+_TILE_REGISTERS = {"16bit": 160, "fp32": 160, "fp64": 320}
 # more warps share the tiles of 16-bit inputs; past 8 warps ptxas caps float32 kernels at
 # 64-128 registers per thread and spills more than 8 warps do
 MAX_WARPS = {"16bit": 16, "fp32": 8, "fp64": 8}
@@ -339,14 +340,15 @@ def _shrink_to_fit(kernel: str, dtype: torch.dtype, config: dict, gpu: GPU) -> N
     # fewer captions per block, then more warps for the registers; narrower D chunks for
     # shared memory. Never fewer stages: at one stage ptxas spills kilobytes per thread.
     smallest_caps = triton.cdiv(MIN_GPU_TILE, config["T_PAD"])
-    max_warps = MAX_WARPS[{torch.float64: "fp64", torch.float32: "fp32"}.get(dtype, "16bit")]
+    kind = {torch.float64: "fp64", torch.float32: "fp32"}.get(dtype, "16bit")
+    max_warps, max_registers = MAX_WARPS[kind], _TILE_REGISTERS[kind]
     while True:
         shared, registers = footprint(kernel, dtype, config)
-        if shared <= gpu.shared_memory and registers <= _TILE_REGISTERS:
+        if shared <= gpu.shared_memory and registers <= max_registers:
             return
-        if registers > _TILE_REGISTERS and config["CAPS"] > smallest_caps:
+        if registers > max_registers and config["CAPS"] > smallest_caps:
             config["CAPS"] //= 2
-        elif registers > _TILE_REGISTERS and config["num_warps"] < max_warps:
+        elif registers > max_registers and config["num_warps"] < max_warps:
             config["num_warps"] *= 2
         elif shared > gpu.shared_memory and config["BLOCK_D"] > MIN_GPU_TILE:
             config["BLOCK_D"] //= 2
@@ -354,7 +356,7 @@ def _shrink_to_fit(kernel: str, dtype: torch.dtype, config: dict, gpu: GPU) -> N
             raise ValueError(
                 f"word_region {kernel} keeps {config['T_PAD']} (padded) words x {config['N_PAD']} (padded) regions "
                 f"on chip: about {shared} B of shared memory (sm_{gpu.arch} has {gpu.shared_memory} B) and "
-                f"{registers} tile registers per thread (limit {_TILE_REGISTERS}, {config['num_warps']} warps) "
+                f"{registers} tile registers per thread (limit {max_registers}, {config['num_warps']} warps) "
                 f"in {dtype}")
 
 
