@@ -241,7 +241,9 @@ def footprint(kernel: str, dtype: torch.dtype, config: dict) -> tuple[int, int]:
         held += bm * bd * acc
         shared += bm * bn * size
     if registers_kind:
-        held += bn * bd * size
+        # the products run on CUDA cores from registers: both operands, the rows twice
+        # (loaded and in the product's layout)
+        held += bn * bd * size + bm * bd * size
         shared = bm * bn * 4 + (0 if config["RESIDENT"] else bn * bd * size)
     return shared, held // 4 // threads
 
