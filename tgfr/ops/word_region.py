@@ -44,10 +44,8 @@ def _word_region_scores_backward_op(
     eps: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    # the Triton kernels take no scores (they recompute them); the C++ ones still accept them unused
-    unused_scores = () if backend == "triton" else (scores,)
     return backends.kernels(backend).word_region_scores_backward(
-        grad_scores.contiguous(), words, regions, word_mask, *unused_scores, gamma1, gamma2, eps
+        grad_scores.contiguous(), words, regions, word_mask, scores, gamma1, gamma2, eps
     )
 
 
