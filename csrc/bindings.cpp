@@ -9,12 +9,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("words"), py::arg("regions"), py::arg("word_mask"), py::arg("gamma1"), py::arg("gamma2"),
         py::arg("eps"));
   m.def("word_region_scores_backward", &tgfr::word_region_scores_backward, "(grad_words, grad_regions)",
-        py::arg("grad_scores"), py::arg("words"), py::arg("regions"), py::arg("word_mask"), py::arg("scores"),
-        py::arg("gamma1"), py::arg("gamma2"), py::arg("eps"));
+        py::arg("grad_scores"), py::arg("words"), py::arg("regions"), py::arg("word_mask"), py::arg("gamma1"),
+        py::arg("gamma2"), py::arg("eps"));
   m.def("info_nce_forward", &tgfr::info_nce_forward, "(loss, lse_rows, lse_cols)", py::arg("a"), py::arg("b"),
-        py::arg("temperature"), py::arg("class_ids"));
+        py::arg("temperature"), py::arg("class_ids"), py::arg("offset"), py::arg("symmetric"));
   m.def("info_nce_backward", &tgfr::info_nce_backward, "(grad_a, grad_b, grad_temperature)",
         py::arg("grad_loss"), py::arg("a"), py::arg("b"), py::arg("temperature"), py::arg("class_ids"),
-        py::arg("lse_rows"), py::arg("lse_cols"));
+        py::arg("lse_rows"), py::arg("lse_cols"), py::arg("offset"), py::arg("symmetric"));
   m.def("built_with_cuda", &tgfr::built_with_cuda, "whether CUDA kernels were compiled in");
 }

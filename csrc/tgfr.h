@@ -4,9 +4,11 @@
 // Conventions shared by every kernel (see tgfr/ops/backends.py):
 //   words [B_t, T, D], regions [B_v, N, D], word_mask [B_t, T] bool, all contiguous;
 //   scores [B_v, B_t] (rows images, columns captions);
-//   a, b [B, D]; temperature 0-d in the accumulation dtype (float64 for float64
-//   inputs, else float32); class_ids [B] int64 (distinct ids mean "no masking");
-//   lse_rows / lse_cols [B] in the accumulation dtype.
+//   a [B, D], b [M, D] with offset + B <= M: the positive of row i of a is row offset + i
+//   of b; temperature 0-d in the accumulation dtype (accumulation.h); class_ids [M] int64,
+//   the identities of b's rows (row i of a has class_ids[offset + i]; distinct ids mean
+//   "no masking"); lse_rows [B] and lse_cols [B] (symmetric) or [0] (one-directional),
+//   in the accumulation dtype.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,15 +23,14 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
                                       double eps);
 std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
     const at::Tensor& grad_scores, const at::Tensor& words, const at::Tensor& regions,
-    const at::Tensor& word_mask, const at::Tensor& scores, double gamma1, double gamma2, double eps);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor& a,
-                                                                const at::Tensor& b,
-                                                                const at::Tensor& temperature,
-                                                                const at::Tensor& class_ids);
+    const at::Tensor& word_mask, double gamma1, double gamma2, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
+    const at::Tensor& class_ids, int64_t offset, bool symmetric);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     const at::Tensor& grad_loss, const at::Tensor& a, const at::Tensor& b,
     const at::Tensor& temperature, const at::Tensor& class_ids, const at::Tensor& lse_rows,
-    const at::Tensor& lse_cols);
+    const at::Tensor& lse_cols, int64_t offset, bool symmetric);
 bool built_with_cuda();
 
 #define TGFR_DECLARE_KERNELS                                                                     \
@@ -38,15 +39,14 @@ bool built_with_cuda();
                                         double gamma2, double eps);                             \
   std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(                               \
       const at::Tensor& grad_scores, const at::Tensor& words, const at::Tensor& regions,        \
-      const at::Tensor& word_mask, const at::Tensor& scores, double gamma1, double gamma2,      \
-      double eps);                                                                              \
+      const at::Tensor& word_mask, double gamma1, double gamma2, double eps);                   \
   std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(                              \
       const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,                  \
-      const at::Tensor& class_ids);                                                             \
+      const at::Tensor& class_ids, int64_t offset, bool symmetric);                             \
   std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(                             \
       const at::Tensor& grad_loss, const at::Tensor& a, const at::Tensor& b,                    \
       const at::Tensor& temperature, const at::Tensor& class_ids, const at::Tensor& lse_rows,   \
-      const at::Tensor& lse_cols);
+      const at::Tensor& lse_cols, int64_t offset, bool symmetric);
 
 namespace cpu {
 TGFR_DECLARE_KERNELS

@@ -2,6 +2,8 @@
 // The kernels behind this file may assume everything checked here.
 #include "tgfr.h"
 
+#include "accumulation.h"
+
 #include <c10/util/Exception.h>
 
 namespace tgfr {
@@ -22,10 +24,6 @@ void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref, co
               ref.device());
 }
 
-at::ScalarType accumulation_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 void check_word_region(const at::Tensor& words, const at::Tensor& regions, const at::Tensor& word_mask) {
   check_float(words, "words", 3);
   check_float(regions, "regions", 3);
@@ -42,32 +40,39 @@ void check_word_region(const at::Tensor& words, const at::Tensor& regions, const
   check_like(word_mask, "word_mask", words, "words");
 }
 
+// a [B, D], b [M, D], offset + B <= M, class_ids [M] (see tgfr.h).
 void check_info_nce(const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
-                    const at::Tensor& class_ids) {
+                    const at::Tensor& class_ids, int64_t offset) {
   check_float(a, "a", 2);
   check_float(b, "b", 2);
   check_like(b, "b", a, "a");
   TORCH_CHECK(b.scalar_type() == a.scalar_type(), "b has dtype ", b.scalar_type(), " but a has ",
               a.scalar_type());
-  TORCH_CHECK(a.sizes() == b.sizes(), "a and b must have the same shape [B, D], got ", a.sizes(), " and ",
+  TORCH_CHECK(b.size(1) == a.size(1), "a [B, D] and b [M, D] must share D, got ", a.sizes(), " and ",
               b.sizes());
+  TORCH_CHECK(offset >= 0, "offset must be non-negative, got ", offset);
+  TORCH_CHECK(offset + a.size(0) <= b.size(0), "offset + B must be at most M (the positive of row i of a is row ",
+              "offset + i of b), got offset ", offset, ", a ", a.sizes(), ", b ", b.sizes());
   TORCH_CHECK(temperature.defined() && temperature.numel() == 1, "temperature must hold one value");
   TORCH_CHECK(temperature.scalar_type() == accumulation_type(a), "temperature must be ",
               accumulation_type(a), " for ", a.scalar_type(), " inputs, got ", temperature.scalar_type());
   check_like(temperature, "temperature", a, "a");
   TORCH_CHECK(class_ids.defined() && class_ids.scalar_type() == at::kLong && class_ids.dim() == 1 &&
-                  class_ids.size(0) == a.size(0),
-              "class_ids must be an int64 tensor of shape [", a.size(0), "], got ", class_ids.sizes(), " ",
-              class_ids.scalar_type());
+                  class_ids.size(0) == b.size(0),
+              "class_ids must be an int64 tensor of shape [M] = [", b.size(0), "] (one id per row of b), got ",
+              class_ids.sizes(), " ", class_ids.scalar_type());
   TORCH_CHECK(class_ids.is_contiguous(), "class_ids must be contiguous");
   check_like(class_ids, "class_ids", a, "a");
 }
 
-void check_stats(const at::Tensor& a, const at::Tensor& lse_rows, const at::Tensor& lse_cols) {
-  for (auto [t, name] : {std::pair{&lse_rows, "lse_rows"}, std::pair{&lse_cols, "lse_cols"}}) {
-    TORCH_CHECK(t->defined() && t->dim() == 1 && t->size(0) == a.size(0), name, " must have shape [",
-                a.size(0), "]");
-    TORCH_CHECK(t->scalar_type() == accumulation_type(a), name, " must be ", accumulation_type(a));
+// lse_rows [B]; lse_cols [B] when symmetric, [0] otherwise.
+void check_stats(const at::Tensor& a, const at::Tensor& lse_rows, const at::Tensor& lse_cols, bool symmetric) {
+  const int64_t B = a.size(0);
+  for (auto [t, name, size] : {std::tuple{&lse_rows, "lse_rows", B}, std::tuple{&lse_cols, "lse_cols", symmetric ? B : 0}}) {
+    TORCH_CHECK(t->defined() && t->dim() == 1 && t->size(0) == size, name, " must have shape [", size, "]",
+                symmetric ? "" : " (symmetric=false)", ", got ", t->defined() ? t->sizes() : at::IntArrayRef{});
+    TORCH_CHECK(t->scalar_type() == accumulation_type(a), name, " must be ", accumulation_type(a), ", got ",
+                t->scalar_type());
     TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
     check_like(*t, name, a, "a");
   }
@@ -102,45 +107,49 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
     const at::Tensor& grad_scores, const at::Tensor& words, const at::Tensor& regions,
-    const at::Tensor& word_mask, const at::Tensor& scores, double gamma1, double gamma2, double eps) {
+    const at::Tensor& word_mask, double gamma1, double gamma2, double eps) {
   check_word_region(words, regions, word_mask);
-  for (auto [t, name] : {std::pair{&grad_scores, "grad_scores"}, std::pair{&scores, "scores"}}) {
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == regions.size(0) && t->size(1) == words.size(0), name,
-                " must have shape [B_v, B_t] = [", regions.size(0), ", ", words.size(0), "], got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == words.scalar_type(), name, " must have the dtype of words");
-    TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
-    check_like(*t, name, words, "words");
-  }
+  TORCH_CHECK(grad_scores.defined() && grad_scores.dim() == 2 && grad_scores.size(0) == regions.size(0) &&
+                  grad_scores.size(1) == words.size(0),
+              "grad_scores must have shape [B_v, B_t] = [", regions.size(0), ", ", words.size(0), "], got ",
+              grad_scores.sizes());
+  TORCH_CHECK(grad_scores.scalar_type() == words.scalar_type(), "grad_scores must have the dtype of words");
+  TORCH_CHECK(grad_scores.is_contiguous(), "grad_scores must be contiguous");
+  check_like(grad_scores, "grad_scores", words, "words");
   if (words.is_cpu())
-    return cpu::word_region_scores_backward(grad_scores, words, regions, word_mask, scores, gamma1, gamma2, eps);
+    return cpu::word_region_scores_backward(grad_scores, words, regions, word_mask, gamma1, gamma2, eps);
 #ifdef TGFR_WITH_CUDA
   if (words.is_cuda())
-    return cuda::word_region_scores_backward(grad_scores, words, regions, word_mask, scores, gamma1, gamma2, eps);
+    return cuda::word_region_scores_backward(grad_scores, words, regions, word_mask, gamma1, gamma2, eps);
 #endif
   no_kernel(words);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor& a, const at::Tensor& b,
                                                                 const at::Tensor& temperature,
-                                                                const at::Tensor& class_ids) {
-  check_info_nce(a, b, temperature, class_ids);
-  if (a.is_cpu()) return cpu::info_nce_forward(a, b, temperature, class_ids);
+                                                                const at::Tensor& class_ids, int64_t offset,
+                                                                bool symmetric) {
+  check_info_nce(a, b, temperature, class_ids, offset);
+  if (a.is_cpu()) return cpu::info_nce_forward(a, b, temperature, class_ids, offset, symmetric);
 #ifdef TGFR_WITH_CUDA
-  if (a.is_cuda()) return cuda::info_nce_forward(a, b, temperature, class_ids);
+  if (a.is_cuda()) return cuda::info_nce_forward(a, b, temperature, class_ids, offset, symmetric);
 #endif
   no_kernel(a);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     const at::Tensor& grad_loss, const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
-    const at::Tensor& class_ids, const at::Tensor& lse_rows, const at::Tensor& lse_cols) {
-  check_info_nce(a, b, temperature, class_ids);
-  check_stats(a, lse_rows, lse_cols);
-  TORCH_CHECK(grad_loss.numel() == 1, "grad_loss must hold one value");
+    const at::Tensor& class_ids, const at::Tensor& lse_rows, const at::Tensor& lse_cols, int64_t offset,
+    bool symmetric) {
+  check_info_nce(a, b, temperature, class_ids, offset);
+  check_stats(a, lse_rows, lse_cols, symmetric);
+  TORCH_CHECK(grad_loss.defined() && grad_loss.numel() == 1, "grad_loss must hold one value");
   check_like(grad_loss, "grad_loss", a, "a");
-  if (a.is_cpu()) return cpu::info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols);
+  if (a.is_cpu())
+    return cpu::info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols, offset, symmetric);
 #ifdef TGFR_WITH_CUDA
-  if (a.is_cuda()) return cuda::info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols);
+  if (a.is_cuda())
+    return cuda::info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols, offset, symmetric);
 #endif
   no_kernel(a);
 }

@@ -10,12 +10,11 @@
 #include <cstdint>
 #include <limits>
 
+#include "../accumulation.h"
+
 namespace tgfr::cpu {
 
-// float64 inputs compute in float64, all others (float32, and float16/bfloat16 upcast) in float32.
-inline at::ScalarType accumulation_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+using tgfr::accumulation_type;
 
 constexpr int64_t kLanes = 16;
 

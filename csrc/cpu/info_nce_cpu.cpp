@@ -138,7 +138,9 @@ Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const a
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor& a, const at::Tensor& b,
                                                                 const at::Tensor& temperature,
-                                                                const at::Tensor& class_ids) {
+                                                                const at::Tensor& class_ids, int64_t offset,
+                                                                bool symmetric) {
+  TORCH_CHECK(offset == 0 && symmetric && b.size(0) == a.size(0), "not yet");
   const int64_t B = a.size(0);
   const auto acc = accumulation_type(a);
   auto lse_rows = at::empty({B}, a.options().dtype(acc));
@@ -204,7 +206,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     const at::Tensor& grad_loss, const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
-    const at::Tensor& class_ids, const at::Tensor& lse_rows, const at::Tensor& lse_cols) {
+    const at::Tensor& class_ids, const at::Tensor& lse_rows, const at::Tensor& lse_cols, int64_t offset,
+    bool symmetric) {
+  TORCH_CHECK(offset == 0 && symmetric && b.size(0) == a.size(0), "not yet");
   const int64_t B = a.size(0);
   const auto acc = accumulation_type(a);
   at::Tensor grad_a, grad_b, grad_temperature;

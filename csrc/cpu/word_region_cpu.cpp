@@ -340,7 +340,7 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
 // which for float16/bfloat16 inputs is more accurate than the rounded forward output.
 std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
     const at::Tensor& grad_scores, const at::Tensor& words, const at::Tensor& regions,
-    const at::Tensor& word_mask, const at::Tensor& /*scores*/, double gamma1, double gamma2, double eps) {
+    const at::Tensor& word_mask, double gamma1, double gamma2, double eps) {
   const int64_t B_v = regions.size(0), N = regions.size(1), D = regions.size(2);
   const int64_t B_t = words.size(0), T = words.size(1);
   const auto packed = pack_captions(words, word_mask);

@@ -58,11 +58,15 @@ at::Tensor naive_word_region_scores(const at::Tensor& words, const at::Tensor& r
   return scores;
 }
 
+// a [B, D] against b [M, D]; the positive of row i is column offset + i; pairs (i, j) of the
+// same class other than the positive are -inf.
 at::Tensor naive_info_nce_logits(const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
-                                 const at::Tensor& class_ids) {
-  const auto same = class_ids.unsqueeze(1) == class_ids.unsqueeze(0);
-  const auto off_diagonal = at::eye(a.size(0), class_ids.options().dtype(at::kBool)).logical_not();
-  return (at::mm(a, b.t()) / temperature).masked_fill(same.logical_and(off_diagonal), -INFINITY);
+                                 const at::Tensor& class_ids, int64_t offset) {
+  const int64_t B = a.size(0), M = b.size(0);
+  const auto row_ids = class_ids.narrow(0, offset, B);
+  const auto same = row_ids.unsqueeze(1) == class_ids.unsqueeze(0);
+  const auto positive = at::arange(B).unsqueeze(1) + offset == at::arange(M).unsqueeze(0);
+  return (at::mm(a, b.t()) / temperature).masked_fill(same.logical_and(positive.logical_not()), -INFINITY);
 }
 
 void test_word_region(int64_t B_v, int64_t B_t, int64_t T, int64_t N, int64_t D, double scale,
@@ -79,7 +83,7 @@ void test_word_region(int64_t B_v, int64_t B_t, int64_t T, int64_t N, int64_t D,
   // d/dh sum(g * scores(words + h v_w, regions + h v_r)) at h = 0, by central differences
   const auto grad_scores = at::randn({B_v, B_t}, options);
   const auto [grad_words, grad_regions] = tgfr::word_region_scores_backward(
-      grad_scores, words, regions, mask, scores, kGamma1, kGamma2, kEps);
+      grad_scores, words, regions, mask, kGamma1, kGamma2, kEps);
   const auto dir_words = at::randn_like(words), dir_regions = at::randn_like(regions);
   const double h = 1e-6 * scale;
   auto objective = [&](double step) {
@@ -96,31 +100,37 @@ void test_word_region(int64_t B_v, int64_t B_t, int64_t T, int64_t N, int64_t D,
   expect(padded_grad == 0, name + ": padded words get no gradient");
 }
 
-void test_info_nce(int64_t B, int64_t D, int64_t n_classes, const std::string& name) {
+void test_info_nce(int64_t B, int64_t M, int64_t offset, bool symmetric, int64_t D, int64_t n_classes,
+                   const std::string& name) {
   auto options = at::TensorOptions().dtype(at::kDouble);
-  const auto a = at::randn({B, D}, options), b = at::randn({B, D}, options);
+  const auto a = at::randn({B, D}, options), b = at::randn({M, D}, options);
   const auto temperature = at::full({}, 0.3, options);
-  const auto class_ids = at::randint(0, n_classes, {B}, at::kLong);
+  const auto class_ids = at::randint(0, n_classes, {M}, at::kLong);
 
-  const auto [loss, lse_rows, lse_cols] = tgfr::info_nce_forward(a, b, temperature, class_ids);
-  const auto logits = naive_info_nce_logits(a, b, temperature, class_ids);
-  const auto positive = logits.diagonal();
-  const auto naive_loss = 0.5 * ((at::logsumexp(logits, 1) - positive).mean() +
-                                 (at::logsumexp(logits, 0) - positive).mean());
+  const auto [loss, lse_rows, lse_cols] = tgfr::info_nce_forward(a, b, temperature, class_ids, offset, symmetric);
+  const auto logits = naive_info_nce_logits(a, b, temperature, class_ids, offset);
+  const auto square = logits.narrow(1, offset, B);  // the columns of the positives
+  const auto positive = square.diagonal();
+  const auto row_term = (at::logsumexp(logits, 1) - positive).mean();
+  const auto naive_loss = symmetric ? 0.5 * (row_term + (at::logsumexp(square, 0) - positive).mean()) : row_term;
   const double loss_error = max_relative_error(loss, naive_loss);
   expect_below(loss_error, 1e-12, name + ": loss matches naive ATen");
-  const double lse_error = std::max(max_relative_error(lse_rows, at::logsumexp(logits, 1)),
-                                    max_relative_error(lse_cols, at::logsumexp(logits, 0)));
+  double lse_error = max_relative_error(lse_rows, at::logsumexp(logits, 1));
+  if (symmetric)
+    lse_error = std::max(lse_error, max_relative_error(lse_cols, at::logsumexp(square, 0)));
+  else
+    expect(lse_cols.numel() == 0, name + ": no column statistics when one-directional");
   expect_below(lse_error, 1e-12, name + ": row and column log-sum-exps match naive ATen");
 
   const auto grad_loss = at::full({}, 0.7, options);
   const auto [grad_a, grad_b, grad_t] =
-      tgfr::info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols);
+      tgfr::info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols, offset, symmetric);
   const auto dir_a = at::randn_like(a), dir_b = at::randn_like(b);
   const double dir_t = 0.05, h = 1e-6;
   auto objective = [&](double step) {
     const auto shifted_t = temperature + step * dir_t;
-    return 0.7 * std::get<0>(tgfr::info_nce_forward(a + step * dir_a, b + step * dir_b, shifted_t, class_ids))
+    return 0.7 * std::get<0>(tgfr::info_nce_forward(a + step * dir_a, b + step * dir_b, shifted_t, class_ids,
+                                                    offset, symmetric))
                      .item<double>();
   };
   const double numeric = (objective(h) - objective(-h)) / (2 * h);
@@ -156,18 +166,27 @@ void test_argument_errors() {
   empty_caption[1].fill_(false);
   expect_error(forward(words, regions, empty_caption), "no valid word for caption 1", "caption without words");
   expect_error([&] {
-    tgfr::word_region_scores_backward(at::randn({3, 2}), words, regions, mask, at::randn({2, 3}), kGamma1, kGamma2,
-                                      kEps);
+    tgfr::word_region_scores_backward(at::randn({3, 2}), words, regions, mask, kGamma1, kGamma2, kEps);
   }, "grad_scores must have shape", "grad_scores transposed");
 
   const auto a = at::randn({4, 8}, at::kDouble), b = at::randn({4, 8}, at::kDouble);
   const auto temperature = at::full({}, 0.1, at::kDouble);
-  expect_error([&] { tgfr::info_nce_forward(a, b, temperature.to(at::kFloat), at::arange(4)); },
+  expect_error([&] { tgfr::info_nce_forward(a, b, temperature.to(at::kFloat), at::arange(4), 0, true); },
                "temperature must be Double", "float32 temperature for float64 inputs");
-  expect_error([&] { tgfr::info_nce_forward(a, b, temperature, at::arange(5)); }, "class_ids must be",
+  expect_error([&] { tgfr::info_nce_forward(a, b, temperature, at::arange(5), 0, true); }, "class_ids must be",
                "class_ids of the wrong length");
-  expect_error([&] { tgfr::info_nce_forward(a, b.narrow(0, 0, 3), temperature, at::arange(4)); },
-               "a and b must have the same shape", "b of another batch size");
+  expect_error([&] { tgfr::info_nce_forward(a, b.narrow(0, 0, 3), temperature, at::arange(3), 0, true); },
+               "offset + B must be at most M", "b with fewer rows than a");
+  expect_error([&] { tgfr::info_nce_forward(a, b, temperature, at::arange(4), 1, true); },
+               "offset + B must be at most M", "offset past the end of b");
+  expect_error([&] { tgfr::info_nce_forward(a, b, temperature, at::arange(4), -1, true); },
+               "offset must be non-negative", "negative offset");
+  expect_error([&] { tgfr::info_nce_forward(a, at::randn({4, 7}, at::kDouble), temperature, at::arange(4), 0, true); },
+               "must share D", "b of another width");
+  const auto lse = at::zeros({4}, at::kDouble);
+  expect_error([&] {
+    tgfr::info_nce_backward(at::ones({}, at::kDouble), a, b, temperature, at::arange(4), lse, lse, 0, false);
+  }, "lse_cols must have shape [0]", "column statistics when one-directional");
 }
 
 }  // namespace
@@ -178,8 +197,8 @@ int main() {
   test_word_region(5, 30, 22, 13, 16, 1.0, "word_region several caption blocks");
   test_word_region(2, 3, 1, 1, 5, 1.0, "word_region T=1 N=1");
   test_word_region(2, 3, 4, 5, 6, 1e-5, "word_region clamped cosine");
-  test_info_nce(5, 3, 5, "info_nce small");
-  test_info_nce(300, 17, 60, "info_nce several tiles, repeated classes");
+  test_info_nce(5, 5, 0, true, 3, 5, "info_nce small");
+  test_info_nce(300, 300, 0, true, 17, 60, "info_nce several tiles, repeated classes");
   test_argument_errors();
   std::cout << (failures ? "FAILED: " + std::to_string(failures) + " check(s)" : std::string("all checks passed"))
             << "\n";
