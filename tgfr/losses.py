@@ -12,13 +12,23 @@ from .ops import info_nce, word_region_loss
 class WordRegionLoss(nn.Module):
     """WRCL: DAMSM words loss of a paired batch, ``image_to_caption + caption_to_image``."""
 
-    def __init__(self, gamma1=4.0, gamma2=5.0, gamma3=10.0, eps=1e-8, backend="auto"):
+    def __init__(self, gamma1=4.0, gamma2=5.0, gamma3=10.0, eps=1e-8, backend="auto", group=None):
         super().__init__()
         self.gamma1, self.gamma2, self.gamma3, self.eps, self.backend = gamma1, gamma2, gamma3, eps, backend
+        self.group = group  # a torch.distributed process group: the batch is this rank's shard
 
     def forward(self, words, regions, word_mask=None, class_ids=None):
         i2t, t2i = word_region_loss(
-            words, regions, word_mask, class_ids, self.gamma1, self.gamma2, self.gamma3, self.eps, self.backend
+            words,
+            regions,
+            word_mask,
+            class_ids,
+            self.gamma1,
+            self.gamma2,
+            self.gamma3,
+            self.eps,
+            self.backend,
+            group=self.group,
         )
         return i2t + t2i
 
@@ -33,7 +43,7 @@ class InfoNCELoss(nn.Module):
     optimiser step; ``learnable=False`` keeps it fixed.
     """
 
-    def __init__(self, temperature=0.07, learnable=True, backend="auto"):
+    def __init__(self, temperature=0.07, learnable=True, backend="auto", group=None):
         super().__init__()
         log_t = torch.tensor(math.log(temperature))
         if learnable:
@@ -41,13 +51,14 @@ class InfoNCELoss(nn.Module):
         else:
             self.register_buffer("log_temperature", log_t)
         self.backend = backend
+        self.group = group  # a torch.distributed process group: the batch is this rank's shard
 
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
     def forward(self, a, b, class_ids=None):
-        return info_nce(a, b, self.temperature, class_ids, self.backend)
+        return info_nce(a, b, self.temperature, class_ids, self.backend, group=self.group)
 
     def extra_repr(self):
         return f"temperature={self.temperature.item():.4g}, backend={self.backend!r}"

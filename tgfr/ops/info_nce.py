@@ -1,8 +1,8 @@
-"""Symmetric InfoNCE (CLIP loss; TGFR's CICL and IMCL) as a drop-in op.
+"""InfoNCE (CLIP loss; TGFR's CICL and IMCL) as a drop-in op, square or rectangular.
 
-The fused backends never hold the ``B x B`` logits: they return the loss and the
-log-sum-exp of every row and column, and the backward recomputes logit tiles from
-those statistics (the Inf-CL pattern).
+The fused backends never hold the ``B x M`` logits: they return the loss and the
+log-sum-exp of every row (and of every positive's column), and the backward
+recomputes logit tiles from those statistics (the Inf-CL pattern).
 """
 from __future__ import annotations
 
@@ -14,16 +14,22 @@ from .validation import check_info_nce_args, check_info_nce_values
 
 @torch.library.custom_op("tgfr::info_nce", mutates_args=())
 def _info_nce_op(
-    a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, class_ids: torch.Tensor, backend: str
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: torch.Tensor,
+    class_ids: torch.Tensor,
+    offset: int,
+    symmetric: bool,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_info_nce_values(a, b, temperature)
-    return backends.kernels(backend).info_nce_forward(a, b, temperature, class_ids)
+    return backends.kernels(backend).info_nce_forward(a, b, temperature, class_ids, offset, symmetric)
 
 
 @_info_nce_op.register_fake
-def _(a, b, temperature, class_ids, backend):
-    stat = temperature.new_empty((a.shape[0],))
-    return temperature.new_empty(()), stat, stat.clone()
+def _(a, b, temperature, class_ids, offset, symmetric, backend):
+    rows = temperature.new_empty((a.shape[0],))
+    return temperature.new_empty(()), rows, temperature.new_empty((a.shape[0] if symmetric else 0,))
 
 
 @torch.library.custom_op("tgfr::info_nce_backward", mutates_args=())
@@ -35,35 +41,48 @@ def _info_nce_backward_op(
     class_ids: torch.Tensor,
     lse_rows: torch.Tensor,
     lse_cols: torch.Tensor,
+    offset: int,
+    symmetric: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return backends.kernels(backend).info_nce_backward(
-        grad_loss.contiguous(), a, b, temperature, class_ids, lse_rows, lse_cols
+        grad_loss.contiguous(), a, b, temperature, class_ids, lse_rows, lse_cols, offset, symmetric
     )
 
 
 @_info_nce_backward_op.register_fake
-def _(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols, backend):
+def _(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols, offset, symmetric, backend):
     return torch.empty_like(a), torch.empty_like(b), torch.empty_like(temperature)
 
 
 def _setup_context(ctx, inputs, output):
-    a, b, temperature, class_ids, backend = inputs
+    a, b, temperature, class_ids, offset, symmetric, backend = inputs
     _, lse_rows, lse_cols = output
     ctx.mark_non_differentiable(lse_rows, lse_cols)
     ctx.save_for_backward(a, b, temperature, class_ids, lse_rows, lse_cols)
-    ctx.backend = backend
+    ctx.params = (offset, symmetric, backend)
 
 
 def _backward(ctx, grad_loss, _grad_lse_rows, _grad_lse_cols):
     a, b, temperature, class_ids, lse_rows, lse_cols = ctx.saved_tensors
     grad_a, grad_b, grad_t = _info_nce_backward_op(
-        grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols, ctx.backend
+        grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols, *ctx.params
     )
-    return grad_a, grad_b, grad_t, None, None
+    return grad_a, grad_b, grad_t, None, None, None, None
 
 
 _info_nce_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _distributed():
+    """``tgfr.ops.distributed``, imported only when a process group is given."""
+    try:
+        from . import distributed
+    except ModuleNotFoundError as error:
+        if error.name != f"{__package__}.distributed":
+            raise
+        raise NotImplementedError("group= needs tgfr.ops.distributed, which this installation lacks") from error
+    return distributed
 
 
 def info_nce(
@@ -72,31 +91,53 @@ def info_nce(
     temperature: torch.Tensor,
     class_ids: torch.Tensor | None = None,
     backend: str = "auto",
+    *,
+    offset: int = 0,
+    symmetric: bool = True,
+    group=None,
 ) -> torch.Tensor:
-    """``½ [mean_i CE(row i of a·bᵀ/τ, i) + mean_k CE(column k, k)]``.
+    """InfoNCE of ``a [B, D]`` against ``b [M, D]``, logits ``l = a bᵀ / τ``.
+
+    The positive of row ``i`` of ``a`` is row ``offset + i`` of ``b``; the other rows of
+    ``b`` are its negatives. ``R = mean_i CE(row i of l, offset + i)`` and, when
+    ``symmetric``, ``C = mean_k CE(column offset + k of l, k)`` over the ``B`` positives'
+    columns only. Returns ``(R + C) / 2``, or ``R`` when not symmetric. With ``M = B`` and
+    ``offset = 0`` this is the CLIP loss ``½ [CE(rows) + CE(columns)]``.
 
     Args:
-        a, b: ``[B, D]`` paired embeddings (row ``i`` of each is a positive pair).
+        a: ``[B, D]`` anchors.
+        b: ``[M, D]`` candidates, ``M >= offset + B``.
         temperature: one-element tensor ``τ > 0``; gets a gradient if it requires one.
-        class_ids: optional ``[B]`` integer identities; off-diagonal pairs of the same
-            identity leave both denominators.
+        class_ids: optional ``[M]`` integer identities of ``b``'s rows (row ``i`` of ``a`` has
+            ``class_ids[offset + i]``); same-identity pairs other than the positive leave
+            every denominator.
         backend: ``"auto"`` or one of ``tgfr.ops.BACKENDS``.
+        offset: column of row 0's positive.
+        symmetric: add the column term.
+        group: a ``torch.distributed`` process group: ``a`` and ``b`` are then this rank's
+            shards of the global batch (``M = B``, ``offset = 0``) and the mean over ranks of
+            the returned losses is the loss of the global batch.
     """
-    check_info_nce_args(a, b, temperature, class_ids)
-    backend = backends.resolve(backend, a.device)
+    check_info_nce_args(a, b, temperature, class_ids, offset, symmetric)
+    if group is not None:
+        if offset != 0:
+            raise ValueError(f"offset must be 0 with a process group, got {offset}")
+        return _distributed().info_nce(a, b, temperature, class_ids, backend, symmetric, group)
+    backend = backends.resolve(backend, a.device, "info_nce", a.dtype, D=a.shape[1])
     if backend in backends.REFERENCE_BACKENDS:
         if not torch.compiler.is_compiling():
             check_info_nce_values(a, b, temperature)
-        return reference.info_nce_reference(a, b, temperature.reshape(()), class_ids)
-    # statistics and the temperature in float32 (float64 for float64 inputs): a bf16 τ would round 0.07 to 0.0703
-    stat_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+        return reference.info_nce_reference(a, b, temperature.reshape(()), class_ids, offset, symmetric)
     if class_ids is None:
-        class_ids = torch.arange(a.shape[0], device=a.device)
+        class_ids = torch.arange(b.shape[0], device=a.device)
     loss, _, _ = _info_nce_op(
         a.contiguous(),
         b.contiguous(),
-        temperature.reshape(()).to(stat_dtype),
+        # statistics and the temperature in the accumulation dtype: a bf16 τ would round 0.07 to 0.0703
+        temperature.reshape(()).to(backends.accumulation_dtype(a.dtype)),
         class_ids.to(torch.int64).contiguous(),
+        offset,
+        symmetric,
         backend,
     )
     return loss

@@ -8,8 +8,8 @@ benchmark. Autograd differentiates them directly.
   valid words attending over every image's regions at once.
 * ``word_region_scores_vectorized`` computes all ``B_v x B_t`` pairs in one go and
   therefore materialises ``B_v * B_t * T * N`` attention values.
-* ``info_nce_reference`` builds the full ``B x B`` logits and calls
-  ``F.cross_entropy`` on rows and columns.
+* ``info_nce_reference`` builds the full ``B x M`` logits and calls
+  ``F.cross_entropy`` on rows and on the positives' columns.
 
 Shapes: ``words[B_t, T, D]``, ``regions[B_v, N, D]``, ``word_mask[B_t, T]`` (bool,
 True = real word), ``scores[B_v, B_t]`` (rows images, columns captions).
@@ -81,13 +81,27 @@ def matching_loss(scores: torch.Tensor, class_ids=None, gamma3: float = 10.0):
     return F.cross_entropy(logits, labels), F.cross_entropy(logits.t(), labels)
 
 
-def info_nce_reference(a, b, temperature, class_ids=None):
-    """Symmetric InfoNCE on the full logits: ``(CE(rows) + CE(columns)) / 2``."""
+def info_nce_reference(a, b, temperature, class_ids=None, offset=0, symmetric=True):
+    """InfoNCE on the full logits ``l = a bᵀ / τ`` (``a [B, D]``, ``b [M, D]``).
+
+    The positive of row ``i`` is column ``offset + i``. Row term: ``CE(l, offset + i)``
+    over all ``M`` columns. Column term (symmetric only): ``CE`` over the rows of each
+    positive's column ``offset + k``. Returns ``(rows + columns) / 2``, or the row term
+    alone. ``class_ids [M]`` names the identities of ``b``'s rows (row ``i`` of ``a`` has
+    ``class_ids[offset + i]``); same-identity pairs other than the positive are masked.
+    """
+    B = a.shape[0]
     logits = (a @ b.t()) / temperature
+    positives = torch.arange(offset, offset + B, device=a.device)
     if class_ids is not None:
-        logits = logits.masked_fill(same_identity_mask(class_ids), float("-inf"))
-    labels = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+        same = class_ids[positives][:, None] == class_ids[None, :]
+        same[torch.arange(B, device=a.device), positives] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    rows = F.cross_entropy(logits, positives)
+    if not symmetric:
+        return rows
+    columns = F.cross_entropy(logits[:, offset : offset + B].t(), torch.arange(B, device=a.device))
+    return 0.5 * (rows + columns)
 
 
 def published_damsm_words_loss(

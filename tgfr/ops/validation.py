@@ -2,9 +2,12 @@
 
 Shape, dtype and device checks are static and run everywhere (also while
 ``torch.compile`` traces with fake tensors). Value checks (NaN/Inf, empty
-captions) read the data, so they run only on real tensors, inside the ops'
-eager implementations; ``set_value_checks(False)`` turns them off to avoid the
-device synchronisation they cost on a GPU.
+captions, the temperature's sign) read the data, so they run only on real
+tensors, inside the ops' eager implementations. On the CPU they raise
+``ValueError`` at once; on CUDA they are asynchronous device asserts
+(``torch._assert_async``) that never stall the step: a failure surfaces as a
+CUDA error at the next synchronisation. ``set_value_checks(False)`` or
+``TGFR_VALUE_CHECKS=0`` turns them off.
 """
 from __future__ import annotations
 
@@ -21,10 +24,6 @@ def set_value_checks(enabled: bool) -> None:
     """Enable or disable the data-reading checks (NaN/Inf inputs, empty captions)."""
     global _value_checks
     _value_checks = bool(enabled)
-
-
-def value_checks_enabled() -> bool:
-    return _value_checks
 
 
 def check_tensor(name, x, ndim, dtypes=FLOAT_DTYPES):
@@ -46,9 +45,19 @@ def check_same(name, x, ref_name, ref):
         raise ValueError(f"{name} has dtype {x.dtype} but {ref_name} has {ref.dtype}; they must match")
 
 
+def _check_value(holds: torch.Tensor, message: str) -> None:
+    """Raise ``ValueError(message)`` unless the bool tensor ``holds`` is true; on a device that
+    runs asynchronously, a device assert instead, so that no host waits for the value."""
+    if holds.device.type == "cpu":
+        if not bool(holds):
+            raise ValueError(message)
+    else:
+        torch._assert_async(holds, message)
+
+
 def check_finite(name, x):
-    if _value_checks and not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
+    if _value_checks:
+        _check_value(torch.isfinite(x).all(), f"{name} contains NaN or Inf values")
 
 
 def check_word_region_args(words, regions, word_mask):
@@ -76,40 +85,55 @@ def check_word_region_values(words, regions, word_mask):
     check_finite("words", words)
     check_finite("regions", regions)
     if word_mask is not None:
-        empty = (~word_mask.any(dim=1)).nonzero().flatten()
-        if empty.numel():
-            raise ValueError(
-                f"word_mask marks no valid word for caption(s) {empty.tolist()[:8]}: "
-                "every caption needs at least one word"
-            )
+        has_word = word_mask.any(dim=1)
+        if word_mask.device.type == "cpu":
+            empty = (~has_word).nonzero().flatten()
+            if empty.numel():
+                raise ValueError(
+                    f"word_mask marks no valid word for caption(s) {empty.tolist()[:8]}: "
+                    "every caption needs at least one word"
+                )
+        else:
+            _check_value(has_word.all(), "word_mask marks no valid word for some caption: every caption needs one")
 
 
-def check_class_ids(class_ids, batch, device, name="class_ids"):
+def check_class_ids(class_ids, length, device, name="class_ids", what=""):
     if class_ids is None:
         return
     if not isinstance(class_ids, torch.Tensor) or class_ids.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D integer tensor of length {batch}")
-    if class_ids.dtype.is_floating_point or class_ids.dtype == torch.bool:
+        raise ValueError(f"{name} must be a 1-D integer tensor of length {length}{what}")
+    if class_ids.dtype.is_floating_point or class_ids.dtype.is_complex or class_ids.dtype == torch.bool:
         raise ValueError(f"{name} must hold integers, got {class_ids.dtype}")
-    if class_ids.shape[0] != batch:
-        raise ValueError(f"{name} must have length {batch}, got {class_ids.shape[0]}")
+    if class_ids.shape[0] != length:
+        raise ValueError(f"{name} must have length {length}{what}, got {class_ids.shape[0]}")
     if class_ids.device != device:
         raise ValueError(f"{name} is on {class_ids.device} but the embeddings are on {device}")
 
 
-def check_info_nce_args(a, b, temperature, class_ids):
+def check_info_nce_args(a, b, temperature, class_ids, offset=0, symmetric=True):
     check_tensor("a", a, 2)
     check_tensor("b", b, 2)
     check_same("b", b, "a", a)
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape [B, D], got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a [B, D] and b [M, D] must share D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if offset < 0:
+        raise ValueError(f"offset must be non-negative, got {offset}")
+    if offset + a.shape[0] > b.shape[0]:
+        raise ValueError(
+            f"b must hold the positives of a's rows at rows offset..offset+B-1: offset + B = "
+            f"{offset} + {a.shape[0]} exceeds b's {b.shape[0]} rows"
+        )
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
     if not isinstance(temperature, torch.Tensor) or temperature.numel() != 1:
         raise ValueError("temperature must be a tensor holding one value (use torch.tensor(0.07))")
     if temperature.device != a.device:
         raise ValueError(f"temperature is on {temperature.device} but a is on {a.device}")
     if not temperature.is_floating_point():
         raise ValueError(f"temperature must be a floating-point tensor, got {temperature.dtype}")
-    check_class_ids(class_ids, a.shape[0], a.device)
+    check_class_ids(class_ids, b.shape[0], a.device, what=" (one id per row of b)")
 
 
 def check_info_nce_values(a, b, temperature):
@@ -118,5 +142,5 @@ def check_info_nce_values(a, b, temperature):
     check_finite("a", a)
     check_finite("b", b)
     t = temperature.detach().reshape(())
-    if not (bool(torch.isfinite(t)) and bool(t > 0)):
-        raise ValueError(f"temperature must be positive and finite, got {temperature.detach().item()}")
+    got = f", got {t.item()}" if t.device.type == "cpu" else ""
+    _check_value(torch.isfinite(t) & (t > 0), f"temperature must be positive and finite{got}")

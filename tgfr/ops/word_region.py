@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import backends, reference
+from .info_nce import _distributed
 from .validation import check_class_ids, check_word_region_args, check_word_region_values
 
 
@@ -38,33 +39,30 @@ def _word_region_scores_backward_op(
     words: torch.Tensor,
     regions: torch.Tensor,
     word_mask: torch.Tensor,
-    scores: torch.Tensor,
     gamma1: float,
     gamma2: float,
     eps: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return backends.kernels(backend).word_region_scores_backward(
-        grad_scores.contiguous(), words, regions, word_mask, scores, gamma1, gamma2, eps
+        grad_scores.contiguous(), words, regions, word_mask, gamma1, gamma2, eps
     )
 
 
 @_word_region_scores_backward_op.register_fake
-def _(grad_scores, words, regions, word_mask, scores, gamma1, gamma2, eps, backend):
+def _(grad_scores, words, regions, word_mask, gamma1, gamma2, eps, backend):
     return torch.empty_like(words), torch.empty_like(regions)
 
 
 def _setup_context(ctx, inputs, output):
     words, regions, word_mask, gamma1, gamma2, eps, backend = inputs
-    ctx.save_for_backward(words, regions, word_mask, output)
+    ctx.save_for_backward(words, regions, word_mask)
     ctx.params = (gamma1, gamma2, eps, backend)
 
 
 def _backward(ctx, grad_scores):
-    words, regions, word_mask, scores = ctx.saved_tensors
-    grad_words, grad_regions = _word_region_scores_backward_op(
-        grad_scores, words, regions, word_mask, scores, *ctx.params
-    )
+    words, regions, word_mask = ctx.saved_tensors
+    grad_words, grad_regions = _word_region_scores_backward_op(grad_scores, words, regions, word_mask, *ctx.params)
     return grad_words, grad_regions, None, None, None, None, None
 
 
@@ -96,7 +94,8 @@ def word_region_scores(
         ``[B_v, B_t]`` scores, rows images and columns captions.
     """
     check_word_region_args(words, regions, word_mask)
-    backend = backends.resolve(backend, words.device)
+    T, N, D = words.shape[1], regions.shape[1], words.shape[2]
+    backend = backends.resolve(backend, words.device, "word_region", words.dtype, T=T, N=N, D=D)
     if backend in backends.REFERENCE_BACKENDS:
         if not torch.compiler.is_compiling():
             check_word_region_values(words, regions, word_mask)
@@ -125,12 +124,15 @@ def word_region_loss(
     gamma3: float = 10.0,
     eps: float = 1e-8,
     backend: str = "auto",
+    group=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """WRCL: DAMSM cross-entropy over the matching scores of a paired batch.
 
     Image ``i`` and caption ``i`` are the positive pair. Returns
     ``(image_to_caption, caption_to_image)``; with ``class_ids``, other pairs of the
-    same identity are left out of both softmaxes.
+    same identity are left out of both softmaxes. With a ``torch.distributed`` process
+    ``group`` the inputs are this rank's shard of the global batch, and the mean over
+    ranks of each returned loss is that loss on the global batch.
     """
     if words.dim() == 3 and regions.dim() == 3 and words.shape[0] != regions.shape[0]:
         raise ValueError(
@@ -138,5 +140,10 @@ def word_region_loss(
             f"regions has {regions.shape[0]} images"
         )
     check_class_ids(class_ids, words.shape[0], words.device)
+    if group is not None:
+        check_word_region_args(words, regions, word_mask)
+        return _distributed().word_region_loss(
+            words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group
+        )
     scores = word_region_scores(words, regions, word_mask, gamma1, gamma2, eps, backend)
     return reference.matching_loss(scores, class_ids, gamma3)
