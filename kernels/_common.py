@@ -36,11 +36,6 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and _allow_tf32 else "ieee"
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Sums and statistics are float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def dot_operand_dtype(dtype: torch.dtype):
     """The ``tl`` dtype the operands of ``tl.dot`` are cast to, for inputs of ``dtype``.
 
@@ -96,7 +91,6 @@ class GPU:
 # largest dynamic shared memory per block (opt-in), by compute capability: A100/H100 class
 # parts have 164/227 KB, the sm_86/89 parts (A10, L4, RTX) 99 KB
 SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
-REGISTERS_PER_THREAD = 255
 
 
 def gpu_of(tensor: torch.Tensor) -> GPU | None:

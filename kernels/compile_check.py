@@ -32,7 +32,7 @@ from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 from triton.runtime.jit import JITFunction
 
-from tgfr.ops.backends import triton_interpreted
+from tgfr.ops.backends import accumulation_dtype, triton_interpreted
 
 from . import info_nce, unsupported_reason, word_region
 from ._common import GPU, SHARED_MEMORY_LIMIT
@@ -110,7 +110,7 @@ def _host_calls(dtype: torch.dtype, shape: tuple[int, int, int], dim: int, batch
     """(op, name, host call) of every host entry point at these sizes, on meta tensors."""
     T, N, D = shape
     meta = dict(dtype=dtype, device="meta")
-    acc = info_nce.accumulation_dtype(dtype)
+    acc = accumulation_dtype(dtype)
     words, regions = torch.empty(batch, T, D, **meta), torch.empty(batch, N, D, **meta)
     mask = torch.empty(batch, T, dtype=torch.bool, device="meta")
     grad_scores = torch.empty(batch, batch, **meta)

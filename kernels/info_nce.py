@@ -41,14 +41,12 @@ import torch
 import triton
 import triton.language as tl
 
-from tgfr.ops.backends import triton_interpreted
+from tgfr.ops.backends import accumulation_dtype
 
 from ._common import (
     GPU,
     MIN_GPU_TILE,
-    REGISTERS_PER_THREAD,
     TL_DTYPES,
-    accumulation_dtype,
     check_block,
     device_of,
     dot,

@@ -42,11 +42,12 @@ import torch
 import triton
 import triton.language as tl
 
+from tgfr.ops.backends import accumulation_dtype
+
 from ._common import (
     GPU,
     MIN_GPU_TILE,
     TL_DTYPES,
-    accumulation_dtype,
     check_block,
     device_of,
     dot,
