@@ -13,6 +13,8 @@ except ImportError:  # triton is an optional dependency
     TRITON_AVAILABLE = False
 
 if TRITON_AVAILABLE:
+    import functools
+
     import torch
 
     from ._common import GPU, gpu_of, set_allow_tf32
@@ -26,14 +28,19 @@ if TRITON_AVAILABLE:
     def unsupported_reason(op: str, dtype: torch.dtype, sizes: dict, gpu: GPU | None = None) -> str | None:
         """Why the Triton kernels cannot run ``op`` ("word_region": sizes T, N, D; "info_nce": D)
         for ``dtype`` on ``gpu`` (default: the current CUDA device), or None when they can."""
-        from . import info_nce, word_region
-
         if gpu is None:
             if not torch.cuda.is_available():
                 return None  # the interpreter takes any shape
             gpu = gpu_of(torch.empty(0, device="cuda"))
             if gpu is None:
                 return None
+        return _unsupported_reason(op, dtype, tuple(sorted(sizes.items())), gpu)
+
+    @functools.lru_cache(maxsize=None)  # dispatch asks on every call; the answer depends on these only
+    def _unsupported_reason(op: str, dtype: torch.dtype, sizes: tuple, gpu: GPU) -> str | None:
+        from . import info_nce, word_region
+
+        sizes = dict(sizes)
         meta = dict(dtype=dtype, device="meta")
         try:
             if op == "word_region":
