@@ -21,9 +21,10 @@ if TRITON_AVAILABLE:
     from .info_nce import info_nce_backward, info_nce_forward
     from .word_region import word_region_scores_backward, word_region_scores_forward
 
-    # float64 products of the word-region kernels compile to an MMA shape that triton
-    # before 3.7 rejects on sm_80+ ("MMAv2: fp64 don't support largeK MMA")
-    _FP64_WORD_REGION = tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 7)
+    # float64 products of the word-region kernels compile to an MMA shape that triton 3.6
+    # rejects on sm_80+ ("MMAv2: fp64 don't support largeK MMA"); 3.9 compiles them (3.7
+    # and 3.8 are unverified, so they are declined too)
+    _FP64_WORD_REGION = tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 9)
 
     def unsupported_reason(op: str, dtype: torch.dtype, sizes: dict, gpu: GPU | None = None) -> str | None:
         """Why the Triton kernels cannot run ``op`` ("word_region": sizes T, N, D; "info_nce": D)
@@ -45,7 +46,7 @@ if TRITON_AVAILABLE:
         try:
             if op == "word_region":
                 if dtype == torch.float64 and not _FP64_WORD_REGION:
-                    return f"float64 word_region needs triton >= 3.7 (installed: {triton.__version__})"
+                    return f"float64 word_region needs triton >= 3.9 (installed: {triton.__version__})"
                 words = torch.empty(1, sizes["T"], sizes["D"], **meta)
                 regions = torch.empty(1, sizes["N"], sizes["D"], **meta)
                 for kernel in ("forward", "backward"):
