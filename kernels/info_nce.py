@@ -316,7 +316,9 @@ def info_nce_forward(a, b, temperature, class_ids, offset: int = 0, symmetric: b
     config = _launch_config(a, "lse", block_m, block_n, block_d, gpu)
     stat_dtype = accumulation_dtype(a.dtype)
     sides = 2 if symmetric else 1
-    lse = torch.empty(sides, B, dtype=stat_dtype, device=a.device)
+    # separate tensors: outputs of a custom op may not alias one another
+    lse_rows = torch.empty(B, dtype=stat_dtype, device=a.device)
+    lse_cols = torch.empty(B if symmetric else 0, dtype=stat_dtype, device=a.device)
     nll = torch.empty(sides, B, dtype=stat_dtype, device=a.device)  # lse - positive logit, rows then columns
     grid = (triton.cdiv(B, config["BLOCK_M"]),)
     ids_of_a = class_ids[offset:]
@@ -326,10 +328,10 @@ def info_nce_forward(a, b, temperature, class_ids, offset: int = 0, symmetric: b
         passes.append((b[offset:offset + B], a, ids_of_a, ids_of_a, B, 0))
     with device_of(a):
         for side, (x, y, row_ids, col_ids, C, diag_offset) in enumerate(passes):
-            _row_lse_kernel[grid](x, y, row_ids, col_ids, temperature, lse[side], nll[side], B, C, D, diag_offset,
-                                  **config)
+            _row_lse_kernel[grid](x, y, row_ids, col_ids, temperature, (lse_rows, lse_cols)[side], nll[side], B, C, D,
+                                  diag_offset, **config)
     loss = nll.sum() / (sides * B)
-    return loss, lse[0], lse[1] if symmetric else lse.new_empty(0)
+    return loss, lse_rows, lse_cols
 
 
 def info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_cols, offset: int = 0,
