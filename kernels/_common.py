@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from tgfr.ops.backends import triton_interpreted
 
 TL_DTYPES = {
     torch.float16: tl.float16,
@@ -33,11 +36,6 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and _allow_tf32 else "ieee"
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Sums and statistics are float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def dot_operand_dtype(dtype: torch.dtype):
     """The ``tl`` dtype the operands of ``tl.dot`` are cast to, for inputs of ``dtype``.
 
@@ -45,15 +43,24 @@ def dot_operand_dtype(dtype: torch.dtype):
     under the interpreter, whose ``tl.dot`` multiplies the raw bits of bfloat16
     values; there the (exact) float32 upcast gives the same products.
     """
-    if dtype == torch.bfloat16 and interpreted():
+    if dtype == torch.bfloat16 and triton_interpreted():
         return tl.float32
     return TL_DTYPES[dtype]
 
 
 @triton.jit
-def dot(x, y, acc, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """``acc + x @ y`` with both operands in ``DOT_DTYPE`` (see ``dot_operand_dtype``)."""
-    return tl.dot(x.to(DOT_DTYPE), y.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
+def dot(x, y, acc, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """``acc + x @ y`` with both operands in ``DOT_DTYPE`` (see ``dot_operand_dtype``), summed in ``ACC``.
+
+    ``out_dtype`` is explicit: older triton defaults it to float32 and rejects a float64 accumulator.
+    """
+    return tl.dot(x.to(DOT_DTYPE), y.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION, out_dtype=ACC)
+
+
+@triton.jit
+def power_of_2_above(x):
+    """The power of two at or above ``x`` (1 for 0): dividing a tile by it is exact."""
+    return tl.where(x > 0, tl.exp2(tl.ceil(tl.log2(tl.where(x > 0, x, 1.0)))), 1.0)
 
 
 @triton.jit
@@ -63,18 +70,37 @@ def load_tile(ptr, row_offsets, row_ok, d0, D, BLOCK_D: tl.constexpr):
     return tl.load(ptr + row_offsets[:, None] + dims[None, :], mask=row_ok[:, None] & (dims < D)[None, :], other=0.0)
 
 
-def interpreted() -> bool:
-    """True when triton runs the kernels on the CPU (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def device_of(tensor: torch.Tensor):
     """Context making ``tensor``'s GPU current: triton launches on the current device."""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
-def next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
+@dataclass(frozen=True)
+class GPU:
+    """What launch tiles are sized for: compute capability (80 for sm_80) and the most
+    shared memory one block may use, in bytes."""
+
+    arch: int
+    shared_memory: int
+
+    @classmethod
+    def of_arch(cls, arch: int) -> "GPU":
+        return cls(arch, SHARED_MEMORY_LIMIT.get(arch, min(SHARED_MEMORY_LIMIT.values())))
+
+
+# largest dynamic shared memory per block (opt-in), by compute capability: A100/H100 class
+# parts have 164/227 KB, the sm_86/89 parts (A10, L4, RTX) 99 KB
+SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
+
+
+def gpu_of(tensor: torch.Tensor) -> GPU | None:
+    """The GPU a launch on ``tensor`` sizes its tiles for; None when the interpreter runs it."""
+    if triton_interpreted() or not tensor.is_cuda:
+        return None
+    props = torch.cuda.get_device_properties(tensor.device)
+    arch = props.major * 10 + props.minor
+    shared = getattr(props, "shared_memory_per_block_optin", 0) or GPU.of_arch(arch).shared_memory
+    return GPU(arch, shared)
 
 
 # Smallest M, N and K of a product compiled for a GPU: 16 suits the tensor-core shapes of

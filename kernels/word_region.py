@@ -42,18 +42,20 @@ import torch
 import triton
 import triton.language as tl
 
+from tgfr.ops.backends import accumulation_dtype
+
 from ._common import (
+    GPU,
     MIN_GPU_TILE,
     TL_DTYPES,
-    accumulation_dtype,
     check_block,
     device_of,
     dot,
     dot_operand_dtype,
     dot_precision,
-    interpreted,
+    gpu_of,
     load_tile,
-    next_power_of_2,
+    power_of_2_above,
 )
 
 
@@ -81,7 +83,7 @@ def _attention(words_ptr, regions_ptr, w_rows, w_ok, r_rows, r_ok, D, gamma1,
     for d0 in range(0, D, BLOCK_D):
         w = load_tile(words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
         r = load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
-        s = dot(w, tl.trans(r), s, DOT_DTYPE, INPUT_PRECISION)
+        s = dot(w, tl.trans(r), s, DOT_DTYPE, INPUT_PRECISION, ACC)
     s = tl.reshape(tl.where(w_ok[:, None], s, float("-inf")), [CAPS, T_PAD, N_PAD])
     col_max = tl.max(s, axis=1)
     col_max = tl.where(col_max == float("-inf"), 0.0, col_max)  # captions beyond B_t have no real word
@@ -105,7 +107,7 @@ def _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
     cc = tl.zeros([M], ACC)
     for d0 in range(0, D, BLOCK_D):
         w = load_tile(words_ptr, w_rows, w_ok, d0, D, BLOCK_D).to(ACC)
-        c = dot(a_in, load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D), None, DOT_DTYPE, INPUT_PRECISION)
+        c = dot(a_in, load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D), None, DOT_DTYPE, INPUT_PRECISION, ACC)
         num += tl.sum(w * c, axis=1)
         ww += tl.sum(w * w, axis=1)
         cc += tl.sum(c * c, axis=1)
@@ -116,19 +118,15 @@ def _cosine_terms(words_ptr, regions_ptr, a_in, w_rows, w_ok, r_rows, r_ok, D,
 def _caption_logsumexp(x, CAPS: tl.constexpr, T_PAD: tl.constexpr):
     """Log-sum-exp of ``x[M]`` within each caption; ``-inf`` entries are left out.
 
-    Captions beyond ``B_t`` (all ``-inf``) get 0, so nothing downstream turns NaN.
+    A caption without a real word (all ``-inf``: every word masked, or beyond ``B_t``)
+    gets ``-inf``, the log-sum-exp of an empty set.
     """
     x = tl.reshape(x, [CAPS, T_PAD])
     peak = tl.max(x, axis=1)
-    peak = tl.where(peak == float("-inf"), 0.0, peak)
+    empty = peak == float("-inf")
+    peak = tl.where(empty, 0.0, peak)
     total = tl.sum(tl.exp(x - peak[:, None]), axis=1)
-    return peak + tl.log(tl.where(total == 0.0, 1.0, total))
-
-
-@triton.jit
-def _power_of_2_above(x):
-    """The power of two at or above ``x`` (1 for 0): dividing a tile by it is exact."""
-    return tl.where(x > 0, tl.exp2(tl.ceil(tl.log2(tl.where(x > 0, x, 1.0)))), 1.0)
+    return tl.where(empty, float("-inf"), peak + tl.log(tl.where(empty, 1.0, total)))
 
 
 @triton.jit
@@ -183,7 +181,11 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
     r_rows = regions * D
 
     first_block = group * blocks_per_group
-    for kblk in range(first_block, tl.minimum(first_block + blocks_per_group, tl.cdiv(B_t, CAPS))):
+    block_count = tl.minimum(blocks_per_group, tl.cdiv(B_t, CAPS) - first_block)
+    for step in range(0, block_count):
+        # each image starts at another caption block: co-resident programs of one group
+        # would otherwise add into the same grad_words rows at the same time
+        kblk = first_block + (step + image) % block_count
         caption, w_rows, w_ok = _caption_rows(mask_ptr, kblk, B_t, T, D, CAPS, T_PAD)
         block_words_ptr = words_ptr + tl.cast(kblk * CAPS, tl.int64) * T * D
         block_grad_words_ptr = grad_words_ptr + tl.cast(kblk * CAPS, tl.int64) * T * D
@@ -202,8 +204,9 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         logit = tl.where(w_ok, gamma2 * cos, float("-inf"))
         score = tl.reshape(tl.broadcast_to(_caption_logsumexp(logit, CAPS, T_PAD)[:, None], [CAPS, T_PAD]), [M])
         grad_score = tl.load(grad_scores_ptr + image.to(tl.int64) * B_t + caption, mask=w_ok, other=0.0).to(ACC)
-        # d score / d cos_t = gamma2 * softmax_t(gamma2 * cos)
-        d_cos = tl.where(w_ok, grad_score * gamma2 * tl.exp(logit - score), 0.0)
+        # d score / d cos_t = gamma2 * softmax_t(gamma2 * cos); a caption without a real word
+        # (score -inf) has no w_ok row, so it gets no gradient and passes none to the regions
+        d_cos = tl.where(w_ok, grad_score * gamma2 * tl.exp(logit - tl.where(w_ok, score, 0.0)), 0.0)
         # d cos = alpha * (c dw + w dc) + beta_w * w dw + beta_c * c dc; the clamped branch has no beta terms
         alpha = d_cos / den
         beta_w = tl.where(unclamped, -d_cos * cos / tl.where(unclamped, ww, 1.0), 0.0)
@@ -211,7 +214,7 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         # the products take dC and dS divided by a power of two above their largest entry:
         # gradients of off-diagonal pairs are ~1/B^2, below float16's normal range
         # (|dC_td| <= |alpha_t| |w_t| + |beta_t| |c_t| bounds dC without forming it)
-        context_unit = _power_of_2_above(tl.max(tl.abs(alpha) * tl.sqrt(ww) + tl.abs(beta_c) * tl.sqrt(cc), axis=0))
+        context_unit = power_of_2_above(tl.max(tl.abs(alpha) * tl.sqrt(ww) + tl.abs(beta_c) * tl.sqrt(cc), axis=0))
         alpha_c = alpha / context_unit
         beta_c = beta_c / context_unit
 
@@ -219,9 +222,9 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         for d0 in range(0, D, BLOCK_D):
             w = load_tile(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
             r = load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
-            c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
+            c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION, ACC)
             d_context = alpha_c[:, None] * w.to(ACC) + beta_c[:, None] * c
-            d_attn = dot(d_context.to(in_ty), tl.trans(r), d_attn, DOT_DTYPE, INPUT_PRECISION)
+            d_attn = dot(d_context.to(in_ty), tl.trans(r), d_attn, DOT_DTYPE, INPUT_PRECISION, ACC)
         d_attn *= context_unit
         # back through eq. 4 (softmax along the row) and eq. 3 (softmax down the caption's column)
         a = a_in.to(ACC)
@@ -229,7 +232,7 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         p = p.to(ACC)
         col_dot = tl.sum(tl.reshape(d_p * p, [CAPS, T_PAD, N_PAD]), axis=1)
         d_s = p * (d_p - tl.reshape(tl.broadcast_to(col_dot[:, None, :], [CAPS, T_PAD, N_PAD]), [M, N_PAD]))
-        score_unit = _power_of_2_above(tl.max(tl.max(tl.abs(d_s), axis=1), axis=0))
+        score_unit = power_of_2_above(tl.max(tl.max(tl.abs(d_s), axis=1), axis=0))
         d_s_in = (d_s / score_unit).to(in_ty)
 
         for d0 in range(0, D, BLOCK_D):
@@ -237,14 +240,14 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
             d_ok = dims < D
             w = load_tile(block_words_ptr, w_rows, w_ok, d0, D, BLOCK_D)
             r = load_tile(regions_ptr, r_rows, r_ok, d0, D, BLOCK_D)
-            c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION)
+            c = dot(a_in, r, None, DOT_DTYPE, INPUT_PRECISION, ACC)
             d_context = alpha_c[:, None] * w.to(ACC) + beta_c[:, None] * c
-            d_r = dot(tl.trans(a_in), d_context.to(in_ty), None, DOT_DTYPE, INPUT_PRECISION) * context_unit
-            d_r += dot(tl.trans(d_s_in), w, None, DOT_DTYPE, INPUT_PRECISION) * score_unit
+            d_r = dot(tl.trans(a_in), d_context.to(in_ty), None, DOT_DTYPE, INPUT_PRECISION, ACC) * context_unit
+            d_r += dot(tl.trans(d_s_in), w, None, DOT_DTYPE, INPUT_PRECISION, ACC) * score_unit
             r_ptrs = grad_regions_ptr + r_rows[:, None] + dims[None, :]
             r_mask = r_ok[:, None] & d_ok[None, :]
             tl.store(r_ptrs, tl.load(r_ptrs, mask=r_mask, other=0.0) + d_r, mask=r_mask)
-            d_w = dot(d_s_in, r, None, DOT_DTYPE, INPUT_PRECISION) * score_unit
+            d_w = dot(d_s_in, r, None, DOT_DTYPE, INPUT_PRECISION, ACC) * score_unit
             d_w += alpha[:, None] * c + beta_w[:, None] * w.to(ACC)
             # a plain sum: no ordering with other memory operations needed
             tl.atomic_add(block_grad_words_ptr + w_rows[:, None] + dims[None, :], d_w,
@@ -253,12 +256,12 @@ def _scores_backward_kernel(grad_scores_ptr, words_ptr, regions_ptr, mask_ptr, g
         tl.debug_barrier()
 
 
-# GPU tiles per (pass, operand kind): (words per block, BLOCK_D, num_warps, num_stages).
-# Picked by compiling for sm_90 and reading ptxas' register, spill and SMEM usage at
-# T_PAD = 32, N_PAD = 256: the backward holds three [M, N_PAD] tiles through a D walk, so
-# it takes half the words and narrower D chunks. "fp32" covers IEEE and TF32 products.
-# Pipelining (num_stages) prefetches only loads that feed products (words, regions) within
-# one D walk, never the grad_regions rows the backward reads back across caption blocks.
+# Preferred GPU tiles per (pass, operand kind): (words per block, BLOCK_D, num_warps, num_stages).
+# Picked by compiling for sm_90 at T_PAD = 32, N_PAD = 256: the backward holds three
+# [M, N_PAD] tiles through a D walk, so it takes half the words and narrower D chunks.
+# "fp32" covers IEEE and TF32 products. Pipelining (num_stages) prefetches only loads
+# that feed products (words, regions) within one D walk, never the grad_regions rows the
+# backward reads back across caption blocks. _launch_config shrinks them to the GPU.
 _GPU_TILES = {
     ("forward", "16bit"): (64, 32, 8, 2),
     ("backward", "16bit"): (32, 16, 8, 2),
@@ -267,42 +270,104 @@ _GPU_TILES = {
     ("forward", "fp64"): (32, 16, 8, 1),
     ("backward", "fp64"): (32, 16, 8, 1),
 }
+# registers per thread the [M, N_PAD] tiles may take (estimated by ``footprint``): at 160,
+# ptxas spills under 1 KB per thread (sm_80/90, T_PAD = 32, float32 backward). float64
+# serves verification, not speed: it may spill more (~1.5 KB at T_PAD = 32).
+_TILE_REGISTERS = {"16bit": 160, "fp32": 160, "fp64": 320}
+# more warps share the tiles of 16-bit inputs; past 8 warps ptxas caps float32 kernels at
+# 64-128 registers per thread and spills more than 8 warps do
+MAX_WARPS = {"16bit": 16, "fp32": 8, "fp64": 8}
 
 
-def _launch_config(words: torch.Tensor, regions: torch.Tensor, kernel: str, caps: int | None,
-                   block_d: int | None) -> dict:
+def footprint(kernel: str, dtype: torch.dtype, config: dict) -> tuple[int, int]:
+    """Estimated (shared memory bytes, tile registers per thread) of ``kernel`` with ``config``.
+
+    Shared memory: the pipelined word and region chunks, and the ``[M, N_PAD]`` tiles that
+    enter a product as an operand (``A``; backward also ``dS`` and ``A^T``, and a scratch tile).
+    Registers: the ``[M, N_PAD]`` tiles alive together (forward: S, P, A; backward: P and A
+    in the input dtype, dA and the transient dP, dS in the accumulation dtype).
+    """
+    size, acc = torch.empty(0, dtype=dtype).element_size(), accumulation_dtype(dtype).itemsize
+    rows, n_pad = config["CAPS"] * config["T_PAD"], config["N_PAD"]
+    tile = rows * n_pad
+    threads = 32 * config["num_warps"]
+    shared = config["num_stages"] * (rows + n_pad) * config["BLOCK_D"] * size
+    if kernel == "forward":
+        shared += tile * size
+        held = 3 * tile * acc
+    else:
+        # + a layout-conversion scratch tile in the accumulation dtype and a margin: what
+        # ptxas reported at T_PAD = 32 and 64 on triton 3.6 and 3.9
+        shared += 2 * tile * size + tile * acc + 8192
+        held = 2 * tile * size + 3 * tile * acc
+    return shared, held // 4 // threads
+
+
+def _launch_config(words: torch.Tensor, regions: torch.Tensor, kernel: str, caps: int | None = None,
+                   block_d: int | None = None, gpu: GPU | None = None) -> dict:
     """Tiles of ``kernel`` ("forward" or "backward"): ``CAPS`` captions of ``T_PAD`` words per block,
     all ``N_PAD`` regions, ``BLOCK_D`` chunks of the embedding.
 
+    Sized for ``gpu`` (default: the GPU ``words`` is on; the interpreter's small tiles on the
+    CPU): from the preferred tiles, captions per block, D chunk and stages shrink and warps
+    grow until the estimated ``footprint`` fits; a shape that fits in no way raises
+    ValueError naming the limit (``unsupported_reason`` reports it before dispatch).
     ``caps``/``block_d`` override the choice (tests use them to cross block boundaries).
     """
     T, N = words.shape[1], regions.shape[1]
-    t_pad = next_power_of_2(T)
-    n_pad = next_power_of_2(N)
-    if interpreted():
+    t_pad = triton.next_power_of_2(T)
+    gpu = gpu or gpu_of(words)
+    if gpu is None:
         tile_caps, tile_d, num_warps, num_stages, smallest = 2, 8, 4, 1, 1
     else:
         kind = {torch.float64: "fp64", torch.float32: "fp32"}.get(words.dtype, "16bit")
         rows, tile_d, num_warps, num_stages = _GPU_TILES[kernel, kind]
         tile_caps = max(1, rows // t_pad)
         smallest = MIN_GPU_TILE
-    caps, block_d = caps or tile_caps, block_d or tile_d
-    check_block("caps", caps)
-    check_block("block_d", block_d)
+    if caps is not None:
+        check_block("caps", caps)
+    if block_d is not None:
+        check_block("block_d", block_d)
     # the products' M is CAPS * T_PAD words, N (or K) N_PAD regions, K (or N) BLOCK_D
-    config = dict(CAPS=max(caps, triton.cdiv(smallest, t_pad)), BLOCK_D=max(smallest, block_d),
-                  num_warps=num_warps, num_stages=num_stages)
-    n_pad = max(smallest, n_pad)
-    config.update(T_PAD=t_pad, N_PAD=n_pad, ACC=TL_DTYPES[accumulation_dtype(words.dtype)],
-                  DOT_DTYPE=dot_operand_dtype(words.dtype), INPUT_PRECISION=dot_precision(words.dtype))
+    config = dict(CAPS=max(caps or tile_caps, triton.cdiv(smallest, t_pad)), BLOCK_D=max(smallest, block_d or tile_d),
+                  num_warps=num_warps, num_stages=num_stages, T_PAD=t_pad,
+                  N_PAD=max(smallest, triton.next_power_of_2(N)))
+    if gpu is not None and caps is None and block_d is None:
+        _shrink_to_fit(kernel, words.dtype, config, gpu)
+    config.update(ACC=TL_DTYPES[accumulation_dtype(words.dtype)], DOT_DTYPE=dot_operand_dtype(words.dtype),
+                  INPUT_PRECISION=dot_precision(words.dtype))
     return config
 
 
-def word_region_scores_forward(words, regions, word_mask, gamma1, gamma2, eps,
-                               caps: int | None = None, block_d: int | None = None):
-    """``scores[B_v, B_t]``; ``caps``/``block_d`` override the tile sizes."""
+def _shrink_to_fit(kernel: str, dtype: torch.dtype, config: dict, gpu: GPU) -> None:
+    # fewer captions per block, then more warps for the registers; narrower D chunks for
+    # shared memory. Never fewer stages: at one stage ptxas spills kilobytes per thread.
+    smallest_caps = triton.cdiv(MIN_GPU_TILE, config["T_PAD"])
+    kind = {torch.float64: "fp64", torch.float32: "fp32"}.get(dtype, "16bit")
+    max_warps, max_registers = MAX_WARPS[kind], _TILE_REGISTERS[kind]
+    while True:
+        shared, registers = footprint(kernel, dtype, config)
+        if shared <= gpu.shared_memory and registers <= max_registers:
+            return
+        if registers > max_registers and config["CAPS"] > smallest_caps:
+            config["CAPS"] //= 2
+        elif registers > max_registers and config["num_warps"] < max_warps:
+            config["num_warps"] *= 2
+        elif shared > gpu.shared_memory and config["BLOCK_D"] > MIN_GPU_TILE:
+            config["BLOCK_D"] //= 2
+        else:
+            raise ValueError(
+                f"word_region {kernel} keeps {config['T_PAD']} (padded) words x {config['N_PAD']} (padded) regions "
+                f"on chip: about {shared} B of shared memory (sm_{gpu.arch} has {gpu.shared_memory} B) and "
+                f"{registers} tile registers per thread (limit {max_registers}, {config['num_warps']} warps) "
+                f"in {dtype}")
+
+
+def word_region_scores_forward(words, regions, word_mask, gamma1, gamma2, eps, *,
+                               caps: int | None = None, block_d: int | None = None, gpu: GPU | None = None):
+    """``scores[B_v, B_t]``; ``caps``/``block_d`` override the tiles, ``gpu`` sizes them for another GPU."""
     (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
-    config = _launch_config(words, regions, "forward", caps, block_d)
+    config = _launch_config(words, regions, "forward", caps, block_d, gpu)
     scores = torch.empty(B_v, B_t, dtype=words.dtype, device=words.device)
     grid = (B_v * triton.cdiv(B_t, config["CAPS"]),)
     with device_of(words):
@@ -328,15 +393,16 @@ def _caption_groups(regions: torch.Tensor, caption_blocks: int) -> int:
     return max(1, min(wanted, affordable, caption_blocks))
 
 
-def word_region_scores_backward(grad_scores, words, regions, word_mask, scores, gamma1, gamma2, eps,
+def word_region_scores_backward(grad_scores, words, regions, word_mask, gamma1, gamma2, eps, *,
                                 caps: int | None = None, block_d: int | None = None,
-                                caption_groups: int | None = None):
-    """``(grad_words, grad_regions)``; ``scores`` are recomputed in the accumulation dtype instead of read.
+                                caption_groups: int | None = None, gpu: GPU | None = None):
+    """``(grad_words, grad_regions)``; the scores are recomputed in the accumulation dtype.
 
-    ``caps``/``block_d`` override the tiles and ``caption_groups`` the split of the captions.
+    ``caps``/``block_d`` override the tiles, ``caption_groups`` the split of the captions,
+    ``gpu`` sizes the tiles for another GPU.
     """
     (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
-    config = _launch_config(words, regions, "backward", caps, block_d)
+    config = _launch_config(words, regions, "backward", caps, block_d, gpu)
     caption_blocks = triton.cdiv(B_t, config["CAPS"])
     blocks_per_group = triton.cdiv(caption_blocks, caption_groups or _caption_groups(regions, caption_blocks))
     groups = triton.cdiv(caption_blocks, blocks_per_group)
