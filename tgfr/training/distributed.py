@@ -136,6 +136,15 @@ class Distributed:
             local.append([batch[s] for s in mine] + [batch[subjects + s] for s in mine])
         return local
 
+    def main_first(self, work):
+        """``work()`` on rank 0, then on the other ranks once it is done (a shared on-disk cache)."""
+        if self.is_main:
+            work()
+        if self.enabled:
+            dist.barrier()
+        if not self.is_main:
+            work()
+
     def average_gradients(self, parameters) -> None:
         """What DDP does after a backward, for a backward that bypassed it (gradient caching)."""
         if not self.enabled:

@@ -260,7 +260,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
         if position == 0 and saved is not None and saved["trainer"] is not None:
             step.load_trainer_state(saved["trainer"])
         if epochs_done < step.settings.epochs and config.cache_frozen_features:
-            step.use_cached_features(cache_dir, dataset_key)
+            # rank 0 encodes and writes the cache; the other ranks then map what it wrote
+            ranks.main_first(lambda: step.use_cached_features(cache_dir, dataset_key))
         for epoch in range(epochs_done, step.settings.epochs):
             record = _run_epoch(step, epoch, config, device)
             if not ranks.is_main:
