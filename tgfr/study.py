@@ -320,6 +320,8 @@ def plot_study_roc(results, path, seed) -> Path:
     """Fig. 5: ROC curves of the Table 2 systems (one seed) at normal and very bad probes."""
     import matplotlib
 
+    from .evaluation.report import save_roc_figure, style_roc_axis
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -332,16 +334,8 @@ def plot_study_roc(results, path, seed) -> Path:
             roc = results[run][seed][mode][level]["roc"]
             far, tar = np.asarray(roc["far"]), np.asarray(roc["tar"])
             axis.plot(far[far > 0], tar[far > 0], label=label)
-        axis.set_xscale("log")
-        axis.set_ylim(0.0, 1.01)
-        axis.set_title(f"{level.replace('_', ' ')} probes (seed {seed})")
-        axis.set_xlabel("false accept rate")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(loc="lower right", fontsize=8)
-    axes[0][0].set_ylabel("true accept rate")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+        style_roc_axis(axis, f"{level.replace('_', ' ')} probes (seed {seed})", "lower right")
+    save_roc_figure(figure, axes, path)
     return Path(path)
 
 

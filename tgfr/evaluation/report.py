@@ -91,13 +91,24 @@ def plot_roc(results: list[Result], path: Path) -> None:
             smallest_far = min(smallest_far, 1.0 / result.verification.num_impostor)
             label = f"{MODE_LABELS.get(result.mode, result.mode)} (AUC {result.verification.auc:.3f})"
             axis.plot(far[shown], tar[shown], label=label)
-        axis.set_xscale("log")
         axis.set_xlim(smallest_far, 1.0)
-        axis.set_ylim(0.0, 1.01)
-        axis.set_title(level)
-        axis.set_xlabel("false accept rate")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(loc="upper left", fontsize=8)
+        style_roc_axis(axis, level, "upper left")
+    save_roc_figure(figure, axes, path)
+
+
+def style_roc_axis(axis, title: str, legend_loc: str) -> None:
+    """Log-FAR axis, TAR from 0 to 1, grid, title and legend: the look every ROC plot shares."""
+    axis.set_xscale("log")
+    axis.set_ylim(0.0, 1.01)
+    axis.set_title(title)
+    axis.set_xlabel("false accept rate")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc=legend_loc, fontsize=8)
+
+
+def save_roc_figure(figure, axes, path) -> None:
+    import matplotlib.pyplot as plt
+
     axes[0][0].set_ylabel("true accept rate")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
