@@ -118,11 +118,13 @@ def info_nce(
             shards of the global batch (``M = B``, ``offset = 0``) and the mean over ranks of
             the returned losses is the loss of the global batch.
     """
-    check_info_nce_args(a, b, temperature, class_ids, offset, symmetric)
     if group is not None:
         if offset != 0:
             raise ValueError(f"offset must be 0 with a process group, got {offset}")
+        # the distributed form checks the shard itself and tells every rank, so a bad shard on one
+        # rank stops them all at once instead of leaving the others waiting in a collective
         return _distributed().info_nce(a, b, temperature, class_ids, backend, symmetric, group)
+    check_info_nce_args(a, b, temperature, class_ids, offset, symmetric)
     backend = backends.resolve(backend, a.device, "info_nce", a.dtype, D=a.shape[1])
     if backend in backends.REFERENCE_BACKENDS:
         if not torch.compiler.is_compiling():

@@ -134,16 +134,15 @@ def word_region_loss(
     ``group`` the inputs are this rank's shard of the global batch, and the mean over
     ranks of each returned loss is that loss on the global batch.
     """
+    if group is not None:  # checked by the distributed form, which tells every rank (see info_nce)
+        return _distributed().word_region_loss(
+            words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group
+        )
     if words.dim() == 3 and regions.dim() == 3 and words.shape[0] != regions.shape[0]:
         raise ValueError(
             f"word_region_loss needs paired batches: words has {words.shape[0]} captions, "
             f"regions has {regions.shape[0]} images"
         )
     check_class_ids(class_ids, words.shape[0], words.device)
-    if group is not None:
-        check_word_region_args(words, regions, word_mask)
-        return _distributed().word_region_loss(
-            words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group
-        )
     scores = word_region_scores(words, regions, word_mask, gamma1, gamma2, eps, backend)
     return reference.matching_loss(scores, class_ids, gamma3)
