@@ -17,6 +17,15 @@ CelebA-Dialog (``read_celeba_dialog``)::
                                         (also ``root/captions_hq.json``)
     + the identities, see below
 
+CelebA-Dialog's fine-grained attribute levels (``read_celeba_dialog_levels``, for change pairs)::
+
+    root/classification_label/combined_annotation.txt   (also ``root/`` or ``root/text/``)
+
+    one line per image, ``<n>.jpg <Bangs> <Eyeglasses> <No_Beard> <Smiling> <Young>``, each an
+    integer level 0-5 (more bangs, heavier glasses up to sunglasses, more beard, a wider smile,
+    an older face); an optional first line holding only the image count, and an optional
+    header line naming the five attributes, which then gives the column order.
+
 Identities of CelebA-HQ image ``<n>.jpg`` (both readers), the first that exists of:
 
 * ``CelebA-HQ-identity.txt``: lines ``<n>.jpg <identity>`` (as distributed with CelebAMask-HQ
@@ -265,3 +274,33 @@ def read_face2text(root: str | Path, annotations: str | Path | None = None, imag
     captions = {name: _clean(texts) for name, texts in _face2text_entries(annotations).items()}
     return _records(captions, image_dir, identities.get, strict, f"Face2Text at {root}", lambda name: annotations,
                     skipped)
+
+
+#: CelebA-Dialog's fine-grained attributes, in the column order of its level file.
+CELEBA_DIALOG_LEVELS = ("Bangs", "Eyeglasses", "No_Beard", "Smiling", "Young")
+CELEBA_DIALOG_LEVEL_FILES = ("classification_label/combined_annotation.txt", "combined_annotation.txt",
+                             "text/combined_annotation.txt")
+
+
+def read_celeba_dialog_levels(root: str | Path, levels_file: str | Path | None = None) -> dict[str, dict[str, int]]:
+    """CelebA-Dialog's attribute levels: image name (``<n>.jpg``) -> {attribute: level 0-5}
+    (layout in the module docs)."""
+    path = Path(levels_file) if levels_file else _first_existing(
+        Path(root), CELEBA_DIALOG_LEVEL_FILES, "CelebA-Dialog attribute levels")
+    columns, levels = CELEBA_DIALOG_LEVELS, {}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            fields = line.split()
+            if not fields or (not levels and len(fields) == 1 and fields[0].isdigit()):
+                continue  # blank, or the leading image count
+            if not levels and set(fields) == set(CELEBA_DIALOG_LEVELS):
+                columns = tuple(fields)  # header: the column order
+                continue
+            values = fields[1:]
+            if len(values) != len(columns) or not all(v.isdigit() and int(v) <= 5 for v in values):
+                raise ValueError(f"{path}:{number}: expected '<image> ' and {len(columns)} levels 0-5 "
+                                 f"({' '.join(columns)}), got {line.strip()!r}")
+            levels[fields[0]] = {name: int(v) for name, v in zip(columns, values)}
+    if not levels:
+        raise ValueError(f"{path}: no image levels")
+    return levels
