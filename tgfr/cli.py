@@ -6,7 +6,7 @@
     tgfr eval --checkpoint PATH --out DIR [--dataset NAME --data-root ROOT] [--levels LEVEL ...] [--modes MODE ...]
     tgfr study [--preset quick|paper|tiny] [--out DIR] [--seeds N ...] [--text-model PATH|minilm|none]
     tgfr bench [args ...]
-    tgfr xmodal train --preset NAME --out DIR [--resume] [key=value ...]
+    tgfr xmodal train --preset NAME --out DIR [--dataset celeba-dialog --data-root ROOT] [--resume] [key=value ...]
     tgfr xmodal eval --checkpoint RUN [--out DIR]
     tgfr retrieve --checkpoint RUN --text TEXT [--image PATH] [--gallery DIR] [--top-k K] [--out PNG]
 
@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     xtrain.add_argument("--preset", default="quick", help="config preset: tiny, quick or full (default: quick)")
     xtrain.add_argument("--out", type=Path, required=True, help="run directory")
     xtrain.add_argument("--resume", action="store_true", help="continue the run in --out")
+    xtrain.add_argument("--dataset", choices=DATASETS,
+                        help="synthetic (embedded, the default) or celeba-dialog (needs its attribute levels "
+                             "for change pairs; config key 'dataset')")
+    xtrain.add_argument("--data-root", metavar="ROOT", help="directory of the real dataset (config key 'data_root')")
+    xtrain.add_argument("--skip-bad", action="store_true", default=None,
+                        help="skip real images without file, identity, caption or levels instead of stopping")
     xtrain.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help="config overrides")
     xeval = xmodal_commands.add_parser("eval", help="R@K table on people unseen in training")
     xeval.add_argument("--checkpoint", type=_existing_path, required=True, help="run directory of xmodal train")
@@ -264,7 +270,8 @@ def _run_xmodal(args) -> int:
     command = f"xmodal {args.xmodal_command}"
     try:
         if args.xmodal_command == "train":
-            config = load_config(args.preset, args.overrides)
+            config = load_config(args.preset, args.overrides, dataset=args.dataset, skip_bad=args.skip_bad,
+                                 data_root=str(Path(args.data_root).expanduser()) if args.data_root else None)
             checkpoint = train_xmodal(config, args.out, resume=args.resume)
             print(f"checkpoint: {checkpoint}")
         else:

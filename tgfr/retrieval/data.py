@@ -4,6 +4,12 @@ The embedded synthetic set (:mod:`tgfr.data.synthetic`) gives the photos and cap
 :mod:`tgfr.data.changes` the change pairs. Identities are split as the synthetic set
 splits them, so the test people never appear in training.
 
+On CelebA-Dialog (:func:`build_celeba_dialog_splits`) the photos and captions come from
+:func:`tgfr.data.readers.read_celeba_dialog`, split as the TGFR trainer splits them
+(:func:`tgfr.data.sources.split_dataset`), and a change pair is two photos of one person
+whose attribute levels (:func:`tgfr.data.readers.read_celeba_dialog_levels`) differ, with
+a caption built from the difference (:func:`describe_change`).
+
 Difficulty of a negative is how many of the described attributes it shares with the
 positive (``attribute_overlap``): among the other identities (or, for change pairs, other
 people's after-states), the most similar 5 % are the hard pool, the 25-50 % band of the
@@ -19,6 +25,7 @@ import torch
 from ..data.captions import UNSPOKEN
 from ..data.changes import make_change_pair
 from ..data.identities import ATTRIBUTE_VALUES
+from ..data.readers import CELEBA_DIALOG_LEVELS
 from ..data.synthetic import SyntheticConfig, generate_synthetic, identity_profiles, split_identities
 
 #: Attributes captions speak of: what a negative may share with the description.
@@ -48,18 +55,34 @@ class ChangeSet:
     captions: list[str]
     after_attributes: list[dict]
     changes: list[dict]
+    # photo keys of the targets and second before photos: on real data one photo can serve several
+    # pairs, and a gallery item is relevant when it is the pair's target photo (None: all distinct)
+    target_keys: np.ndarray | None = None
+    other_keys: np.ndarray | None = None
+
+    def gallery_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keys of the targets and of the second before photos (equal keys: the same photo)."""
+        count = len(self.captions)
+        if self.target_keys is None:
+            return np.arange(count), np.arange(count, 2 * count)
+        return self.target_keys, self.other_keys
 
 
 @dataclass
 class RetrievalSplit:
     faces: FaceSet
     changes: ChangeSet
+    described: tuple[str, ...] = DESCRIBED  # attributes compared to grade negatives
+    source: str = "synthetic"
 
 
-def attribute_overlap(first: list[dict], second: list[dict]) -> np.ndarray:
-    """Fraction of :data:`DESCRIBED` attributes on which each of ``first`` equals each of ``second``."""
+def attribute_overlap(first: list[dict], second: list[dict], names=DESCRIBED) -> np.ndarray:
+    """Fraction of the attributes ``names`` on which each of ``first`` equals each of ``second``."""
+    vocabulary = {}
+
     def codes(attributes):
-        return np.array([[ATTRIBUTE_VALUES[name].index(a[name]) for name in DESCRIBED] for a in attributes])
+        return np.array([[vocabulary.setdefault((name, a[name]), len(vocabulary)) for name in names]
+                         for a in attributes]).reshape(len(attributes), len(names))
     return (codes(first)[:, None, :] == codes(second)[None, :, :]).mean(-1)
 
 
@@ -138,10 +161,12 @@ class GradedBatches:
         self.people, first_photo = np.unique(faces.identities, return_index=True)
         self.photos_of = [np.flatnonzero(faces.identities == k) for k in self.people]
         person_attributes = [faces.attributes[i] for i in first_photo]
-        self.face_pools = NegativePools(attribute_overlap(person_attributes, person_attributes),
+        described = split.described
+        self.face_pools = NegativePools(attribute_overlap(person_attributes, person_attributes, described),
                                         self.people, seed)
-        self.change_pools = NegativePools(attribute_overlap(changes.after_attributes, changes.after_attributes),
-                                          changes.identities, seed + 1)
+        self.change_pools = NegativePools(
+            attribute_overlap(changes.after_attributes, changes.after_attributes, described),
+            changes.identities, seed + 1)
 
     def text_batch(self, rng: np.random.Generator, size: int, grades) -> dict:
         """Text queries: ``photos`` (positives), ``captions``, ``ids`` and ``negatives[grade]`` photo rows."""
@@ -165,3 +190,116 @@ class GradedBatches:
 def state_ids(identities: np.ndarray, after: bool) -> torch.Tensor:
     """Classes of composed retrieval: a person after a change is not the same target as before it."""
     return torch.as_tensor(2 * identities + int(after), dtype=torch.long)
+
+
+# CelebA-Dialog level changes in words: (appears from level 0, disappears to level 0, grows, shrinks);
+# age has no absent level (0 is a child), so it only grows or shrinks.
+CHANGE_PHRASES = {
+    "Eyeglasses": ("now wears glasses", "no longer wears glasses", "now wears heavier glasses",
+                   "now wears lighter glasses"),
+    "No_Beard": ("has grown a beard", "has shaved off the beard", "has grown a fuller beard",
+                 "has trimmed the beard"),
+    "Bangs": ("now has bangs", "no longer has bangs", "has grown longer bangs", "has cut the bangs shorter"),
+    "Smiling": ("is now smiling", "no longer smiles", "smiles more broadly", "smiles less"),
+    "Young": (None, None, "looks older", "looks younger"),
+}
+SUNGLASSES_LEVEL = 4  # Eyeglasses levels 4-5 are sunglasses
+
+
+def describe_change(before: dict[str, int], after: dict[str, int]) -> str:
+    """One sentence for the level differences between two photos of a person."""
+    phrases = []
+    for name in CELEBA_DIALOG_LEVELS:
+        old, new = before[name], after[name]
+        if old == new:
+            continue
+        appears, disappears, grows, shrinks = CHANGE_PHRASES[name]
+        if appears and old == 0:
+            phrase = "now wears sunglasses" if name == "Eyeglasses" and new >= SUNGLASSES_LEVEL else appears
+        elif disappears and new == 0:
+            phrase = disappears
+        else:
+            phrase = grows if new > old else shrinks
+        phrases.append(phrase)
+    if not phrases:
+        raise ValueError("describe_change: the two photos have the same levels")
+    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return f"The person {listed}."
+
+
+def _real_changes(faces: FaceSet, levels: list[dict], pairs_per_identity: int, rng) -> ChangeSet:
+    """Up to ``pairs_per_identity`` pairs per person of two photos whose levels differ (distinct
+    targets first); the second before photo is another photo of the person not at the target's
+    levels, or the reference itself when the person has none."""
+    chosen = []
+    for person in np.unique(faces.identities):
+        photos = np.flatnonzero(faces.identities == person)
+        candidates = [(a, b) for a in photos for b in photos if a != b and levels[a] != levels[b]]
+        order = rng.permutation(len(candidates))
+        taken, targets = [], set()
+        for fresh_only in (True, False):
+            for k in order:
+                a, b = candidates[k]
+                if len(taken) < pairs_per_identity and (a, b) not in taken and not (fresh_only and b in targets):
+                    taken.append((a, b))
+                    targets.add(b)
+        for a, b in taken:
+            others = [c for c in photos if c not in (a, b) and levels[c] != levels[b]]
+            chosen.append((a, b, others[rng.integers(len(others))] if others else a))
+    if not chosen:
+        raise ValueError("no change pairs: no person has two photos with different attribute levels")
+    reference, target, other = (np.array(column) for column in zip(*chosen))
+    return ChangeSet(identities=faces.identities[reference], reference=faces.images[reference],
+                     target=faces.images[target], other_before=faces.images[other],
+                     captions=[describe_change(levels[a], levels[b]) for a, b, _ in chosen],
+                     after_attributes=[levels[b] for b in target],
+                     changes=[{n: (levels[a][n], levels[b][n]) for n in CELEBA_DIALOG_LEVELS
+                               if levels[a][n] != levels[b][n]} for a, b, _ in chosen],
+                     target_keys=target, other_keys=other)
+
+
+def build_celeba_dialog_splits(root, image_size: int, pairs_per_identity: int = 2, seed: int = 0,
+                               skip_bad: bool = False, log=print) -> dict[str, RetrievalSplit]:
+    """Train and test splits of CelebA-Dialog under ``root``: photos at ``image_size``, text queries
+    from the captions (first: the attribute-wise captions joined into one description, the test
+    query; then each attribute-wise caption and the overall caption, for training), graded
+    negatives by equal attribute levels, change pairs from level differences."""
+    from ..data.dataset import _resize
+    from ..data.readers import read_celeba_dialog_levels
+    from ..data.sources import DataError, read_dataset, split_dataset
+
+    name = "celeba-dialog"
+    skipped = []
+    records = read_dataset(name, root, skip_bad, skipped)
+    try:
+        levels = read_celeba_dialog_levels(root)
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from error
+    unlevelled = [r.name for r in records if r.name not in levels]
+    if unlevelled and not skip_bad:
+        raise DataError(f"{name} at {root}: no attribute levels for image {unlevelled[0]!r} "
+                        f"(pass --skip-bad to skip such images)")
+    records = [r for r in records if r.name in levels]
+    split = split_dataset(name, records, root, seed, skip_bad, skipped)
+    for note in split.notes:
+        log(note)
+    if skipped:
+        log(f"{name}: skipped {len(skipped)} image(s), e.g. {skipped[0]}")
+    people = {identity: k for k, identity in enumerate(sorted({r.identity for r in records},
+                                                                key=lambda i: (str(type(i)), i)))}
+    rng = np.random.default_rng([seed, 23])
+    splits = {}
+    for side, side_records in (("train", split.train), ("test", split.test)):
+        photo_levels = [levels[r.name] for r in side_records]
+        captions = [(" ".join(r.captions[1:]) or r.captions[0],) + r.captions[1:] + r.captions[:1]
+                    if len(r.captions) > 1 else r.captions for r in side_records]
+        faces = FaceSet(images=np.stack([_resize(r.load_image(image_size), image_size) for r in side_records]),
+                        identities=np.array([people[r.identity] for r in side_records], dtype=np.int64),
+                        captions=captions, attributes=photo_levels)
+        changes = _real_changes(faces, photo_levels, pairs_per_identity, rng)
+        if len(np.unique(changes.identities)) < 2:
+            raise DataError(f"{name} at {root}: the {side} split needs change pairs of at least two people "
+                            f"(two photos of a person with different attribute levels); it has "
+                            f"{len(np.unique(changes.identities))}")
+        splits[side] = RetrievalSplit(faces, changes, CELEBA_DIALOG_LEVELS, name)
+    return splits

@@ -14,7 +14,8 @@ The table (:func:`evaluate_model`), on identities unseen in training:
   the CLIP-style global caption-face cosine head, TGFR's word-region score.
 * text + image -> face: each change pair's reference photo and change caption query the
   targets (after photos) and second before photos of all test pairs; the relevant item
-  is the pair's target. Rows: X-Modal (fusion), image only (reference embedding, text
+  is the pair's target (every copy of that photo: on real data one photo can serve
+  several pairs). Rows: X-Modal (fusion), image only (reference embedding, text
   ignored), text only (the change caption alone), the CLIP-style head's late fusion
   (sum of the caption-face and face-face cosines).
 """
@@ -104,8 +105,8 @@ def evaluate_model(model, split: RetrievalSplit, text, backend: str = "auto") ->
     reference_main, reference_clip, _ = embed_images(model, changes.reference)
     change_sentences = text.sentence(changes.captions)
     count = len(changes.captions)
-    composed_relevant = torch.zeros(count, 2 * count, dtype=torch.bool)
-    composed_relevant[torch.arange(count), torch.arange(count)] = True
+    target_keys, other_keys = changes.gallery_keys()
+    composed_relevant = torch.as_tensor(target_keys[:, None] == np.concatenate([target_keys, other_keys])[None])
     composed = {
         "X-Modal": model.compose(reference_main, change_sentences) @ gallery_main.T,
         "image only": reference_main @ gallery_main.T,

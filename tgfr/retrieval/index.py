@@ -57,8 +57,9 @@ def _gallery_files(directory: Path) -> list[Path]:
 def embedded_gallery(splits) -> tuple[np.ndarray, list[str], list[str]]:
     """The test people's photos and after-change photos, with names and identities."""
     faces, changes = splits["test"].faces, splits["test"].changes
-    names = [f"synthetic/{int(k):06d}_{i}" for i, k in enumerate(faces.identities)]
-    names += [f"synthetic/{int(k):06d}_after_{i}" for i, k in enumerate(changes.identities)]
+    source = splits["test"].source
+    names = [f"{source}/{int(k):06d}_{i}" for i, k in enumerate(faces.identities)]
+    names += [f"{source}/{int(k):06d}_after_{i}" for i, k in enumerate(changes.identities)]
     identities = [f"{int(k):06d}" for k in faces.identities] + [f"{int(k):06d}" for k in changes.identities]
     return np.concatenate([faces.images, changes.target]), names, identities
 

@@ -29,11 +29,12 @@ import yaml
 from ..data.synthetic import SyntheticConfig
 from ..ops import info_nce, word_region_loss
 from ..training.checkpoint import save_checkpoint
-from .data import GradedBatches, build_retrieval_splits, images_to_tensor, state_ids
+from .data import GradedBatches, build_celeba_dialog_splits, build_retrieval_splits, images_to_tensor, state_ids
 from .loss import GRADES, NEGATIVE_SETTINGS, active_grades, graded_mnrl
 from .models import FACE_ENCODERS, XModalModel
 
 CHECKPOINT = "checkpoint.pt"
+DATASETS = ("synthetic", "celeba-dialog")
 KIND = "xmodal"
 
 
@@ -41,7 +42,10 @@ KIND = "xmodal"
 class XModalConfig:
     """Everything a run depends on (see the README's X-Modal section for the choices)."""
 
-    # data: the embedded synthetic set and its change pairs
+    # data: the embedded synthetic set and its change pairs, or a real dataset (celeba-dialog) under data_root
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    skip_bad: bool = False
     num_identities: int = 300
     images_per_identity: int = 6
     image_size: int = 48
@@ -69,6 +73,11 @@ class XModalConfig:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
     def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS} (X-Modal needs attribute levels for change "
+                             f"pairs), got {self.dataset!r}")
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ValueError(f"dataset {self.dataset!r} needs a data root (--data-root ROOT)")
         if self.face_encoder not in FACE_ENCODERS:
             raise ValueError(f"face_encoder must be one of {FACE_ENCODERS}, got {self.face_encoder!r}")
         if self.negatives not in NEGATIVE_SETTINGS:
@@ -100,10 +109,12 @@ PRESETS = {
 }
 
 
-def load_config(preset: str, overrides: list[str] = ()) -> XModalConfig:
-    """A preset with ``key=value`` overrides (values read as YAML); unknown keys are errors."""
+def load_config(preset: str, overrides: list[str] = (), **values) -> XModalConfig:
+    """A preset with ``key=value`` overrides (values read as YAML), then ``values`` that are not None
+    (the command line's --dataset/--data-root); unknown keys are errors."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    given = {k: v for k, v in values.items() if v is not None}
     values = dict(PRESETS[preset])
     names = {f.name for f in dataclasses.fields(XModalConfig)}
     for override in overrides:
@@ -111,7 +122,7 @@ def load_config(preset: str, overrides: list[str] = ()) -> XModalConfig:
         if key not in names:
             raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(names))}")
         values[key] = yaml.safe_load(text)
-    return XModalConfig(**values)
+    return XModalConfig(**{**values, **given})
 
 
 def all_captions(splits) -> list[str]:
@@ -123,7 +134,11 @@ def prepare(config: XModalConfig, cache_dir):
     """The splits and the frozen sentence features of all their captions (both cached in ``cache_dir``)."""
     from .text import cached_text_features
 
-    splits = build_retrieval_splits(config.synthetic(), config.pairs_per_identity, cache_dir)
+    if config.dataset == "synthetic":
+        splits = build_retrieval_splits(config.synthetic(), config.pairs_per_identity, cache_dir)
+    else:
+        splits = build_celeba_dialog_splits(config.data_root, config.image_size, config.pairs_per_identity,
+                                            config.seed, config.skip_bad)
     text = cached_text_features(config.text_encoder, all_captions(splits), cache_dir, config.max_tokens)
     return splits, text
 
