@@ -109,12 +109,11 @@ PRESETS = {
 }
 
 
-def load_config(preset: str, overrides: list[str] = (), **values) -> XModalConfig:
-    """A preset with ``key=value`` overrides (values read as YAML), then ``values`` that are not None
+def load_config(preset: str, overrides: list[str] = (), **flags) -> XModalConfig:
+    """A preset with ``key=value`` overrides (values read as YAML), then the ``flags`` that are not None
     (the command line's --dataset/--data-root); unknown keys are errors."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    given = {k: v for k, v in values.items() if v is not None}
     values = dict(PRESETS[preset])
     names = {f.name for f in dataclasses.fields(XModalConfig)}
     for override in overrides:
@@ -122,7 +121,7 @@ def load_config(preset: str, overrides: list[str] = (), **values) -> XModalConfi
         if key not in names:
             raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(names))}")
         values[key] = yaml.safe_load(text)
-    return XModalConfig(**{**values, **given})
+    return XModalConfig(**{**values, **{k: v for k, v in flags.items() if v is not None}})  # the flags win
 
 
 def all_captions(splits) -> list[str]:
