@@ -1,3 +1,28 @@
+// How the CPU kernels use threads: a kernel call's items go out one at a time to the calling
+// thread and to helpers on ATen's inter-op pool, and every ATen op and GEMM inside the call runs
+// single-threaded on the thread that calls it. Nothing waits by spinning.
+//
+// Why (measured on the 2-core machine, torch's OpenMP + MKL build, word-region B=64 forward +
+// backward, T=22, N=196, D=256, beside 4 busy processes), three causes, one under the other:
+//  1. Nested teams. ATen turns MKL's dynamic threading off (mkl_set_dynamic(0)) and libgomp
+//     allows nested regions, so every at::mm inside an at::parallel_for worker forked a team of
+//     its own: 2 x 2 threads on 2 cores and a fork/join barrier per tile GEMM. 0.7 s idle,
+//     40-60 s loaded. Fixed first by one flat region with single-threaded GEMMs (0.93 s idle,
+//     9.2 s loaded, 10x).
+//  2. Spin-waiting. libgomp's threads wait by spinning (GOMP_SPINCOUNT, unless
+//     OMP_WAIT_POLICY=PASSIVE): at the end of the flat region a worker that ran out of items
+//     spun on a core that the scheduler could have given to the one still working, and after
+//     it, for the next region; perf put 35% of the samples in libgomp's spin loops.
+//  3. The kernel's own ATen ops outside the item loop (the images' Gram matrices by at::bmm,
+//     zeroing the gradient) each opened a team whose threads then spun beside the items.
+// Now the helpers and the caller block on condition variables, the Gram matrices are items too,
+// and Workers keeps the caller's ATen ops and BLAS single-threaded for the whole call (its
+// OpenMP team size and MKL's per-thread count, both per thread; restored after). A thread the
+// scheduler slows down simply takes fewer items, and a helper that starts late (the pool busy,
+// e.g. the caller itself runs on it) finds the items gone and exits, so a call never waits for
+// a helper that has not started. Measured after, same machine and step, in one run (other jobs
+// on the machine too, so wall times are high): loaded 4.2 s (vectorized 14.3 s, before 31 s);
+// CPU time per step 0.94 s loaded and idle alike (before: 2.4-7.9 s, mostly spinning).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -39,11 +64,6 @@ class SingleThreadedOps {
  private:
   int previous_blas_, previous_omp_;
 };
-
-// The number of workers for_each_item uses for n_items items.
-inline int64_t worker_count(int64_t n_items) {
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_items));
-}
 
 namespace detail {
 
@@ -88,52 +108,55 @@ struct ItemQueue {
 
 }  // namespace detail
 
-// Calls work(worker, item) for every item in [0, n_items), with worker < worker_count(n_items)
-// naming the caller's per-worker buffers (no two items run on one worker at once). The caller
-// is worker 0 and takes items itself; helpers run on ATen's inter-op pool. Items go out one at a
-// time from an atomic counter; the only synchronisation is the caller's wait for the items other
-// workers took, on a condition variable. The first exception thrown by an item is rethrown here,
-// after every item taken has finished (items not yet started are skipped).
-//
-// Why not at::parallel_for (measured on the 2-core machine beside 4 busy processes, B=64
-// word-region forward+backward): libgomp threads wait by spinning, at a region's end and for the
-// next region (GOMP_SPINCOUNT, unless OMP_WAIT_POLICY=PASSIVE), so a worker that finished spins
-// on a core that the scheduler could give to the one still working, and the ATen ops inside each
-// item (mm, exp_) opened nested teams or barriers of their own. Before any fix every at::mm in a
-// worker forked a nested MKL team (ATen sets mkl_set_dynamic(0) and libgomp allows nesting):
-// 0.7 s idle, 40-60 s loaded. One flat region with single-threaded GEMMs: 0.93 s idle, 9.2 s
-// loaded, 35% of perf samples in libgomp's spin loops. Here nothing spins: the inter-op pool's
-// threads and the caller block on condition variables, every thread runs its ATen ops and BLAS
-// calls single-threaded (SingleThreadedOps), and a thread the scheduler slows down simply takes
-// fewer items. A helper that starts late (pool busy, e.g. the caller itself runs on it) finds
-// the items gone and exits, so the call never waits for a helper that has not started.
-template <typename Work>
-void for_each_item(int64_t n_items, const Work& work) {
-  if (n_items <= 0) return;
-  const int64_t n_workers = worker_count(n_items);
-  SingleThreadedOps single_threaded;
-  if (n_workers == 1 || at::in_parallel_region()) {
-    for (int64_t item = 0; item < n_items; ++item) work(0, item);
-    return;
+// The threads of one kernel call. Constructed at the kernel's entry, it remembers how many
+// threads the caller allows (at::get_num_threads(); 1 inside a parallel region) and then keeps
+// the calling thread's own ATen ops and BLAS calls single-threaded for the whole call: the
+// kernel's parallelism is for_each_item alone, and no OpenMP team is opened whose threads would
+// spin beside the items (see for_each_item).
+class Workers {
+ public:
+  Workers() : n_threads_(at::in_parallel_region() ? 1 : at::get_num_threads()) {}
+
+  // The number of workers for_each_item uses for n_items items.
+  int64_t count(int64_t n_items) const { return std::max<int64_t>(1, std::min<int64_t>(n_threads_, n_items)); }
+
+  // Calls work(worker, item) for every item in [0, n_items), with worker < count(n_items)
+  // naming the caller's per-worker buffers (no two items run on one worker at once). The caller
+  // is worker 0 and takes items itself; helpers run on ATen's inter-op pool. Items go out one at
+  // a time from an atomic counter; the only synchronisation is the caller's wait for the items
+  // other workers took, on a condition variable. The first exception thrown by an item is
+  // rethrown here, after every item taken has finished (items not yet started are skipped).
+  template <typename Work>
+  void for_each_item(int64_t n_items, const Work& work) const {
+    if (n_items <= 0) return;
+    const int64_t n_workers = count(n_items);
+    if (n_workers == 1) {
+      for (int64_t item = 0; item < n_items; ++item) work(0, item);
+      return;
+    }
+    auto queue = std::make_shared<detail::ItemQueue>(n_items);
+    for (int64_t helper = 1; helper < n_workers; ++helper) {
+      // work is only called for an item taken, and the caller waits for every item taken, so the
+      // reference to it stays valid for as long as it is used
+      at::launch([queue, &work] {
+        if (queue->next_item.load() >= queue->n_items) return;
+        SingleThreadedOps single_threaded;
+        const int64_t worker = queue->next_worker++;
+        queue->finish(queue->drain(worker, work));
+      });
+    }
+    const int64_t taken = queue->drain(0, work);
+    {
+      std::unique_lock<std::mutex> lock(queue->mutex);
+      queue->done += taken;
+      queue->all_done.wait(lock, [&] { return queue->done == n_items; });
+    }
+    if (queue->error) std::rethrow_exception(queue->error);
   }
-  auto queue = std::make_shared<detail::ItemQueue>(n_items);
-  for (int64_t helper = 1; helper < n_workers; ++helper) {
-    // work is only called for an item taken, and the caller waits for every item taken, so the
-    // reference to it stays valid for as long as it is used
-    at::launch([queue, &work] {
-      if (queue->next_item.load() >= queue->n_items) return;
-      SingleThreadedOps helper_single_threaded;
-      const int64_t worker = queue->next_worker++;
-      queue->finish(queue->drain(worker, work));
-    });
-  }
-  const int64_t taken = queue->drain(0, work);
-  {
-    std::unique_lock<std::mutex> lock(queue->mutex);
-    queue->done += taken;
-    queue->all_done.wait(lock, [&] { return queue->done == n_items; });
-  }
-  if (queue->error) std::rethrow_exception(queue->error);
-}
+
+ private:
+  int64_t n_threads_;
+  SingleThreadedOps single_threaded_;  // constructed after n_threads_ is read
+};
 
 }  // namespace tgfr::cpu
