@@ -95,3 +95,42 @@ def test_calls_from_several_python_threads_at_once():
         for name in want:
             assert_close(have[name], want[name], rtol=1e-12, atol=1e-14, msg=name)
 
+
+
+# Calls made on ATen's inter-op pool itself, more at once than it has threads: the helpers each
+# call queues behind them may never start, and the call must not wait for them.
+FORKED_CALLS = """
+from typing import List
+import torch
+from tgfr.ops import info_nce, word_region_scores
+
+@torch.jit.script
+def forked(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, words: torch.Tensor,
+           regions: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+    losses = [torch.jit.fork(torch.ops.tgfr.info_nce, a, b, t, ids, 0, True, "cpp") for _ in range(6)]
+    scores = [torch.jit.fork(torch.ops.tgfr.word_region_scores, words, regions, mask, 4.0, 5.0, 1e-8, "cpp")
+              for _ in range(6)]
+    return [torch.jit.wait(f)[0] for f in losses] + [torch.jit.wait(f) for f in scores]
+
+gen = torch.Generator().manual_seed(14)
+a, b = torch.randn(300, 16, generator=gen, dtype=torch.float64), torch.randn(300, 16, generator=gen, dtype=torch.float64)
+t = torch.tensor(0.2, dtype=torch.float64)
+words, regions = torch.randn(40, 12, 10, generator=gen, dtype=torch.float64), torch.randn(5, 7, 10, generator=gen, dtype=torch.float64)
+mask = torch.arange(12)[None, :] < torch.randint(6, 13, (40,), generator=gen)[:, None]
+out = forked(a, b, t, torch.arange(300), words, regions, mask)
+loss, scores = info_nce(a, b, t, backend="cpp"), word_region_scores(words, regions, mask, backend="cpp")
+assert all(torch.equal(x, loss) for x in out[:6]), "info_nce"
+assert all(torch.equal(x, scores) for x in out[6:]), "word_region_scores"
+"""
+
+
+def test_calls_on_the_inter_op_pool_do_not_deadlock(tmp_path):
+    import subprocess
+    import sys
+
+    # in a child process, so that a deadlock fails this test instead of hanging the suite; from a
+    # file, which TorchScript needs for the source
+    script = tmp_path / "forked_calls.py"
+    script.write_text(FORKED_CALLS)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
