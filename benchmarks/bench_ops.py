@@ -1,7 +1,7 @@
 """CPU benchmark of word_region_scores and info_nce, idle and beside busy processes (see ``tgfr.bench.cpu``).
 Writes RESULTS.md, RESULTS.json and RESULTS.png beside this file.
 
-    python benchmarks/bench_ops.py                        # idle + 4 busy processes (about 10 minutes on 2 cores)
+    python benchmarks/bench_ops.py                        # idle + 4 busy processes (about 15 minutes on 2 cores)
     python benchmarks/bench_ops.py --background-load 0    # idle only
     python benchmarks/bench_ops.py --quick                # a smoke run
 """

@@ -29,8 +29,8 @@ namespace {
 // that every thread gets row blocks, down to kMinBlock.
 constexpr int64_t kBlock = 256, kMinBlock = 64;
 
-int64_t tile_side(int64_t size) {
-  const int64_t per_thread = (size + at::get_num_threads() - 1) / at::get_num_threads();
+int64_t tile_side(int64_t size, int64_t n_threads) {
+  const int64_t per_thread = (size + n_threads - 1) / n_threads;
   return std::clamp<int64_t>((per_thread + 15) / 16 * 16, kMinBlock, kBlock);
 }
 
@@ -117,7 +117,7 @@ at::Tensor accumulation_tensor(const at::Tensor& t) {
 }
 
 template <typename scalar_t>
-Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
+Problem<scalar_t> make_problem(const Workers& threads, const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature,
                                const at::Tensor& class_ids, int64_t offset, bool symmetric) {
   const int64_t B = a.size(0), M = b.size(0);
   const int64_t* ids = class_ids.data_ptr<int64_t>();
@@ -130,7 +130,7 @@ Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const a
           M,
           offset,
           symmetric,
-          tile_side(B)};
+          tile_side(B, threads.count(B))};
 }
 
 // Running (max, sum of exp(x - max)) of a log-sum-exp.
@@ -157,17 +157,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor
   auto lse_rows = at::empty({B}, a.options().dtype(acc));
   auto lse_cols = at::empty({symmetric ? B : 0}, a.options().dtype(acc));
   at::Tensor loss;
+  const Workers threads;
   AT_DISPATCH_FLOATING_TYPES(acc, "info_nce_forward_cpu", [&] {
-    const auto problem = make_problem<scalar_t>(a, b, temperature, class_ids, offset, symmetric);
+    const auto problem = make_problem<scalar_t>(threads, a, b, temperature, class_ids, offset, symmetric);
     const int64_t M = problem.M, n_row_blocks = problem.blocks(B), n_col_blocks = problem.blocks(M);
-    const int64_t n_workers = worker_count(n_row_blocks);
+    const int64_t n_workers = threads.count(n_row_blocks);
     RunningLse<scalar_t> rows_lse(B);
     // the positives' column statistics, one copy per worker (index k = column offset + k)
     std::vector<RunningLse<scalar_t>> cols_lse(n_workers, RunningLse<scalar_t>(symmetric ? B : 0));
     std::vector<TileBuffers> worker_buffers;
     for (int64_t w = 0; w < n_workers; ++w) worker_buffers.emplace_back(lse_rows.options());
 
-    for_each_item(n_row_blocks, [&](int64_t worker, int64_t row_block) {
+    threads.for_each_item(n_row_blocks, [&](int64_t worker, int64_t row_block) {
       auto& buf = worker_buffers[worker];
       auto& col_lse = cols_lse[worker];
       const int64_t i0 = row_block * problem.block, rows = std::min(problem.block, B - i0);
@@ -237,8 +238,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
   const int64_t B = a.size(0);
   const auto acc = accumulation_type(a);
   at::Tensor grad_a, grad_b, grad_temperature;
+  const Workers threads;
   AT_DISPATCH_FLOATING_TYPES(acc, "info_nce_backward_cpu", [&] {
-    const auto problem = make_problem<scalar_t>(a, b, temperature, class_ids, offset, symmetric);
+    const auto problem = make_problem<scalar_t>(threads, a, b, temperature, class_ids, offset, symmetric);
     const int64_t M = problem.M;
     grad_a = at::zeros_like(problem.a);
     grad_b = at::zeros_like(problem.b);
@@ -247,7 +249,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     const scalar_t scale = grad_loss.item<scalar_t>() / (symmetric ? 2 * B : B);
     const scalar_t* lse_r = lse_rows.data_ptr<scalar_t>();
     const scalar_t* lse_c = symmetric ? lse_cols.data_ptr<scalar_t>() : nullptr;
-    const int64_t n_workers = worker_count(std::max(problem.blocks(B), problem.blocks(M)));
+    const int64_t n_workers = threads.count(std::max(problem.blocks(B), problem.blocks(M)));
     std::vector<TileBuffers> worker_buffers;
     for (int64_t w = 0; w < n_workers; ++w) worker_buffers.emplace_back(grad_a.options());
     std::vector<std::vector<scalar_t>> worker_col_shift(n_workers, std::vector<scalar_t>(kBlock));
@@ -279,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
     };
 
     // l = a b^T / tau: grad_a = dl b / tau by row blocks, grad_b = dl^T a / tau by column blocks
-    for_each_item(problem.blocks(B), [&](int64_t worker, int64_t row_block) {
+    threads.for_each_item(problem.blocks(B), [&](int64_t worker, int64_t row_block) {
       const int64_t i0 = row_block * problem.block, rows = std::min(problem.block, B - i0);
       auto grad_rows = grad_a.narrow(0, i0, rows);
       for (int64_t j0 = 0; j0 < M; j0 += problem.block) {
@@ -288,7 +290,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward(
                          problem.inv_temperature);
       }
     });
-    for_each_item(problem.blocks(M), [&](int64_t worker, int64_t col_block) {
+    threads.for_each_item(problem.blocks(M), [&](int64_t worker, int64_t col_block) {
       const int64_t j0 = col_block * problem.block, cols = std::min(problem.block, M - j0);
       auto grad_cols = grad_b.narrow(0, j0, cols);
       for (int64_t i0 = 0; i0 < B; i0 += problem.block) {

@@ -279,14 +279,15 @@ void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf,
   grad_region.addmm_(grad_logits.t(), words);
 }
 
-// Calls work(item, buffers) for every item in [0, n_items) as parallel.h's for_each_item does,
+// Calls work(item, buffers) for every item in [0, n_items) as Workers::for_each_item does,
 // each worker with its own buffers, made on its first item. Returns the workers' buffers.
 template <typename scalar_t, typename Work>
-std::vector<std::unique_ptr<TileBuffers<scalar_t>>> for_each_tile_item(const Problem<scalar_t>& problem,
+std::vector<std::unique_ptr<TileBuffers<scalar_t>>> for_each_tile_item(const Workers& threads,
+                                                                        const Problem<scalar_t>& problem,
                                                                         int64_t n_items, bool backward,
                                                                         const Work& work) {
-  std::vector<std::unique_ptr<TileBuffers<scalar_t>>> workers(worker_count(n_items));
-  for_each_item(n_items, [&](int64_t worker, int64_t item) {
+  std::vector<std::unique_ptr<TileBuffers<scalar_t>>> workers(threads.count(n_items));
+  threads.for_each_item(n_items, [&](int64_t worker, int64_t item) {
     auto& buf = workers[worker];
     if (!buf) buf = std::make_unique<TileBuffers<scalar_t>>(problem, backward);
     work(item, *buf);
@@ -295,18 +296,23 @@ std::vector<std::unique_ptr<TileBuffers<scalar_t>>> for_each_tile_item(const Pro
 }
 
 template <typename scalar_t>
-Problem<scalar_t> make_problem(const PackedCaptions& packed, const at::Tensor& regions, double gamma1, double gamma2,
-                               double eps) {
+Problem<scalar_t> make_problem(const Workers& threads, const PackedCaptions& packed, const at::Tensor& regions,
+                               double gamma1, double gamma2, double eps) {
   const auto regions_acc = regions.to(packed.words.scalar_type()).contiguous();
+  const int64_t B_v = regions.size(0), N = regions.size(1);
   Problem<scalar_t> problem{packed,
                             regions_acc,
-                            at::bmm(regions_acc, regions_acc.transpose(1, 2)),
+                            at::empty({B_v, N, N}, regions_acc.options()),
                             {},
                             regions.size(1),
                             regions.size(2),
                             static_cast<scalar_t>(gamma1),
                             static_cast<scalar_t>(gamma2),
                             static_cast<scalar_t>(eps)};
+  threads.for_each_item(B_v, [&](int64_t, int64_t image) {
+    at::Tensor gram = problem.grams[image];
+    at::mm_out(gram, regions_acc[image], regions_acc[image].t());
+  });
   const int64_t n_words = packed.words.size(0), D = problem.D;
   const scalar_t* w = packed.words.data_ptr<scalar_t>();
   problem.word_norm.resize(n_words);
@@ -319,13 +325,14 @@ Problem<scalar_t> make_problem(const PackedCaptions& packed, const at::Tensor& r
 at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor& regions,
                                       const at::Tensor& word_mask, double gamma1, double gamma2, double eps) {
   const int64_t B_v = regions.size(0), B_t = words.size(0);
+  const Workers threads;
   const auto packed = pack_captions(words, word_mask);
   auto scores = at::empty({B_v, B_t}, packed.words.options());
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "word_region_scores_forward_cpu", [&] {
-    const auto problem = make_problem<scalar_t>(packed, regions, gamma1, gamma2, eps);
+    const auto problem = make_problem<scalar_t>(threads, packed, regions, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     scalar_t* out = scores.data_ptr<scalar_t>();
-    for_each_tile_item(problem, B_v * n_blocks, /*backward=*/false, [&](int64_t item, TileBuffers<scalar_t>& buf) {
+    for_each_tile_item(threads, problem, B_v * n_blocks, /*backward=*/false, [&](int64_t item, TileBuffers<scalar_t>& buf) {
       const int64_t image = item / n_blocks;
       forward_tile(problem, buf, image, item % n_blocks, out + image * B_t);
     });
@@ -340,17 +347,18 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
     const at::Tensor& word_mask, double gamma1, double gamma2, double eps) {
   const int64_t B_v = regions.size(0), N = regions.size(1), D = regions.size(2);
   const int64_t B_t = words.size(0), T = words.size(1);
+  const Workers threads;
   const auto packed = pack_captions(words, word_mask);
   const auto grad_scores_acc = grad_scores.to(packed.words.scalar_type()).contiguous();
-  auto grad_regions = at::zeros({B_v, N, D}, packed.words.options());
+  auto grad_regions = at::empty({B_v, N, D}, packed.words.options());  // zeroed image by image
   at::Tensor grad_packed_words;
   AT_DISPATCH_FLOATING_TYPES(packed.words.scalar_type(), "word_region_scores_backward_cpu", [&] {
-    const auto problem = make_problem<scalar_t>(packed, regions, gamma1, gamma2, eps);
+    const auto problem = make_problem<scalar_t>(threads, packed, regions, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     const scalar_t* grad_out = grad_scores_acc.data_ptr<scalar_t>();
     // an item is one image with all its caption blocks, so that its region gradient has one writer
-    const auto workers = for_each_tile_item(problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
-      const auto grad_region = grad_regions[image];
+    const auto workers = for_each_tile_item(threads, problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
+      const auto grad_region = grad_regions[image].zero_();
       buf.region_gram_grad.zero_();
       for (int64_t block = 0; block < n_blocks; ++block) {
         forward_tile(problem, buf, image, block, buf.image_scores.data());

@@ -59,11 +59,11 @@ def background_load(k: int):
 def specs(args, condition: str) -> list[dict]:
     out = []
     for batch in args.batches:
-        for impl in CPU_IMPLS["word_region"]:
+        for impl in (i for i in CPU_IMPLS["word_region"] if i in args.implementations):
             out.append(dict(op="word_region", impl=impl, dtype="fp32", batch=batch, device="cpu",
                             condition=condition, **WORD_REGION_SHAPE))
     for batch in args.info_nce_batches:
-        for impl in CPU_IMPLS["info_nce"]:
+        for impl in (i for i in CPU_IMPLS["info_nce"] if i in args.implementations):
             out.append(dict(op="info_nce", impl=impl, dtype="fp32", batch=batch, device="cpu",
                             condition=condition, D=INFO_NCE_DIM))
     return out
@@ -107,12 +107,15 @@ def main(argv=None) -> int:
                         help="small sizes (B=4, 8; InfoNCE B=256, 512) and few repeats: a smoke run")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64], help="word-region batch sizes")
     parser.add_argument("--info-nce-batches", type=int, nargs="+", default=[4096, 16384])
+    all_impls = sorted(set(CPU_IMPLS["word_region"] + CPU_IMPLS["info_nce"]))
+    parser.add_argument("--implementations", nargs="+", choices=all_impls, default=all_impls, metavar="IMPL",
+                        help=f"measure only these ({', '.join(all_impls)}; default all)")
     parser.add_argument("--background-load", type=int, default=4, metavar="K",
                         help="also measure beside K busy processes (0: idle only; default 4)")
     parser.add_argument("--target-s", type=float, default=2.0, help="timed seconds per row (default 2)")
     parser.add_argument("--min-repeats", type=int, default=2)
     parser.add_argument("--max-repeats", type=int, default=15)
-    parser.add_argument("--row-timeout-s", type=float, default=200.0, help="a row that takes longer is an error")
+    parser.add_argument("--row-timeout-s", type=float, default=600.0, help="a row that takes longer is an error (default 600)")
     parser.add_argument("--out", type=Path, default=None,
                         help="Markdown file to write, with .json and .png beside it (default: print only)")
     args = parser.parse_args(argv)

@@ -1,0 +1,76 @@
+"""The GEMM floor of the cpp word-region kernel: its matrix products alone, timed on one thread.
+
+The kernel (csrc/cpu/word_region_cpu.cpp) does per image and caption block of up to 256 words
+(`rows`): forward S = W R^T [rows, D]x[D, N] and A G [rows, N]x[N, N]; backward the same two again
+(it recomputes the tile) plus A^T diag(beta) A [N, rows]x[rows, N], dW += E R [rows, N]x[N, D] and
+dR += E^T W [N, rows]x[rows, D]; per image G = R R^T (forward and backward) and (.) R [N, N]x[N, D].
+This times those products with torch.mm on one thread (CPU time of the thread, so that other
+processes on the machine do not count), in the benchmark's shapes (ragged
+captions of T/2..T words), and divides by the thread count for the floor of a perfectly parallel run.
+
+    python benchmarks/gemm_floor.py --batch 64
+"""
+import argparse
+import time
+
+import torch
+
+KERNEL_BLOCK_ROWS = 256  # kBlockRows in word_region_cpu.cpp
+
+
+def caption_blocks(lengths: list[int]) -> list[int]:
+    """Word counts of the kernel's caption blocks (whole captions, a new block past 256 words)."""
+    blocks, rows = [], 0
+    for n in lengths:
+        if rows and rows + n > KERNEL_BLOCK_ROWS:
+            blocks.append(rows)
+            rows = 0
+        rows += n
+    return blocks + [rows]
+
+
+def timed(a, b, repeats):
+    out = torch.empty(a.shape[0], b.shape[1])
+    torch.mm(a, b, out=out)
+    start = time.thread_time()
+    for _ in range(repeats):
+        torch.mm(a, b, out=out)
+    return (time.thread_time() - start) / repeats
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--T", type=int, default=22)
+    parser.add_argument("--N", type=int, default=196)
+    parser.add_argument("--D", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    B, T, N, D = args.batch, args.T, args.N, args.D
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=gen).tolist()
+    x = lambda *shape: torch.randn(*shape, generator=gen)
+    per_rows = {}
+    for rows in sorted(set(caption_blocks(lengths))):
+        fwd = timed(x(rows, D), x(D, N), args.repeats) + timed(x(rows, N), x(N, N), args.repeats)
+        bwd = fwd + timed(x(N, rows), x(rows, N), args.repeats) + timed(x(rows, N), x(N, D), args.repeats) \
+            + timed(x(N, rows), x(rows, D), args.repeats)
+        per_rows[rows] = (fwd, bwd)
+    gram = timed(x(N, D), x(D, N), args.repeats)
+    last = timed(x(N, N), x(N, D), args.repeats)
+    blocks = caption_blocks(lengths)
+    forward = B * (gram + sum(per_rows[r][0] for r in blocks))
+    backward = B * (gram + last + sum(per_rows[r][1] for r in blocks))
+    words = sum(lengths)
+    flops = 2 * (B * words * N * (D + N) + B * N * N * D) \
+        + 2 * (B * words * N * (3 * D + 2 * N) + 2 * B * N * N * D)
+    print(f"B={B}: {words} words in {len(blocks)} blocks of {blocks[:3]}...; GEMM {flops / 1e9:.1f} GFLOP")
+    print(f"one thread: forward {forward * 1e3:.0f} ms, backward {backward * 1e3:.0f} ms, "
+          f"total {(forward + backward) * 1e3:.0f} ms ({flops / (forward + backward) / 1e9:.0f} GFLOP/s)")
+    print(f"floor on {threads} threads (perfect split): {(forward + backward) / threads * 1e3:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""How the cpp backend's CPU kernels use threads: the same values on one thread or several, and
+no deadlock or wrong value when called from several Python threads at once."""
+import threading
+
+import pytest
+import torch
+
+from conftest import assert_close
+from tgfr.ops import backends, info_nce, reference, word_region_scores
+
+pytestmark = pytest.mark.skipif(not backends.is_available("cpp", "cpu"), reason="tgfr._C not built")
+
+# Large enough for several work items per call: 5 images, and 40 captions of up to 12 words, so
+# more than one caption block of 256 words; InfoNCE B=200 gives 4 row blocks of 64 on 2 threads.
+WORD_REGION_SHAPE = (5, 40, 12, 7, 10)
+INFO_NCE_SHAPE = (200, 16)
+
+
+def word_region_inputs(gen, dtype=torch.float64):
+    B_v, B_t, T, N, D = WORD_REGION_SHAPE
+    words = torch.randn(B_t, T, D, generator=gen, dtype=dtype)
+    regions = torch.randn(B_v, N, D, generator=gen, dtype=dtype)
+    lengths = torch.randint(T // 2, T + 1, (B_t,), generator=gen)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    return words, regions, mask
+
+
+def info_nce_inputs(gen, dtype=torch.float64):
+    B, D = INFO_NCE_SHAPE
+    a = torch.nn.functional.normalize(torch.randn(B, D, generator=gen, dtype=dtype), dim=1)
+    b = torch.nn.functional.normalize(a + torch.randn(B, D, generator=gen, dtype=dtype), dim=1)
+    return a, b, torch.tensor(0.2, dtype=dtype)
+
+
+def values_and_grads(gen):
+    """Forward values and input gradients of both ops on fresh inputs, with a random upstream gradient."""
+    words, regions, mask = word_region_inputs(gen)
+    words.requires_grad_(), regions.requires_grad_()
+    scores = word_region_scores(words, regions, mask, backend="cpp")
+    upstream = torch.randn(scores.shape, generator=gen, dtype=scores.dtype)
+    scores.backward(upstream)
+    a, b, t = info_nce_inputs(gen)
+    a.requires_grad_(), b.requires_grad_()
+    loss = info_nce(a, b, t, backend="cpp")
+    loss.backward()
+    return {"scores": scores.detach(), "grad_words": words.grad, "grad_regions": regions.grad,
+            "loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad}
+
+
+def test_one_thread_and_two_threads_agree():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = values_and_grads(torch.Generator().manual_seed(11))
+        torch.set_num_threads(2)
+        two = values_and_grads(torch.Generator().manual_seed(11))
+    finally:
+        torch.set_num_threads(threads)
+    # every score and every region gradient has one writer whatever the thread count; the word
+    # gradients are sums of per-thread parts, so they may differ in rounding only
+    for name in ("scores", "grad_regions", "loss"):
+        assert torch.equal(one[name], two[name]), name
+    for name in ("grad_words", "grad_a", "grad_b"):
+        assert_close(two[name], one[name], rtol=1e-12, atol=1e-14, msg=name)
+
+
+def test_the_values_match_the_reference_on_several_threads():
+    gen = torch.Generator().manual_seed(12)
+    words, regions, mask = word_region_inputs(gen)
+    assert_close(word_region_scores(words, regions, mask, backend="cpp"),
+                 reference.word_region_scores_loop(words, regions, mask), rtol=1e-10, atol=1e-12)
+    a, b, t = info_nce_inputs(gen)
+    assert_close(info_nce(a, b, t, backend="cpp"), reference.info_nce_reference(a, b, t), rtol=1e-10, atol=1e-12)
+
+
+def test_calls_from_several_python_threads_at_once():
+    expected = [values_and_grads(torch.Generator().manual_seed(20 + i)) for i in range(4)]
+    got, errors = [None] * 4, []
+
+    def run(i):
+        try:
+            for _ in range(3):
+                got[i] = values_and_grads(torch.Generator().manual_seed(20 + i))
+        except Exception as error:  # reported below: an exception in a thread would pass silently
+            errors.append(error)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not any(worker.is_alive() for worker in workers), "a call from a Python thread did not return"
+    assert not errors, errors
+    for want, have in zip(expected, got):
+        for name in want:
+            assert_close(have[name], want[name], rtol=1e-12, atol=1e-14, msg=name)
+
+
+
+# Calls made on ATen's inter-op pool itself, more at once than it has threads: the helpers each
+# call queues behind them may never start, and the call must not wait for them.
+FORKED_CALLS = """
+from typing import List
+import torch
+from tgfr.ops import info_nce, word_region_scores
+
+@torch.jit.script
+def forked(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, words: torch.Tensor,
+           regions: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+    losses = [torch.jit.fork(torch.ops.tgfr.info_nce, a, b, t, ids, 0, True, "cpp") for _ in range(6)]
+    scores = [torch.jit.fork(torch.ops.tgfr.word_region_scores, words, regions, mask, 4.0, 5.0, 1e-8, "cpp")
+              for _ in range(6)]
+    return [torch.jit.wait(f)[0] for f in losses] + [torch.jit.wait(f) for f in scores]
+
+gen = torch.Generator().manual_seed(14)
+a, b = torch.randn(300, 16, generator=gen, dtype=torch.float64), torch.randn(300, 16, generator=gen, dtype=torch.float64)
+t = torch.tensor(0.2, dtype=torch.float64)
+words, regions = torch.randn(40, 12, 10, generator=gen, dtype=torch.float64), torch.randn(5, 7, 10, generator=gen, dtype=torch.float64)
+mask = torch.arange(12)[None, :] < torch.randint(6, 13, (40,), generator=gen)[:, None]
+out = forked(a, b, t, torch.arange(300), words, regions, mask)
+loss, scores = info_nce(a, b, t, backend="cpp"), word_region_scores(words, regions, mask, backend="cpp")
+assert all(torch.equal(x, loss) for x in out[:6]), "info_nce"
+assert all(torch.equal(x, scores) for x in out[6:]), "word_region_scores"
+"""
+
+
+def test_calls_on_the_inter_op_pool_do_not_deadlock(tmp_path):
+    import subprocess
+    import sys
+
+    # in a child process, so that a deadlock fails this test instead of hanging the suite; from a
+    # file, which TorchScript needs for the source
+    script = tmp_path / "forked_calls.py"
+    script.write_text(FORKED_CALLS)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
