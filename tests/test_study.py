@@ -108,3 +108,12 @@ def test_study_presets_give_valid_configs(preset):
             # YAML reads "2e-3" as a string: every rate must arrive as a number
             assert all(isinstance(getattr(step, key), float) for key in ("lr", "weight_decay")), (preset, run.name)
         assert isinstance(config.align.text_lr, float), (preset, run.name)
+
+
+def test_study_markdown_states_the_presets_deviations_from_the_paper():
+    from tgfr.study import STUDY_PRESETS, study_markdown
+
+    assert "frozen" in STUDY_PRESETS["quick"].deviations and not STUDY_PRESETS["paper"].deviations
+    details = {"preset": "quick", "deviations": STUDY_PRESETS["quick"].deviations, "seeds": [0, 1, 2]}
+    assert f"Deviations from the paper: {STUDY_PRESETS['quick'].deviations}." in study_markdown({}, details)
+    assert "Deviations" not in study_markdown({}, {"preset": "paper", "seeds": [0]})

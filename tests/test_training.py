@@ -91,6 +91,25 @@ def test_training_changes_only_the_current_step_modules(tmp_path):
     assert not torch.equal(after_image["word_projection.convs.0.weight"], after_align["word_projection.convs.0.weight"])
 
 
+def test_a_zero_caption_learning_rate_freezes_the_caption_encoder(tmp_path, monkeypatch):
+    calls = []  # (training mode, any parameter requiring a gradient) at each caption encoder call
+
+    def model_with_a_watched_text_encoder(*args, **kwargs):
+        model = model_class(*args, **kwargs)
+        model.text_encoder.register_forward_hook(
+            lambda module, _inputs, _output: calls.append(
+                (module.training, any(p.requires_grad for p in module.parameters()))))
+        return model
+
+    model_class = training_loop.TGFRModel
+    monkeypatch.setattr(training_loop, "TGFRModel", model_with_a_watched_text_encoder)
+    train(_config("fusion.epochs=0"), tmp_path / "trained")
+    assert calls and all(call == (True, True) for call in calls)
+    calls.clear()
+    train(_config("fusion.epochs=0", "align.text_lr=0"), tmp_path / "frozen")
+    assert calls and all(call == (False, False) for call in calls)  # eval mode (no dropout), no gradient
+
+
 def test_resume_adds_epochs_without_redoing_finished_ones(tmp_path):
     first = tmp_path / "interrupted"
     train(_config("fusion.epochs=1"), first)

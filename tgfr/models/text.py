@@ -124,7 +124,35 @@ class HFTextEncoder(nn.Module):
         limit = getattr(text_config, "max_position_embeddings", max_length)
         self.max_length = min(max_length, limit)
 
+        # frozen and in eval mode the token features of a caption never change: computed once each
+        self._frozen_features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._frozen_features.clear())
+
+    def train(self, mode: bool = True):
+        if mode:  # weights change in training mode only
+            self._frozen_features.clear()
+        return super().train(mode)
+
+    def _frozen(self) -> bool:
+        return not self.training and not (torch.is_grad_enabled()
+                                          and any(p.requires_grad for p in self.model.parameters()))
+
     def forward(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
+        captions = list(captions)
+        if not self._frozen():
+            return self._encode(captions)[:2]
+        missing = list(dict.fromkeys(c for c in captions if c not in self._frozen_features))
+        if missing:
+            hidden, mask, lengths = self._encode(missing)
+            for caption, h, m, length in zip(missing, hidden, mask, lengths.tolist()):
+                self._frozen_features[caption] = (h[:length].detach(), m[:length])
+        rows = [self._frozen_features[c] for c in captions]
+        hidden = torch.nn.utils.rnn.pad_sequence([h for h, _ in rows], batch_first=True)
+        mask = torch.nn.utils.rnn.pad_sequence([m for _, m in rows], batch_first=True)
+        return hidden, mask
+
+    def _encode(self, captions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token features, word mask and the tokenized length (with special tokens) of each caption."""
         batch = self.tokenizer(
             list(captions), padding=True, truncation=True, max_length=self.max_length,
             return_tensors="pt", return_special_tokens_mask=True,
@@ -137,7 +165,7 @@ class HFTextEncoder(nn.Module):
         empty = (~mask.any(1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"captions must contain at least one word; captions {empty} have none")
-        return hidden, mask
+        return hidden, mask, batch["attention_mask"].sum(1)
 
 
 def minilm_path() -> Path:

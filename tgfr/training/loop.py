@@ -88,6 +88,8 @@ class _Step:
                 for mode in s.modes
             })
         self.heads.to(device)
+        if config.align.text_lr == 0:  # frozen caption encoder, in the fusion step of a resumed run too
+            model.text_encoder.requires_grad_(False)
         self.optimizer = self._optimizer()
 
     def _trained_modules(self) -> list[nn.Module]:
@@ -95,7 +97,9 @@ class _Step:
         if self.name == "image":
             return [m.image_encoder]
         if self.name == "align":
-            return [getattr(m, part) for part in self.heads.trained]
+            # align.text_lr=0: a frozen caption encoder (eval mode, so its token features can be cached)
+            frozen_text = self.settings.text_lr == 0
+            return [getattr(m, part) for part in self.heads.trained if not (frozen_text and part == "text_encoder")]
         return [m.fusion_module(mode) for mode in self.settings.modes]
 
     def _optimizer(self) -> torch.optim.Optimizer:
