@@ -57,10 +57,11 @@ def test_one_thread_and_two_threads_agree():
     finally:
         torch.set_num_threads(threads)
     # every score and every region gradient has one writer whatever the thread count; the word
-    # gradients are sums of per-thread parts, so they may differ in rounding only
-    for name in ("scores", "grad_regions", "loss"):
+    # gradients are sums of per-thread parts, and InfoNCE's tile side follows the thread count
+    # (so its log-sum-exps merge other column blocks), so those may differ in rounding only
+    for name in ("scores", "grad_regions"):
         assert torch.equal(one[name], two[name]), name
-    for name in ("grad_words", "grad_a", "grad_b"):
+    for name in ("grad_words", "loss", "grad_a", "grad_b"):
         assert_close(two[name], one[name], rtol=1e-12, atol=1e-14, msg=name)
 
 
@@ -119,7 +120,9 @@ words, regions = torch.randn(40, 12, 10, generator=gen, dtype=torch.float64), to
 mask = torch.arange(12)[None, :] < torch.randint(6, 13, (40,), generator=gen)[:, None]
 out = forked(a, b, t, torch.arange(300), words, regions, mask)
 loss, scores = info_nce(a, b, t, backend="cpp"), word_region_scores(words, regions, mask, backend="cpp")
-assert all(torch.equal(x, loss) for x in out[:6]), "info_nce"
+# a pool thread may see another thread count, hence another InfoNCE tile side: rounding only
+for x in out[:6]:
+    torch.testing.assert_close(x, loss, rtol=1e-12, atol=1e-14)
 assert all(torch.equal(x, scores) for x in out[6:]), "word_region_scores"
 """
 
