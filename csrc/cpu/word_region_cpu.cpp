@@ -304,7 +304,7 @@ Problem<scalar_t> make_problem(const Workers& threads, const PackedCaptions& pac
                             regions_acc,
                             at::empty({B_v, N, N}, regions_acc.options()),
                             {},
-                            regions.size(1),
+                            N,
                             regions.size(2),
                             static_cast<scalar_t>(gamma1),
                             static_cast<scalar_t>(gamma2),
