@@ -8,6 +8,11 @@ This times those products with torch.mm on one thread (CPU time of the thread, s
 processes on the machine do not count), in the benchmark's shapes (ragged
 captions of T/2..T words), and divides by the thread count for the floor of a perfectly parallel run.
 
+It also prints the floor of a kernel that kept every tile's S and A G from the forward for the
+backward (no recomputation, no second Gram matrix), and what keeping them would hold: 2 B_v W N
+values, W the batch's words, the size the fused kernels never allocate. That floor bounds how fast
+any backend that recomputes can get against one that stores.
+
     python benchmarks/gemm_floor.py --batch 64
 """
 import argparse
@@ -70,6 +75,10 @@ def main():
     print(f"one thread: forward {forward * 1e3:.0f} ms, backward {backward * 1e3:.0f} ms, "
           f"total {(forward + backward) * 1e3:.0f} ms ({flops / (forward + backward) / 1e9:.0f} GFLOP/s)")
     print(f"floor on {threads} threads (perfect split): {(forward + backward) / threads * 1e3:.0f} ms")
+    recomputed = B * (gram + sum(per_rows[r][0] for r in blocks))
+    stored_mb = 2 * B * words * N * torch.finfo(torch.float32).bits / 8 / 2**20
+    print(f"without the backward's recomputation: floor {(forward + backward - recomputed) / threads * 1e3:.0f} ms, "
+          f"holding {stored_mb:.0f} MB of float32 tiles (S and A G) from the forward to the backward")
 
 
 if __name__ == "__main__":
