@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from .atomic import save_tensors
 
 from .data import QUALITY_LEVELS
 
@@ -158,9 +159,7 @@ def _face_encoder(base_overrides, seed_dir: Path, log=print) -> Path:
         started, cpu_started = time.perf_counter(), time.process_time()
         face_config = load_config("paper", [*base_overrides, "align.epochs=0", "fusion.epochs=0"])
         checkpoint = train(face_config, seed_dir / "face", resume=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(load_model(checkpoint).image_encoder.state_dict(), tmp)
-        tmp.replace(path)
+        save_tensors(load_model(checkpoint).image_encoder.state_dict(), path)
         log(f"{seed_dir.name} face encoder: {time.perf_counter() - started:.1f} s wall, "
             f"{time.process_time() - cpu_started:.1f} s CPU")
     return path

@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..atomic import write_text
+
 ROW_PREFIX = "tgfr-bench-row "
 CONTEXT_LOST = 3  # a worker's exit status after a CUDA error that poisons its context
 
@@ -291,6 +293,4 @@ class ResultsFile:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps(self.data, indent=1, default=str))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from ..atomic import save_tensors
 
 from .data import images_to_tensor
 
@@ -99,10 +100,8 @@ def gallery_index(run_dir, model, config, gallery: str | Path | None, splits_fn)
         identities = [p.parent.name if p.parent != root else p.stem for p in files]
     index = GalleryIndex(_embed(model.eval(), images), names, identities, images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"embeddings": index.embeddings, "names": names, "identities": identities,
-                "images": torch.from_numpy(np.ascontiguousarray(images))}, tmp)
-    os.replace(tmp, path)
+    save_tensors({"embeddings": index.embeddings, "names": names, "identities": identities,
+                  "images": torch.from_numpy(np.ascontiguousarray(images))}, path)
     return index, path, False
 
 

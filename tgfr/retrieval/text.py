@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..atomic import save_tensors
+
 
 @dataclass
 class TextFeatures:
@@ -104,8 +106,6 @@ def cached_text_features(encoder_name: str, captions, cache_dir, max_tokens: int
                             {c: i for i, c in enumerate(state["captions"])})
     features = SentenceEncoder(encoder_name, max_tokens)(captions)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"sentences": features.sentences, "tokens": features.tokens, "mask": features.mask,
-                "captions": captions}, tmp)
-    os.replace(tmp, path)
+    save_tensors({"sentences": features.sentences, "tokens": features.tokens, "mask": features.mask,
+                  "captions": captions}, path)
     return features

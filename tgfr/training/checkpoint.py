@@ -12,10 +12,11 @@ run continues exactly where the last finished epoch left it.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from ..atomic import save_tensors
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -28,13 +29,7 @@ def checkpoint_path(checkpoint_or_out_dir) -> Path:
 
 def save_checkpoint(state: dict, path) -> None:
     """Write ``state`` to ``path`` atomically: a killed run leaves the previous checkpoint intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_tensors({"format": FORMAT_VERSION, **state}, path)
 
 
 def read_checkpoint(checkpoint_or_out_dir) -> dict:

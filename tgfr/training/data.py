@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..atomic import write_text
+
 from ..data import FaceCaptionDataset, SyntheticConfig, build_synthetic_splits
 from ..data.sources import (SPLIT_RULES, DataError, check_images, read_dataset, select_records, split_dataset,
                             split_names)
@@ -79,11 +81,8 @@ def build_splits(config, progress: bool = False) -> DataSplits:
 
 
 def write_split(info: dict, out_dir) -> Path:
-    path = Path(out_dir) / SPLIT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**info, "num_train": len(info["train"]), "num_test": len(info["test"])}, indent=1))
-    tmp.replace(path)
-    return path
+    return write_text(Path(out_dir) / SPLIT_FILE,
+                      json.dumps({**info, "num_train": len(info["train"]), "num_test": len(info["test"])}, indent=1))
 
 
 def check_same_split(info: dict, run_dir) -> None:

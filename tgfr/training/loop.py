@@ -235,7 +235,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
     splits = build_splits(config, progress=config.progress)  # bad input stops here, before any training
     if saved is not None:
         check_same_split(splits.info, out_dir)  # a resumed run trains on the photos it started with
-    write_split(splits.info, out_dir)
+    if ranks.is_main:  # every rank built the same split; one writes it, as with the config and checkpoints
+        write_split(splits.info, out_dir)
     split = splits.train
     cache_dir = Path(config.feature_cache_dir).expanduser() if config.feature_cache_dir else out_dir / "features"
     dataset_key = {"data": config.data} if config.dataset == "synthetic" else {}
