@@ -14,11 +14,15 @@ values, W the batch's words, the size the fused kernels never allocate. That flo
 any backend that recomputes can get against one that stores.
 
     python benchmarks/gemm_floor.py --batch 64
+    python benchmarks/gemm_floor.py --out benchmarks/GEMM_FLOOR.md   # the same, also written down with the machine
 """
 import argparse
 import time
 
 import torch
+
+from tgfr.atomic import write_text
+from tgfr.bench.runner import environment
 
 KERNEL_BLOCK_ROWS = 256  # kBlockRows in word_region_cpu.cpp
 
@@ -50,7 +54,9 @@ def main():
     parser.add_argument("--N", type=int, default=196)
     parser.add_argument("--D", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", help="also write the lines to this Markdown file, with the machine and date")
     args = parser.parse_args()
+    env = environment("cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     B, T, N, D = args.batch, args.T, args.N, args.D
@@ -71,14 +77,21 @@ def main():
     words = sum(lengths)
     flops = 2 * (B * words * N * (D + N) + B * N * N * D) \
         + 2 * (B * words * N * (3 * D + 2 * N) + 2 * B * N * N * D)
-    print(f"B={B}: {words} words in {len(blocks)} blocks of {blocks[:3]}...; GEMM {flops / 1e9:.1f} GFLOP")
-    print(f"one thread: forward {forward * 1e3:.0f} ms, backward {backward * 1e3:.0f} ms, "
-          f"total {(forward + backward) * 1e3:.0f} ms ({flops / (forward + backward) / 1e9:.0f} GFLOP/s)")
-    print(f"floor on {threads} threads (perfect split): {(forward + backward) / threads * 1e3:.0f} ms")
-    recomputed = B * (gram + sum(per_rows[r][0] for r in blocks))
+    lines = [f"B={B}: {words} words in {len(blocks)} blocks of {blocks[:3]}...; GEMM {flops / 1e9:.1f} GFLOP",
+             f"one thread: forward {forward * 1e3:.0f} ms, backward {backward * 1e3:.0f} ms, "
+             f"total {(forward + backward) * 1e3:.0f} ms ({flops / (forward + backward) / 1e9:.0f} GFLOP/s)",
+             f"floor on {threads} threads (perfect split): {(forward + backward) / threads * 1e3:.0f} ms"]
+    # the backward recomputes exactly the forward's products (Gram matrices included), so a kernel that kept
+    # them would do the forward's products once plus the backward's own: as many as the backward alone
     stored_mb = 2 * B * words * N * torch.finfo(torch.float32).bits / 8 / 2**20
-    print(f"without the backward's recomputation: floor {(forward + backward - recomputed) / threads * 1e3:.0f} ms, "
-          f"holding {stored_mb:.0f} MB of float32 tiles (S and A G) from the forward to the backward")
+    lines.append(f"without the backward's recomputation: floor {backward / threads * 1e3:.0f} ms, holding "
+                 f"{stored_mb:.0f} MB of float32 tiles (S and A G) from the forward to the backward")
+    print("\n".join(lines))
+    if args.out:
+        header = (f"# GEMM floor of the cpp word-region kernel\n\nMachine: {env['cpu']}, {env['cores']} cores; "
+                  f"Python {env['python']}, torch {env['torch']}; {env['date']}. Produced by "
+                  f"`python benchmarks/gemm_floor.py --batch {B} --T {T} --N {N} --D {D}` (float32).\n\n")
+        write_text(args.out, header + "```\n" + "\n".join(lines) + "\n```\n")
 
 
 if __name__ == "__main__":
