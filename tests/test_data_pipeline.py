@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from tgfr.evaluation.metrics import all_pair_scores, pair_scores
 from tgfr.models.tgfr import ModelConfig, build_image_encoder
 from tgfr.training import TrainingViews, load_config
 from tgfr.training.data import FeatureViews, collate_batch, make_loader, synthetic_config
-from tgfr.training.features import cached_features
+from tgfr.training.features import REGIONS_FILE, _write_entry, cached_features
 
 FAST_EVAL = ["--levels", "normal", "very_bad", "--modes", "image", "tgfr", "--attention-examples", "1"]
 
@@ -197,6 +198,13 @@ def test_feature_cache_is_exact_and_invalidated_when_the_weights_change(tmp_path
     assert batch["label"].tolist() == views.labels[[73, 2, 51]].tolist()
     assert cached_features(encoder, views, tmp_path, "synthetic", batch_size=16)[1] == 0
     entries = sorted(p for p in tmp_path.glob("*/*"))
+    # a second job sharing the cache that encoded the same entry meanwhile keeps the first one's files
+    # (which the first may be reading) and leaves no temporary behind
+    view0 = next(p for p in entries if "-view0-" in p.parent.name)
+    first_files = os.stat(view0 / REGIONS_FILE).st_ino
+    _write_entry(encoder, views, 0, view0, 16, 0, "cpu", False)
+    assert os.stat(view0 / REGIONS_FILE).st_ino == first_files
+    assert sorted(p for p in tmp_path.glob("*/*")) == entries
     with torch.no_grad():
         next(encoder.parameters()).add_(0.5)
     arrays, encoded = cached_features(encoder, views, tmp_path, "synthetic", batch_size=16)

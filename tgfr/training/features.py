@@ -78,9 +78,15 @@ def _write_entry(encoder, views: TrainingViews, view: int, path: Path, batch_siz
     out_regions.flush()
     del out_global, out_regions
     for stale in path.parent.glob("*"):  # other weights' features of these photos are invalid now
-        if stale.is_dir() and not stale.name.startswith("."):
+        if stale.is_dir() and not stale.name.startswith(".") and stale != path:
             shutil.rmtree(stale, ignore_errors=True)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        # another job sharing the cache wrote this entry meanwhile (and may be reading it): keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / REGIONS_FILE).is_file():
+            raise
 
 
 def cached_features(encoder, views: TrainingViews, cache_dir, dataset: str, extra: dict | None = None,
