@@ -149,10 +149,9 @@ class Workers {
         queue->finish(queue->drain(worker, work));
       });
     }
-    const int64_t taken = queue->drain(0, work);
+    queue->finish(queue->drain(0, work));
     {
       std::unique_lock<std::mutex> lock(queue->mutex);
-      queue->done += taken;
       queue->all_done.wait(lock, [&] { return queue->done == n_items; });
     }
     if (queue->error) std::rethrow_exception(queue->error);

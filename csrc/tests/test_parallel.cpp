@@ -1,14 +1,14 @@
 // Tests of Workers::for_each_item (csrc/cpu/parallel.h), the scheduler under both CPU kernels:
 // every item runs once, on a worker index below count() that no other item is using at the same
 // time; the first exception an item throws reaches the caller after every item taken has
-// finished (how many others were skipped depends on timing, so it is not checked); a call from inside an item completes; the caller's thread settings come back.
+// finished (how many others were skipped depends on timing, so it is not checked); a call from
+// inside an item completes; the caller's thread settings come back.
 // Exit status 0 when every check passes.
 #include <ATen/Parallel.h>
 
 #include <atomic>
 #include <chrono>
 #include <iostream>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -35,7 +35,7 @@ void test_every_item_once(int threads, int64_t n_items) {
   const Workers workers;
   const int64_t n_workers = workers.count(n_items);
   std::vector<std::atomic<int>> runs(static_cast<size_t>(n_items));
-  std::vector<std::atomic<int>> busy(static_cast<size_t>(std::max<int64_t>(n_workers, 1)));
+  std::vector<std::atomic<int>> busy(static_cast<size_t>(n_workers));
   std::atomic<bool> worker_in_range{true}, worker_shared{false};
   workers.for_each_item(n_items, [&](int64_t worker, int64_t item) {
     if (worker < 0 || worker >= n_workers) {
