@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import save_tensors
-
+from .atomic import save_tensors, write_text
 from .data import QUALITY_LEVELS
 
 FARS = (1e-5, 1e-4, 1e-3)
@@ -225,7 +224,7 @@ def run_study(out_dir, preset: str = "quick", text_model: str | None = "auto", s
                                            f"feature_cache_dir={seed_dir / 'features'}"])
             checkpoint = train(config, run_dir / "train", resume=True)
             scored = _score_run(checkpoint, run.modes, test, protocol)
-            result_file.write_text(json.dumps(scored) + "\n")
+            write_text(result_file, json.dumps(scored) + "\n")  # its existence marks the run done
             results.setdefault(run.name, {})[seed] = scored
             log(f"seed {seed} {run.name}: {time.perf_counter() - run_started:.1f} s wall, "
                 f"{time.process_time() - cpu_started:.1f} s CPU")
