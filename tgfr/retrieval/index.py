@@ -19,7 +19,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..atomic import save_tensors
-
 from .data import images_to_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

@@ -23,7 +23,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import write_text
-
 from ..data import FaceCaptionDataset, SyntheticConfig, build_synthetic_splits
 from ..data.sources import (SPLIT_RULES, DataError, check_images, read_dataset, select_records, split_dataset,
                             split_names)

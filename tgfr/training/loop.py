@@ -88,7 +88,10 @@ class _Step:
                 for mode in s.modes
             })
         self.heads.to(device)
-        if config.align.text_lr == 0:  # frozen caption encoder, in the fusion step of a resumed run too
+        # align.text_lr=0: a frozen caption encoder (eval mode, so its token features can be cached),
+        # in the fusion step of a resumed run too
+        self.frozen_text = config.align.text_lr == 0
+        if self.frozen_text:
             model.text_encoder.requires_grad_(False)
         self.optimizer = self._optimizer()
 
@@ -97,9 +100,8 @@ class _Step:
         if self.name == "image":
             return [m.image_encoder]
         if self.name == "align":
-            # align.text_lr=0: a frozen caption encoder (eval mode, so its token features can be cached)
-            frozen_text = self.settings.text_lr == 0
-            return [getattr(m, part) for part in self.heads.trained if not (frozen_text and part == "text_encoder")]
+            return [getattr(m, part) for part in self.heads.trained
+                    if not (self.frozen_text and part == "text_encoder")]
         return [m.fusion_module(mode) for mode in self.settings.modes]
 
     def _optimizer(self) -> torch.optim.Optimizer:
