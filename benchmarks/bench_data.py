@@ -21,11 +21,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tgfr.data import (FaceCaptionDataset, collate_face_captions, load_real_captions, render_face, sample_identity,
-                       sample_variation)
+from tgfr.data import (
+    FaceCaptionDataset,
+    collate_face_captions,
+    load_real_captions,
+    render_face,
+    sample_identity,
+    sample_variation,
+)
 from tgfr.data.sources import read_dataset
-from tgfr.models.tgfr import TGFRModel
 from tgfr.models.text import Vocabulary
+from tgfr.models.tgfr import TGFRModel
 from tgfr.training import load_config
 from tgfr.training.data import TrainingViews
 from tgfr.training.loop import _run_epoch, _Step

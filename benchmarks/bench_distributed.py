@@ -56,8 +56,8 @@ def _peak_rss_bytes() -> int:
 
 
 def _rank(rank, world, port, args, queue):
-    from tgfr.ops import info_nce, word_region_loss
     from tgfr.ops import distributed as dist_ops
+    from tgfr.ops import info_nce, word_region_loss
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device == "cpu" else f"cuda:{rank}")

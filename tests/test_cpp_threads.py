@@ -4,8 +4,8 @@ import threading
 
 import pytest
 import torch
-
 from conftest import assert_close
+
 from tgfr.ops import backends, info_nce, reference, word_region_scores
 
 pytestmark = pytest.mark.skipif(not backends.is_available("cpp", "cpu"), reason="tgfr._C not built")

@@ -9,10 +9,29 @@ import pytest
 import torch
 
 from tgfr.data import (
-    ATTRIBUTE_VALUES, QUALITY_LEVELS, FaceCaptionDataset, FaceRecord, IdentityProfile, SyntheticConfig,
-    build_synthetic_splits, celebahq_identities, collate_face_captions, degrade, generate_synthetic,
-    identification_split, load_real_captions, make_caption, read_celeba_dialog, read_face2text,
-    read_mmcelebahq, render_face, sample_identity, sample_variation, split_identities, verification_pairs)
+    ATTRIBUTE_VALUES,
+    QUALITY_LEVELS,
+    FaceCaptionDataset,
+    FaceRecord,
+    IdentityProfile,
+    SyntheticConfig,
+    build_synthetic_splits,
+    celebahq_identities,
+    collate_face_captions,
+    degrade,
+    generate_synthetic,
+    identification_split,
+    load_real_captions,
+    make_caption,
+    read_celeba_dialog,
+    read_face2text,
+    read_mmcelebahq,
+    render_face,
+    sample_identity,
+    sample_variation,
+    split_identities,
+    verification_pairs,
+)
 from tgfr.data.captions import TEMPLATE_PHRASES
 from tgfr.evaluation.metrics import min_impostors_for_far
 

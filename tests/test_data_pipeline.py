@@ -7,11 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from data_trees import LAYOUTS, make_tree
+
 from tgfr.cli import main
-from tgfr.data import FaceCaptionDataset, build_synthetic_splits, verification_pairs
-from tgfr.data import sources
+from tgfr.data import FaceCaptionDataset, build_synthetic_splits, sources, verification_pairs
 from tgfr.evaluation.metrics import all_pair_scores, pair_scores
 from tgfr.models.tgfr import ModelConfig, build_image_encoder
 from tgfr.training import TrainingViews, load_config

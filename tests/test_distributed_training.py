@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import torch
+from test_distributed import free_port, kernel_runs
 
 from tgfr.training import read_checkpoint
-
-from test_distributed import free_port, kernel_runs
 
 ARGS = ["--preset", "smoke", "data.num_identities=12", "data.images_per_identity=3", "data.captions_per_image=2",
         "image.epochs=0", "align.epochs=3", "align.batch_size=12", "align.grad_cache_chunk=4",

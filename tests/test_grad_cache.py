@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from tgfr.models.text import Vocabulary
+from tgfr.models.tgfr import TGFRModel
 from tgfr.training import load_config
 from tgfr.training import loop as training_loop
 from tgfr.training.data import TrainingViews, build_splits, collate_batch, sample_captions
 from tgfr.training.distributed import Distributed
 from tgfr.training.grad_cache import chunked_backward
-from tgfr.models.text import Vocabulary
-from tgfr.models.tgfr import TGFRModel
 
 RTOL, ATOL = 1e-9, 1e-12
 

@@ -13,8 +13,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import BACKEND_DEVICES, assert_close, expected_missing_reason
+
 from tgfr.ops import backends, info_nce, reference, word_region_loss, word_region_scores
 
 # (B_v, B_t, T, N, D): odd sizes, B_v != B_t, T = 1, N = 1, D not a multiple of 8.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from data_trees import make_tree
+
 from tgfr.data.readers import CELEBA_DIALOG_LEVELS, read_celeba_dialog_levels
 from tgfr.retrieval.data import build_celeba_dialog_splits, describe_change
 

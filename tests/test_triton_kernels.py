@@ -9,8 +9,8 @@ mantissa, float16: 11). On the CPU the kernels run under ``TRITON_INTERPRET=1``
 """
 import pytest
 import torch
-
 from conftest import assert_close
+
 from tgfr.ops import backends, reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

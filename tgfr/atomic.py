@@ -9,8 +9,9 @@ cache) do not rename each other's files away; the last rename wins.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import torch
 

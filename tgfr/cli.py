@@ -72,7 +72,6 @@ def _add_data_arguments(command: argparse.ArgumentParser) -> None:
 
 def _data_overrides(args) -> list[str]:
     """The data options given on the command line as config overrides (they win over the config file)."""
-    import json
 
     values = {"dataset": args.dataset, "data_root": args.data_root, "num_workers": args.workers,
               "skip_bad": getattr(args, "skip_bad", None)}
@@ -199,9 +198,8 @@ def _run_demo(args) -> int:
 
 
 def _run_train(args) -> int:
-    from .training import train
-
     from .data.sources import DataError
+    from .training import train
 
     config = _load_config("train", args.config or args.preset, [*args.overrides, *_data_overrides(args)])
     try:
@@ -217,9 +215,8 @@ def _run_train(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from .evaluation import evaluate_checkpoint
-
     from .data.sources import DataError
+    from .evaluation import evaluate_checkpoint
 
     try:
         paths = evaluate_checkpoint(args.checkpoint, args.out, levels=args.levels, modes=args.modes,

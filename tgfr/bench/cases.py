@@ -7,8 +7,8 @@ reference functions are called, so every backend is measured through the API use
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -47,15 +47,13 @@ captions shipped with the package (tokenizer and text-encoder tests, length stat
 from .captions import CAPTION_STYLES, Caption, CaptionFact, make_caption
 from .dataset import FaceCaptionDataset, FaceRecord, collate_face_captions, image_to_tensor
 from .identities import ATTRIBUTE_VALUES, GEOMETRY_NAMES, IdentityProfile, sample_identity
-from .protocols import (IdentificationSplit, VerificationPairs, identification_split,
-                        verification_pairs)
+from .protocols import IdentificationSplit, VerificationPairs, identification_split, verification_pairs
 from .quality import QUALITY_LEVELS, degrade
 from .readers import celebahq_identities, read_celeba_dialog, read_celeba_identities, read_face2text, read_mmcelebahq
 from .real_captions import REAL_CAPTION_CORPORA, load_real_captions
 from .render import ImageVariation, render_face, sample_variation
 from .sources import DATASETS, DataError, DataSplit, read_dataset, split_dataset
-from .synthetic import (SyntheticConfig, SyntheticFaces, build_synthetic_splits, generate_synthetic,
-                        split_identities)
+from .synthetic import SyntheticConfig, SyntheticFaces, build_synthetic_splits, generate_synthetic, split_identities
 
 __all__ = [
     "ATTRIBUTE_VALUES", "CAPTION_STYLES", "DATASETS", "DataError", "DataSplit", "read_dataset", "split_dataset", "GEOMETRY_NAMES", "QUALITY_LEVELS", "Caption", "CaptionFact",

@@ -19,8 +19,8 @@ Captions talk about the identity's persistent attributes plus the photo's expres
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 

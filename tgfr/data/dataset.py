@@ -11,8 +11,8 @@ reproducible, identical across DataLoader workers, and change with :meth:`set_ep
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -137,12 +137,12 @@ class FaceCaptionDataset(Dataset):
         """Draw fresh qualities, degradations and captions (like ``DistributedSampler``)."""
         self.epoch = int(epoch)
 
-    def with_quality(self, quality: str) -> "FaceCaptionDataset":
+    def with_quality(self, quality: str) -> FaceCaptionDataset:
         """The same photos at another quality, sharing labels."""
         return FaceCaptionDataset(self.records, quality, self.image_size, self.caption_choice,
                                   self.seed, self.identity_keys)
 
-    def subset(self, indices: Sequence[int]) -> "FaceCaptionDataset":
+    def subset(self, indices: Sequence[int]) -> FaceCaptionDataset:
         """The photos at ``indices``, sharing labels (gallery and probe sets)."""
         return FaceCaptionDataset([self.records[int(i)] for i in indices], self.quality,
                                   self.image_size, self.caption_choice, self.seed, self.identity_keys)

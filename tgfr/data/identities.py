@@ -10,9 +10,9 @@ share every discrete attribute, and what image degradation destroys first.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 import numpy as np
 

@@ -57,8 +57,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from .dataset import FaceRecord
 

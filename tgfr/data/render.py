@@ -125,7 +125,7 @@ class _Layout:
     lip_rgb: tuple[int, int, int]
 
     @classmethod
-    def of(cls, profile: IdentityProfile, variation: ImageVariation) -> "_Layout":
+    def of(cls, profile: IdentityProfile, variation: ImageVariation) -> _Layout:
         a, g = profile.attributes, profile.geometry_value
         rx = 0.25 + 0.022 * g("face_width")
         ry = 0.32 + 0.022 * g("face_height")

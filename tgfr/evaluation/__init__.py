@@ -1,14 +1,32 @@
 """Evaluation: verification and identification metrics, the per-quality-level protocol, reports."""
 from .attention import plot_attention_grid
-from .metrics import (FAR_TARGETS, VerificationResult, area_under_curve, equal_error_rate, min_impostors_for_far,
-                      pair_scores, rank1_accuracy, roc_curve, tar_at_far, verification_metrics)
-from .protocol import (EVAL_MODES, FaceSet, TestProtocol, embed_faces, evaluate, evaluate_checkpoint,
-                       evaluate_face_sets, score_embeddings)
-from .report import Result, markdown_table, plot_roc, write_report
 
 # real test sets: every pair scored in row blocks, photos embedded batch by batch
-from .metrics import all_pair_scores
-from .protocol import embed_dataset
+from .metrics import (
+                      FAR_TARGETS,
+                      VerificationResult,
+                      all_pair_scores,
+                      area_under_curve,
+                      equal_error_rate,
+                      min_impostors_for_far,
+                      pair_scores,
+                      rank1_accuracy,
+                      roc_curve,
+                      tar_at_far,
+                      verification_metrics,
+)
+from .protocol import (
+                      EVAL_MODES,
+                      FaceSet,
+                      TestProtocol,
+                      embed_dataset,
+                      embed_faces,
+                      evaluate,
+                      evaluate_checkpoint,
+                      evaluate_face_sets,
+                      score_embeddings,
+)
+from .report import Result, markdown_table, plot_roc, write_report
 
 __all__ = [
     "EVAL_MODES", "FAR_TARGETS", "FaceSet", "Result", "TestProtocol", "VerificationResult", "area_under_curve",

@@ -46,7 +46,7 @@ class FaceSet:
             )
 
     @classmethod
-    def from_dataset(cls, dataset) -> "FaceSet":
+    def from_dataset(cls, dataset) -> FaceSet:
         """Every item of a :class:`tgfr.data.FaceCaptionDataset`, rendered at its quality."""
         batch = collate_face_captions([dataset[i] for i in range(len(dataset))])
         return cls(batch["image"], batch["caption"], batch["identity"])
@@ -61,7 +61,7 @@ class TestProtocol:
     probes: np.ndarray  # all other photo indices
 
     @classmethod
-    def for_labels(cls, labels, seed: int = 0) -> "TestProtocol":
+    def for_labels(cls, labels, seed: int = 0) -> TestProtocol:
         labels = np.asarray(labels)
         split = identification_split(labels, seed)
         _, sizes = np.unique(labels, return_counts=True)

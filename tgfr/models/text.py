@@ -32,7 +32,7 @@ class Vocabulary:
         self.index = {w: i for i, w in enumerate(self.words)}
 
     @classmethod
-    def from_captions(cls, captions, min_count: int = 1) -> "Vocabulary":
+    def from_captions(cls, captions, min_count: int = 1) -> Vocabulary:
         counts = Counter(w for c in captions for w in tokenize(c))
         # most frequent first, ties alphabetical: the same captions give the same vocabulary
         return cls(w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count)

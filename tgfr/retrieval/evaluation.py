@@ -104,7 +104,6 @@ def evaluate_model(model, split: RetrievalSplit, text, backend: str = "auto") ->
     gallery_main, gallery_clip, _ = embed_images(model, gallery_images)
     reference_main, reference_clip, _ = embed_images(model, changes.reference)
     change_sentences = text.sentence(changes.captions)
-    count = len(changes.captions)
     target_keys, other_keys = changes.gallery_keys()
     composed_relevant = torch.as_tensor(target_keys[:, None] == np.concatenate([target_keys, other_keys])[None])
     composed = {

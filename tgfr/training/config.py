@@ -12,7 +12,7 @@ import dataclasses
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union, get_args, get_origin, get_type_hints  # noqa: UP035
+from typing import Union, get_args, get_origin, get_type_hints  # noqa: UP035
 
 import yaml
 
@@ -124,9 +124,9 @@ class TrainConfig:
     num_threads: int = 0
     progress: bool = True
     cache_frozen_features: bool = True
-    feature_cache_dir: Optional[str] = None
+    feature_cache_dir: str | None = None
     dataset: str = "synthetic"
-    data_root: Optional[str] = None
+    data_root: str | None = None
     skip_bad: bool = False
     num_workers: int = 0
     data: dict = field(default_factory=dict)

@@ -24,8 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import write_text
 from ..data import FaceCaptionDataset, SyntheticConfig, build_synthetic_splits
-from ..data.sources import (SPLIT_RULES, DataError, check_images, read_dataset, select_records, split_dataset,
-                            split_names)
+from ..data.sources import (
+    SPLIT_RULES,
+    DataError,
+    check_images,
+    read_dataset,
+    select_records,
+    split_dataset,
+    split_names,
+)
 
 SPLIT_FILE = "split.json"
 log = logging.getLogger("tgfr.data")

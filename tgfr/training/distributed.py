@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -72,7 +73,7 @@ class Distributed:
         return dist.group.WORLD if self.enabled else None
 
     @classmethod
-    def from_environment(cls, config: DistributedConfig, device: torch.device) -> "Distributed":
+    def from_environment(cls, config: DistributedConfig, device: torch.device) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
@@ -116,7 +117,7 @@ class Distributed:
                                                        find_unused_parameters=True)
         step.loss = step.ddp  # every batch loss goes through DDP's forward
 
-    def batch_sampler(self, count: int, batch_size: int, seed: int) -> "_RankBatches":
+    def batch_sampler(self, count: int, batch_size: int, seed: int) -> _RankBatches:
         """This rank's batches of an epoch (a ``DataLoader`` ``batch_sampler``); the ranks' batches together
         form the global batches of ``batch_size`` (rounded up to a multiple of the world size)."""
         sampler = DistributedSampler(range(count), num_replicas=self.world, rank=self.rank, shuffle=True, seed=seed)

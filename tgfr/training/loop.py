@@ -33,13 +33,21 @@ from ..models.text import Vocabulary
 from ..models.tgfr import TGFRModel
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_dict, save_config
-from .data import (FeatureViews, TrainingViews, build_splits, check_same_split, make_batch_sampler, make_loader,
-                   sample_captions, write_split)
+from .data import (
+    FeatureViews,
+    TrainingViews,
+    build_splits,
+    check_same_split,
+    make_batch_sampler,
+    make_loader,
+    sample_captions,
+    write_split,
+)
+from .distributed import Distributed
 from .features import cached_features
+from .grad_cache import align_loss_and_backward
 from .objectives import build_align_loss, flipped_rows, pairs_views, second_view_captions
 from .sampler import SubjectPairBatchSampler
-from .distributed import Distributed
-from .grad_cache import align_loss_and_backward
 
 STEPS = ("image", "align", "fusion")
 LOG_NAME = "log.jsonl"

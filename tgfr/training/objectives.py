@@ -13,7 +13,6 @@ from torch import nn
 
 from ..models.baselines import CaptionIdentityLoss, CGFRLoss
 from ..models.fcam import FCAMLoss
-from .sampler import SubjectPairBatchSampler
 
 ALIGN_OBJECTIVES = ("fcam", "id", "cgfr")
 
