@@ -1,4 +1,5 @@
-"""Builds the C++/CUDA extension ``tgfr._C`` and installs ``kernels/`` as ``tgfr.kernels``.
+"""Builds the C++/CUDA extension ``tgfr._C``; ``kernels/`` is installed as ``tgfr.kernels`` through the
+link ``tgfr/kernels`` (see pyproject.toml).
 
 CUDA sources are compiled only when torch is a CUDA build and a CUDA toolkit is
 found (``TGFR_NO_CUDA=1`` forces a CPU-only build). The architectures are explicit:

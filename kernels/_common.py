@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tgfr.ops.backends import triton_interpreted
+from tgfr.ops.validation import triton_interpreted
 
 TL_DTYPES = {
     torch.float16: tl.float16,
@@ -84,7 +84,7 @@ class GPU:
     shared_memory: int
 
     @classmethod
-    def of_arch(cls, arch: int) -> "GPU":
+    def of_arch(cls, arch: int) -> GPU:
         return cls(arch, SHARED_MEMORY_LIMIT.get(arch, min(SHARED_MEMORY_LIMIT.values())))
 
 

@@ -32,10 +32,11 @@ from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 from triton.runtime.jit import JITFunction
 
-from tgfr.ops.backends import accumulation_dtype, triton_interpreted
+from tgfr.ops.validation import accumulation_dtype, triton_interpreted
 
-from . import info_nce, unsupported_reason, word_region
+from . import info_nce, word_region
 from ._common import GPU, SHARED_MEMORY_LIMIT
+from .backend import unsupported_reason
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
 _TYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",

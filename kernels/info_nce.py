@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tgfr.ops.backends import accumulation_dtype
+from tgfr.ops.validation import accumulation_dtype
 
 from ._common import (
     GPU,

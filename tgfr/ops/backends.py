@@ -28,28 +28,18 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import os
 import warnings
 
 import torch
+
+from .validation import accumulation_dtype, triton_interpreted  # noqa: F401 (part of this module's API)
 
 REFERENCE_BACKENDS = ("reference", "vectorized")
 FUSED_BACKENDS = ("cpp", "cuda", "triton")
 BACKENDS = REFERENCE_BACKENDS + FUSED_BACKENDS
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype every backend computes, and keeps statistics and the temperature, in:
-    float64 for float64 inputs, float32 for all others (float16/bfloat16 are upcast)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def triton_interpreted() -> bool:
-    """True when triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import(module_name: str):
     """``(module, None)``, or ``(None, why)`` when the import failed."""
     try:
@@ -63,7 +53,7 @@ def _extension():
 
 
 def _triton_kernels():
-    kernels_module = _import("tgfr.kernels")[0]
+    kernels_module = _import("tgfr.kernels.backend")[0]
     return kernels_module if kernels_module is not None and kernels_module.TRITON_AVAILABLE else None
 
 
@@ -74,8 +64,7 @@ def extension_import_error() -> str | None:
 
 def triton_import_error() -> str | None:
     """Why the Triton kernels did not import, or None if they did (or triton is not installed)."""
-    kernels_module, error = _import("tgfr.kernels")
-    return error
+    return _import("tgfr.kernels.backend")[1]
 
 
 def triton_installed() -> bool:
@@ -131,7 +120,7 @@ def _unsupported_reason(backend: str, op: str, dtype: torch.dtype, sizes: dict) 
     return None if check is None else check(op, dtype, sizes)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_fallback(backend: str, reason: str, fallback: str) -> None:
     # once per (backend, reason): a training loop calls the op thousands of times
     warnings.warn(f'backend="auto" skips {backend!r}, using {fallback!r}: {reason}', RuntimeWarning, stacklevel=4)

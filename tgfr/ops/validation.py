@@ -17,6 +17,17 @@ import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every backend computes, and keeps statistics and the temperature, in:
+    float64 for float64 inputs, float32 for all others (float16/bfloat16 are upcast)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def triton_interpreted() -> bool:
+    """True when triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
 _value_checks = os.environ.get("TGFR_VALUE_CHECKS", "1") != "0"
 
 

@@ -1,4 +1,7 @@
-"""Triton kernels of tgfr (installed as ``tgfr.kernels``).
+"""The Triton backend of tgfr: its four entry points and what it declines (``tgfr.kernels.backend``).
+
+``kernels/`` is installed as ``tgfr.kernels`` and has no ``__init__.py``: a top-level ``kernels``
+package of ours would shadow the ``kernels`` distribution that ``transformers`` imports.
 
 On a CUDA device they compile for the GPU; on the CPU they run only under
 ``TRITON_INTERPRET=1`` (the test suite does this at small shapes).
@@ -17,9 +20,7 @@ if TRITON_AVAILABLE:
 
     import torch
 
-    from ._common import GPU, gpu_of, set_allow_tf32
-    from .info_nce import info_nce_backward, info_nce_forward
-    from .word_region import word_region_scores_backward, word_region_scores_forward
+    from ._common import GPU, gpu_of
 
     # float64 products of the word-region kernels compile to an MMA shape that triton 3.6
     # rejects on sm_80+ ("MMAv2: fp64 don't support largeK MMA"); 3.9 compiles them (3.7
@@ -37,7 +38,7 @@ if TRITON_AVAILABLE:
                 return None
         return _unsupported_reason(op, dtype, tuple(sorted(sizes.items())), gpu)
 
-    @functools.lru_cache(maxsize=None)  # dispatch asks on every call; the answer depends on these only
+    @functools.cache  # dispatch asks on every call; the answer depends on these only
     def _unsupported_reason(op: str, dtype: torch.dtype, sizes: tuple, gpu: GPU) -> str | None:
         from . import info_nce, word_region
 
