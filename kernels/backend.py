@@ -20,7 +20,12 @@ if TRITON_AVAILABLE:
 
     import torch
 
-    from ._common import GPU, gpu_of
+    from ._common import GPU, gpu_of, set_allow_tf32
+    from .info_nce import info_nce_backward, info_nce_forward
+    from .word_region import word_region_scores_backward, word_region_scores_forward
+
+    __all__ = ["GPU", "TRITON_AVAILABLE", "gpu_of", "info_nce_backward", "info_nce_forward", "set_allow_tf32",
+               "unsupported_reason", "word_region_scores_backward", "word_region_scores_forward"]
 
     # float64 products of the word-region kernels compile to an MMA shape that triton 3.6
     # rejects on sm_80+ ("MMAv2: fp64 don't support largeK MMA"); 3.9 compiles them (3.7
