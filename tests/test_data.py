@@ -235,10 +235,22 @@ def test_template_captions_state_true_attributes_in_their_words():
         assert len(caption.facts) >= 2
         for fact in caption.facts:
             assert fact.truthful and truth[fact.attribute] == fact.value
-            assert TEMPLATE_PHRASES[fact.attribute][fact.value][1] in caption.text
+            if fact.attribute != "gender":  # said by a noun or pronoun, checked below
+                assert TEMPLATE_PHRASES[fact.attribute][fact.value][1] in caption.text
         pronoun = "He" if truth["gender"] == "male" else "She"
         other = "She" if pronoun == "He" else "He"
         assert f"{other} " not in caption.text
+        words = set(caption.text.replace(".", " ").replace(",", " ").split())
+        assert ("gender" in caption.statements()) == bool(words & {"He", "She", "man", "woman"}), caption.text
+
+
+def test_free_captions_state_the_gender_their_noun_says():
+    for truth, caption in _many_captions("free", 0.4, 0.3):
+        noun = caption.text.split(".")[0].split()
+        said = caption.statements()["gender"]
+        assert ("man" in noun or "guy" in noun) == (said == "male"), caption.text
+        fact = next(f for f in caption.facts if f.attribute == "gender")
+        assert fact.truthful == (said == truth["gender"])
 
 
 def test_free_captions_name_hair_colour_and_gender():

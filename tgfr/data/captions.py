@@ -110,9 +110,16 @@ class CaptionFact:
 
 @dataclass(frozen=True)
 class Caption:
+    """A caption's ``text`` and its ``facts``: every attribute the text states, right or wrong
+    (gender included where a noun or pronoun gives it away)."""
+
     text: str
     style: str
     facts: tuple[CaptionFact, ...]
+
+    def statements(self) -> dict[str, object]:
+        """``{attribute: value}`` as the caption states them (a contradiction states the wrong value)."""
+        return {fact.attribute: fact.value for fact in self.facts}
 
 
 def _join(items: list[str], rng: np.random.Generator) -> str:
@@ -145,7 +152,8 @@ def _state_facts(truth: Mapping[str, object], rng: np.random.Generator, mention_
     return facts
 
 
-def _template_caption(facts: list[CaptionFact], gender: str, rng: np.random.Generator) -> str:
+def _template_caption(facts: list[CaptionFact], gender: str, rng: np.random.Generator) -> tuple[str, bool]:
+    """The caption text, and whether its nouns or pronouns give the gender away."""
     groups: dict[str, list[str]] = {"has": [], "wears": [], "is": []}
     for fact in facts:
         verb, phrase = TEMPLATE_PHRASES[fact.attribute][fact.value]
@@ -172,7 +180,7 @@ def _template_caption(facts: list[CaptionFact], gender: str, rng: np.random.Gene
     text = []
     for i, sentence in enumerate(sentences):
         text.append(f"{subject if i == 0 else pronoun} {' and '.join(sentence)}.")
-    return " ".join(text)
+    return " ".join(text), len(sentences) > 1 or not subject.endswith("person")
 
 
 def _free_caption(facts: list[CaptionFact], gender: str, rng: np.random.Generator) -> str:
@@ -260,9 +268,12 @@ def make_caption(attributes: Mapping[str, object], photo: Mapping[str, bool], st
     gender = str(attributes["gender"])
     if style == "template":
         # The pronoun carries the (true) gender; the style has no gender phrase to contradict.
-        text = _template_caption(facts, gender, rng)
+        text, gendered = _template_caption(facts, gender, rng)
     else:
         if any(f.attribute == "hair_style" and f.value == "bald" for f in facts):
             facts = [f for f in facts if f.attribute != "hair_color"]  # "a bald head" has no colour
         text = _free_caption(facts, gender, rng)
+        gendered = True  # the head noun ("man", "lady") always says one
+    if gendered and not any(f.attribute == "gender" for f in facts):
+        facts.append(CaptionFact("gender", gender, True))  # said by the wording, after the drawn facts
     return Caption(text=text, style=style, facts=tuple(facts))

@@ -26,7 +26,7 @@ from .identities import IdentityProfile, sample_identity
 from .render import render_face, sample_variation
 
 SPLITS = ("train", "valid", "test")
-CACHE_FORMAT = 1  # bump when rendering or captions change, to invalidate caches
+CACHE_FORMAT = 2  # bump when rendering or captions change, to invalidate caches
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,15 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class SyntheticFaces:
     """All generated photos: ``images`` uint8 [N, S, S, 3], ``identities`` int64 [N],
-    ``captions`` N tuples, ``attributes`` N dicts (identity attributes plus photo facts)."""
+    ``captions`` N tuples, ``attributes`` N dicts (identity attributes plus photo facts),
+    ``statements`` N tuples of one dict per caption: what that caption states
+    (:meth:`tgfr.data.captions.Caption.statements`, contradictions included)."""
 
     images: np.ndarray
     identities: np.ndarray
     captions: list[tuple[str, ...]]
     attributes: list[dict]
+    statements: list[tuple[dict, ...]]
 
     def records(self, indices=None) -> list[FaceRecord]:
         indices = range(len(self.identities)) if indices is None else indices
@@ -99,12 +102,12 @@ def _photo(config: SyntheticConfig, profile: IdentityProfile, photo_index: int):
                                  config.occlusion_probability)
     photo_facts = {"smiling": variation.smiling, "mouth_open": variation.mouth_open}
     rng = np.random.default_rng([config.seed, profile.identity, photo_index, 2])
-    captions = tuple(
-        make_caption(profile.attributes, photo_facts,
-                     "template" if rng.random() < config.template_fraction else "free", rng,
-                     config.mention_probability, config.contradiction_probability).text
-        for _ in range(config.captions_per_image))
-    return render_face(profile, variation, config.image_size), captions, dict(profile.attributes) | photo_facts
+    captions = [make_caption(profile.attributes, photo_facts,
+                             "template" if rng.random() < config.template_fraction else "free", rng,
+                             config.mention_probability, config.contradiction_probability)
+                for _ in range(config.captions_per_image)]
+    return (render_face(profile, variation, config.image_size), tuple(c.text for c in captions),
+            dict(profile.attributes) | photo_facts, tuple(c.statements() for c in captions))
 
 
 def generate_synthetic(config: SyntheticConfig, cache_dir: str | Path | None = None) -> SyntheticFaces:
@@ -116,23 +119,25 @@ def generate_synthetic(config: SyntheticConfig, cache_dir: str | Path | None = N
             with np.load(cache_file, allow_pickle=False) as cached:
                 return SyntheticFaces(cached["images"], cached["identities"],
                                       [tuple(c) for c in json.loads(str(cached["captions"]))],
-                                      json.loads(str(cached["attributes"])))
+                                      json.loads(str(cached["attributes"])),
+                                      [tuple(s) for s in json.loads(str(cached["statements"]))])
     count = config.num_identities * config.images_per_identity
     images = np.empty((count, config.image_size, config.image_size, 3), dtype=np.uint8)
     identities = np.repeat(np.arange(config.num_identities, dtype=np.int64), config.images_per_identity)
-    captions, attributes = [], []
+    captions, attributes, statements = [], [], []
     for index, profile in enumerate(p for p in identity_profiles(config)
                                     for _ in range(config.images_per_identity)):
-        images[index], photo_captions, photo_attributes = _photo(
+        images[index], photo_captions, photo_attributes, photo_statements = _photo(
             config, profile, index % config.images_per_identity)
         captions.append(photo_captions)
         attributes.append(photo_attributes)
-    faces = SyntheticFaces(images, identities, captions, attributes)
+        statements.append(photo_statements)
+    faces = SyntheticFaces(images, identities, captions, attributes, statements)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(".partial.npz")
         np.savez(partial, images=images, identities=identities, captions=json.dumps(captions),
-                 attributes=json.dumps(attributes))
+                 attributes=json.dumps(attributes), statements=json.dumps(statements))
         partial.replace(cache_file)  # readers never see a half-written cache
     return faces
 

@@ -36,17 +36,21 @@ SEMI_HARD_BAND = (0.25, 0.5)
 
 @dataclass
 class FaceSet:
-    """Photos of some identities: ``images`` uint8 [N, S, S, 3], ``identities`` int [N]."""
+    """Photos of some identities: ``images`` uint8 [N, S, S, 3], ``identities`` int [N], per photo its
+    ``captions`` (the first is its test query), true ``attributes``, and ``statements``: what its
+    first caption states, ``{attribute: value}`` (wrong values included), for the attribute oracle."""
 
     images: np.ndarray
     identities: np.ndarray
     captions: list[tuple[str, ...]]
     attributes: list[dict]
+    statements: list[dict]
 
 
 @dataclass
 class ChangeSet:
-    """Change pairs: reference (before), target (after) and a second before photo, per pair."""
+    """Change pairs: reference (before), target (after) and a second before photo, per pair, with the
+    attributes of the target (``after_attributes``) and of the second before photo (``before_attributes``)."""
 
     identities: np.ndarray
     reference: np.ndarray
@@ -54,6 +58,7 @@ class ChangeSet:
     other_before: np.ndarray
     captions: list[str]
     after_attributes: list[dict]
+    before_attributes: list[dict]
     changes: list[dict]
     # photo keys of the targets and second before photos: on real data one photo can serve several
     # pairs, and a gallery item is relevant when it is the pair's target photo (None: all distinct)
@@ -116,6 +121,7 @@ def _changes_of(config: SyntheticConfig, members: np.ndarray, pairs_per_identity
                      reference=np.stack([p.reference for p in pairs]), target=np.stack([p.target for p in pairs]),
                      other_before=np.stack([p.other_before for p in pairs]), captions=[p.caption for p in pairs],
                      after_attributes=[dict(p.after.attributes) for p in pairs],
+                     before_attributes=[dict(p.before.attributes) for p in pairs],
                      changes=[dict(p.changes) for p in pairs])
 
 
@@ -131,7 +137,7 @@ def build_retrieval_splits(config: SyntheticConfig, pairs_per_identity: int = 2,
             continue
         rows = np.flatnonzero(np.isin(faces.identities, members))
         face_set = FaceSet(faces.images[rows], faces.identities[rows], [faces.captions[i] for i in rows],
-                           [faces.attributes[i] for i in rows])
+                           [faces.attributes[i] for i in rows], [faces.statements[i][0] for i in rows])
         splits[name] = RetrievalSplit(face_set, _changes_of(config, members, pairs_per_identity))
     for name in ("train", "test"):
         if name not in splits or len(np.unique(splits[name].faces.identities)) < 2:
@@ -252,7 +258,7 @@ def _real_changes(faces: FaceSet, levels: list[dict], pairs_per_identity: int, r
     return ChangeSet(identities=faces.identities[reference], reference=faces.images[reference],
                      target=faces.images[target], other_before=faces.images[other],
                      captions=[describe_change(levels[a], levels[b]) for a, b, _ in chosen],
-                     after_attributes=[levels[b] for b in target],
+                     after_attributes=[levels[b] for b in target], before_attributes=[levels[c] for c in other],
                      changes=[{n: (levels[a][n], levels[b][n]) for n in CELEBA_DIALOG_LEVELS
                                if levels[a][n] != levels[b][n]} for a, b, _ in chosen],
                      target_keys=target, other_keys=other)
@@ -295,7 +301,8 @@ def build_celeba_dialog_splits(root, image_size: int, pairs_per_identity: int = 
                     if len(r.captions) > 1 else r.captions for r in side_records]
         faces = FaceSet(images=np.stack([_resize(r.load_image(image_size), image_size) for r in side_records]),
                         identities=np.array([people[r.identity] for r in side_records], dtype=np.int64),
-                        captions=captions, attributes=photo_levels)
+                        captions=captions, attributes=photo_levels,
+                        statements=photo_levels)  # the query caption is the attribute-wise captions of all levels
         changes = _real_changes(faces, photo_levels, pairs_per_identity, rng)
         if len(np.unique(changes.identities)) < 2:
             raise DataError(f"{name} at {root}: the {side} split needs change pairs of at least two people "
