@@ -1,13 +1,21 @@
 """X-Modal retrieval: graded-negative loss, R@K, change pairs, and the commands end to end."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close
 
 from tgfr.data.changes import CHANGEABLE, make_change_pair
 from tgfr.data.identities import sample_identity
-from tgfr.retrieval.evaluation import retrieval_metrics
+from tgfr.retrieval.evaluation import (
+    after_above_before,
+    chance_metrics,
+    expected_metrics,
+    retrieval_metrics,
+)
 from tgfr.retrieval.loss import GRADES, active_grades, graded_mnrl
 
 
@@ -97,6 +105,116 @@ def test_retrieval_metrics_ties_count_against_and_bad_input():
         retrieval_metrics(torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.bool))
 
 
+def _tie_orders_average(scores, relevant, ks):
+    """The metrics averaged over every order of the gallery that keeps the scores' order (brute force)."""
+    import itertools
+
+    width = scores.shape[1]
+    totals = {}
+    orders = list(itertools.permutations(range(width)))
+    for order in orders:
+        tie_break = torch.tensor(order, dtype=torch.float64) * 1e-6  # below every score gap
+        for name, value in retrieval_metrics(scores + tie_break, relevant, ks).items():
+            totals[name] = totals.get(name, 0.0) + value / len(orders)
+    return totals
+
+
+def test_expected_metrics_average_over_tie_orders():
+    generator = torch.Generator().manual_seed(0)
+    ks = (1, 2, 4)
+    for _ in range(5):
+        scores = torch.randint(0, 3, (4, 6), generator=generator).double()  # many ties
+        relevant = torch.rand(4, 6, generator=generator) < 0.3
+        relevant[torch.arange(4), torch.randint(0, 6, (4,), generator=generator)] = True
+        expected = expected_metrics(scores, relevant, ks)
+        brute = _tie_orders_average(scores, relevant, ks)
+        for name in ("R@1", "R@2", "R@4", "mAP"):
+            assert_close(expected[name], brute[name], rtol=0, atol=1e-9, msg=name)
+        # without ties nothing is left to chance: the plain metrics, median rank included
+        distinct = scores + torch.rand(4, 6, generator=generator) * 0.5
+        assert expected_metrics(distinct, relevant, ks) == pytest.approx(retrieval_metrics(distinct, relevant, ks),
+                                                                         abs=1e-12)
+
+
+def test_chance_metrics_exact():
+    # one relevant item among 10 candidates (the 11th item excluded): rank uniform on 1..10
+    relevant = torch.zeros(3, 11, dtype=torch.bool)
+    relevant[:, 4] = True
+    candidates = torch.ones(3, 11, dtype=torch.bool)
+    candidates[:, 10] = False
+    m = chance_metrics(relevant, candidates, ks=(1, 5, 10))
+    assert m["R@1"] == pytest.approx(0.1) and m["R@5"] == pytest.approx(0.5) and m["R@10"] == pytest.approx(1.0)
+    assert m["mAP"] == pytest.approx(sum(1 / r for r in range(1, 11)) / 10)  # mean of 1 / rank
+    assert m["median rank"] == 5.5
+    # two relevant among four: P(first relevant at rank 1) = 1/2, AP averaged over the 6 placements
+    two = torch.tensor([[True, True, False, False]])
+    m = chance_metrics(two, ks=(1, 2))
+    assert m["R@1"] == pytest.approx(0.5) and m["R@2"] == pytest.approx(5 / 6)
+    placements = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
+    assert m["mAP"] == pytest.approx(np.mean([(1 / a + 2 / b) / 2 for a, b in placements]))
+
+
+def test_after_above_before_counts_ties_against_with_wilson_interval():
+    # pairs 0-3: target column p, second before photo column 4 + p
+    scores = torch.zeros(4, 8)
+    scores[0, 0], scores[0, 4] = 0.9, 0.1   # above
+    scores[1, 1], scores[1, 5] = 0.8, 0.2   # above
+    scores[2, 2], scores[2, 6] = 0.5, 0.5   # tie: against
+    scores[3, 3], scores[3, 7] = 0.1, 0.7   # below
+    m = after_above_before(scores)
+    assert m["after above before"] == 0.5
+    z = 1.959963984540054  # Wilson: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    centre, half = (0.5 + z * z / 8) / (1 + z * z / 4), z * np.sqrt(0.25 / 4 + z * z / 64) / (1 + z * z / 4)
+    assert m["after above before low"] == pytest.approx(centre - half, abs=1e-9)
+    assert m["after above before high"] == pytest.approx(centre + half, abs=1e-9)
+    with pytest.raises(ValueError, match=r"\[P, 2P\]"):
+        after_above_before(torch.zeros(4, 6))
+
+
+def _hand_made_split():
+    """Three people, two photos each; composed pairs of people 0 and 1 (one pair each)."""
+    from tgfr.retrieval.data import ChangeSet, FaceSet, RetrievalSplit
+
+    people = [{"hair": "black", "glasses": True, "age": "young"},
+              {"hair": "black", "glasses": False, "age": "young"},
+              {"hair": "blond", "glasses": True, "age": "old"}]
+    identities = np.repeat([0, 1, 2], 2)
+    attributes = [dict(people[k]) for k in identities]
+    statements = [{"hair": "black", "glasses": True},      # person 0: unique match -> R@1
+                  {"hair": "black"},                        # person 0: ties with person 1 -> ties against
+                  {"glasses": False, "age": "young"},       # person 1: unique
+                  {"hair": "blond", "age": "young"},        # person 1, both wrong: reads what is said
+                  {"hair": "blond"},                        # person 2: unique
+                  {"age": "old", "glasses": True}]          # person 2: unique
+    images = np.zeros((6, 16, 16, 3), dtype=np.uint8)
+    faces = FaceSet(images, identities, [("a caption",)] * 6, attributes, statements)
+    after = [dict(people[0], glasses=False), dict(people[1], hair="blond")]
+    changes = ChangeSet(identities=np.array([0, 1]), reference=images[:2], target=images[:2],
+                        other_before=images[:2], captions=["no glasses", "dyed blond"], after_attributes=after,
+                        before_attributes=[people[0], people[1]],
+                        changes=[{"glasses": (True, False)}, {"hair": ("black", "blond")}])
+    return RetrievalSplit(faces, changes)
+
+
+def test_attribute_and_composed_oracles_on_a_hand_made_gallery():
+    from tgfr.retrieval.oracle import composed_oracle_scores, text_oracle_scores
+
+    split = _hand_made_split()
+    scores = text_oracle_scores(split.faces)
+    assert scores[0].tolist() == [2, 2, 1, 1, 1, 1] and scores[3].tolist() == [1, 1, 1, 1, 1, 1]
+    own = torch.eye(6, dtype=torch.bool)
+    relevant = torch.as_tensor(split.faces.identities[:, None] == split.faces.identities[None]) & ~own
+    m = retrieval_metrics(scores.masked_fill(own, float("-inf")), relevant, ks=(1,))
+    # found first: queries 0 (photo 1 alone at 2), 2, 4, 5; query 1 ties persons 0 and 1, query 3 ties all
+    assert m["R@1"] == pytest.approx(4 / 6)
+    # composed: the person's target first, its before photo second, other people after
+    composed = composed_oracle_scores(split.changes)
+    assert composed.shape == (2, 4)
+    assert composed[0].argmax() == 0 and composed[0, 2] > composed[0, 1] and composed[0, 2] > composed[0, 3]
+    assert composed[1].argmax() == 1 and composed[1, 3] > composed[1, 0]
+    assert after_above_before(composed)["after above before"] == 1.0
+
+
 @pytest.mark.parametrize("identity", range(12))
 def test_change_pairs_differ_in_exactly_the_described_attributes(identity):
     profile = sample_identity(5, identity)
@@ -140,9 +258,15 @@ def test_train_eval_retrieve_smoke(tiny_run, tmp_path, capsys):
     assert main(["xmodal", "eval", "--checkpoint", str(tiny_run)]) == 0
     out = capsys.readouterr().out
     for label in ("R@1", "R@10", "mAP", "median rank", "text -> face", "text + image -> face",
-                  "TGFR word-region score", "CLIP-style", "image only"):
+                  "TGFR word-region score", "CLIP-style", "image only", "attribute oracle", "ties at random",
+                  "oracle (person + change)", "chance", "after above before [95 % CI]"):
         assert label in out
-    assert (tiny_run / "eval" / "xmodal_eval.json").is_file()
+    results = json.loads((tiny_run / "eval" / "xmodal_eval.json").read_text())["results"]
+    composed = results["text + image -> face"]
+    assert composed["chance"]["after above before"] == 0.5
+    assert composed["oracle (person + change)"]["after above before"] == 1.0
+    text = results["text -> face"]
+    assert text["attribute oracle, ties at random"]["R@1"] >= text["attribute oracle"]["R@1"]
 
     grid = tmp_path / "grid.png"
     assert main(["retrieve", "--checkpoint", str(tiny_run), "--text", "A young man with short black hair.",

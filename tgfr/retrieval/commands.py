@@ -51,14 +51,14 @@ def retrieve(run_dir, text: str, image=None, gallery=None, top_k: int = 10, out=
     log(f"gallery: {len(index.names)} faces, index {index_path} ({'reused' if reused else 'built and saved'})")
     if top_k > len(index.names):
         raise ValueError(f"--top-k {top_k} is larger than the gallery ({len(index.names)} faces)")
-    sentence = SentenceEncoder(config.text_encoder, config.max_tokens)([text]).sentences
+    query_text = SentenceEncoder(config.text_encoder, config.max_tokens)([text]).batch([text])
     with torch.no_grad():
         if query_image is None:
-            query = model.embed_texts(sentence)
+            query = model.embed_texts(query_text)
         else:
             from .data import images_to_tensor
 
-            query = model.compose(model.embed_faces(images_to_tensor(query_image[None])), sentence)
+            query = model.compose(model.embed_faces(images_to_tensor(query_image[None])), query_text)
         scores = (query @ index.embeddings.T)[0]
     best = torch.topk(scores, top_k)
     ranked = best.indices.tolist()

@@ -11,7 +11,11 @@ TGFR's word-region score attends over.
   published width 64), patches of 1/8 of the side, a class token.
 
 Text arrives as features of a frozen sentence encoder (see :mod:`tgfr.retrieval.text`):
-a sentence vector (mean of the token states) and the token states themselves.
+a sentence vector (mean of the token states) and the token states themselves. The text
+head (``text_head``) maps them into the shared space:
+
+* ``sentence``: a two-layer MLP of the sentence vector;
+* ``tokens``: attention pooling over the token states (:class:`TokenAttentionPooling`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from torch import nn
 from ..models.iresnet import RESNET_LAYERS, IResNet
 
 FACE_ENCODERS = ("iresnet", "resnet50", "vit_s")
+TEXT_HEADS = ("sentence", "tokens")
 
 
 class _IResNetFaces(nn.Module):
@@ -119,6 +124,30 @@ def build_face_encoder(kind: str, input_size: int, width: int) -> nn.Module:
     raise ValueError(f"face_encoder must be one of {FACE_ENCODERS}, got {kind!r}")
 
 
+class TokenAttentionPooling(nn.Module):
+    """``heads`` learned attention poolings over a caption's frozen token states, concatenated, then a
+    linear layer.
+
+    The sentence vector is the plain mean of the same states: every stated attribute is averaged with
+    every other word. Here each head scores the real words and pools its own slice of their projection,
+    so heads can follow different words ("blond", "glasses") and the attributes stay apart.
+    """
+
+    def __init__(self, text_size: int, dim: int, heads: int = 8):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by the {heads} attention heads of the tokens head")
+        self.heads = heads
+        self.score = nn.Linear(text_size, heads)
+        self.value = nn.Linear(text_size, dim)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = self.score(tokens).masked_fill(~mask[..., None], float("-inf")).softmax(1)  # [B, T, heads]
+        values = self.value(tokens).unflatten(-1, (self.heads, -1))  # [B, T, heads, dim / heads]
+        return self.out((weights[..., None] * values).sum(1).flatten(1))
+
+
 class GatedResidualFusion(nn.Module):
     """Composed query = gate(image, text) * image + residual(image, text)  (TIRG, Vo et al. 2019).
 
@@ -151,13 +180,17 @@ class XModalModel(nn.Module):
     """
 
     def __init__(self, face_encoder: str, input_size: int, width: int, text_size: int, dim: int = 256,
-                 baseline_dim: int = 128):
+                 baseline_dim: int = 128, text_head: str = "sentence"):
         super().__init__()
         self.face_encoder = build_face_encoder(face_encoder, input_size, width)
         self.input_size = input_size
         face, region = self.face_encoder.global_size, self.face_encoder.region_size
         self.face_projection = nn.Linear(face, dim)
-        self.text_projection = nn.Sequential(nn.Linear(text_size, dim), nn.GELU(), nn.Linear(dim, dim))
+        if text_head not in TEXT_HEADS:
+            raise ValueError(f"text_head must be one of {TEXT_HEADS}, got {text_head!r}")
+        self.text_head = text_head
+        self.text_projection = TokenAttentionPooling(text_size, dim) if text_head == "tokens" else \
+            nn.Sequential(nn.Linear(text_size, dim), nn.GELU(), nn.Linear(dim, dim))
         self.fusion = GatedResidualFusion(dim)
         self.clip_face = nn.Linear(face, baseline_dim)
         self.clip_text = nn.Linear(text_size, baseline_dim)
@@ -174,12 +207,15 @@ class XModalModel(nn.Module):
     def embed_faces(self, images: torch.Tensor) -> torch.Tensor:
         return self.project_faces(self.encode_faces(images)[0])
 
-    def embed_texts(self, sentences: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_projection(sentences), dim=1)
+    def embed_texts(self, captions) -> torch.Tensor:
+        """Unit embeddings of a :class:`~tgfr.retrieval.text.CaptionBatch`."""
+        if self.text_head == "tokens":
+            return F.normalize(self.text_projection(captions.tokens, captions.mask), dim=1)
+        return F.normalize(self.text_projection(captions.sentences), dim=1)
 
-    def compose(self, reference: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
+    def compose(self, reference: torch.Tensor, captions) -> torch.Tensor:
         """Query of a reference face (unit embedding from ``embed_faces``) and a change description."""
-        return F.normalize(self.fusion(reference, self.embed_texts(sentences)), dim=1)
+        return F.normalize(self.fusion(reference, self.embed_texts(captions)), dim=1)
 
     # baselines (inputs detached by the caller's choice: see training)
     def clip_faces(self, pooled):

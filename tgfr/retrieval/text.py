@@ -26,6 +26,16 @@ from ..atomic import save_tensors
 
 
 @dataclass
+class CaptionBatch:
+    """Features of some captions: ``sentences`` float32 [B, H], ``tokens`` float32 [B, T, H] and their
+    ``mask`` bool [B, T] (T: the longest caption of the batch)."""
+
+    sentences: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
 class TextFeatures:
     """``sentences`` float32 [N, H], ``tokens`` float16 [N, T, H], ``mask`` bool [N, T];
     ``index`` maps each caption to its row."""
@@ -35,17 +45,11 @@ class TextFeatures:
     mask: torch.Tensor
     index: dict[str, int]
 
-    def rows(self, captions) -> torch.Tensor:
-        return torch.tensor([self.index[c] for c in captions], dtype=torch.long)
-
-    def sentence(self, captions) -> torch.Tensor:
-        return self.sentences[self.rows(captions)]
-
-    def words(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.rows(captions)
+    def batch(self, captions) -> CaptionBatch:
+        rows = torch.tensor([self.index[c] for c in captions], dtype=torch.long)
         mask = self.mask[rows]
         length = max(int(mask.sum(1).max()), 1)
-        return self.tokens[rows, :length].float(), mask[:, :length]
+        return CaptionBatch(self.sentences[rows], self.tokens[rows, :length].float(), mask[:, :length])
 
 
 def resolve_text_encoder(name: str) -> Path:

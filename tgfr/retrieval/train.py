@@ -31,7 +31,7 @@ from ..ops import info_nce, word_region_loss
 from ..training.checkpoint import save_checkpoint
 from .data import GradedBatches, build_celeba_dialog_splits, build_retrieval_splits, images_to_tensor, state_ids
 from .loss import GRADES, NEGATIVE_SETTINGS, active_grades, graded_mnrl
-from .models import FACE_ENCODERS, XModalModel
+from .models import FACE_ENCODERS, TEXT_HEADS, XModalModel
 
 CHECKPOINT = "checkpoint.pt"
 DATASETS = ("synthetic", "celeba-dialog")
@@ -57,6 +57,7 @@ class XModalConfig:
     face_width: int = 16
     dim: int = 256
     text_encoder: str = "minilm"
+    text_head: str = "sentence"  # "sentence": MLP of the sentence vector; "tokens": attention over token states
     max_tokens: int = 32
     # training
     epochs: int = 16
@@ -80,6 +81,8 @@ class XModalConfig:
             raise ValueError(f"dataset {self.dataset!r} needs a data root (--data-root ROOT)")
         if self.face_encoder not in FACE_ENCODERS:
             raise ValueError(f"face_encoder must be one of {FACE_ENCODERS}, got {self.face_encoder!r}")
+        if self.text_head not in TEXT_HEADS:
+            raise ValueError(f"text_head must be one of {TEXT_HEADS}, got {self.text_head!r}")
         if self.negatives not in NEGATIVE_SETTINGS:
             raise ValueError(f"negatives must be one of {sorted(NEGATIVE_SETTINGS)}, got {self.negatives!r}")
         if len(self.grade_starts) != len(GRADES):
@@ -146,7 +149,8 @@ def build_model(config: XModalConfig, text_size: int) -> XModalModel:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    return XModalModel(config.face_encoder, config.image_size, config.face_width, text_size, config.dim)
+    return XModalModel(config.face_encoder, config.image_size, config.face_width, text_size, config.dim,
+                       text_head=config.text_head)
 
 
 def _step_loss(model, config, batches: GradedBatches, text, rng, grades) -> dict[str, torch.Tensor]:
@@ -165,16 +169,16 @@ def _step_loss(model, config, batches: GradedBatches, text, rng, grades) -> dict
     embedded = dict(zip(segments, model.project_faces(pooled).split(sizes)))
 
     ids = torch.as_tensor(faces.identities[tb["photos"]])
-    sentences = text.sentence(tb["captions"])
+    captions = text.batch(tb["captions"])
     text_negatives = {g: (embedded[f"text_{g}"], torch.as_tensor(faces.identities[tb["negatives"][g]]))
                       for g in grades}
-    loss_text = graded_mnrl(model.embed_texts(sentences), embedded["text_pos"], ids, text_negatives,
+    loss_text = graded_mnrl(model.embed_texts(captions), embedded["text_pos"], ids, text_negatives,
                             config.scale, config.backend)
 
     pair_ids = changes.identities[cb["pairs"]]
     composed_negatives = {g: (embedded[f"comp_{g}"], state_ids(changes.identities[cb["negatives"][g]], g != "hard"))
                           for g in grades}
-    queries = model.compose(embedded["ref"], text.sentence([changes.captions[p] for p in cb["pairs"]]))
+    queries = model.compose(embedded["ref"], text.batch([changes.captions[p] for p in cb["pairs"]]))
     loss_composed = graded_mnrl(queries, embedded["target"], state_ids(pair_ids, True), composed_negatives,
                                 config.scale, config.backend)
 
@@ -182,10 +186,10 @@ def _step_loss(model, config, batches: GradedBatches, text, rng, grades) -> dict
     count = sizes[0]
     face_features, face_cells = pooled[:count].detach(), cells[:count].detach()
     temperature = torch.exp(-model.clip_log_scale)
-    loss_clip = info_nce(model.clip_texts(sentences), model.clip_faces(face_features), temperature,
+    loss_clip = info_nce(model.clip_texts(captions.sentences), model.clip_faces(face_features), temperature,
                          class_ids=ids, backend=config.backend)
-    tokens, mask = text.words(tb["captions"])
-    image_to_caption, caption_to_image = word_region_loss(model.words(tokens), model.regions(face_cells), mask,
+    image_to_caption, caption_to_image = word_region_loss(model.words(captions.tokens), model.regions(face_cells),
+                                                          captions.mask,
                                                           class_ids=ids, backend=config.backend)
     loss_word_region = image_to_caption + caption_to_image
     total = loss_text + config.composed_weight * loss_composed + config.baseline_weight * (loss_clip + loss_word_region)
