@@ -174,13 +174,16 @@ class GradedBatches:
             attribute_overlap(changes.after_attributes, changes.after_attributes, described),
             changes.identities, seed + 1)
 
-    def text_batch(self, rng: np.random.Generator, size: int, grades) -> dict:
-        """Text queries: ``photos`` (positives), ``captions``, ``ids`` and ``negatives[grade]`` photo rows."""
+    def text_batch(self, rng: np.random.Generator, size: int, grades, views: int = 1) -> dict:
+        """Text queries: ``photos`` (positives), ``captions`` (``views`` lists: a random caption of each photo,
+        then its next ones in turn) and ``negatives[grade]`` photo rows."""
         people = rng.choice(len(self.people), size=min(size, len(self.people)), replace=False)
         photos = np.array([rng.choice(self.photos_of[p]) for p in people])
-        captions = [self.split.faces.captions[p][rng.integers(len(self.split.faces.captions[p]))] for p in photos]
+        own = [self.split.faces.captions[p] for p in photos]
+        first = [int(rng.integers(len(c))) for c in own]
         negatives = {g: np.array([rng.choice(self.photos_of[self.face_pools.sample(p, g, rng)]) for p in people])
                      for g in grades}
+        captions = [[c[(i + view) % len(c)] for c, i in zip(own, first)] for view in range(views)]
         return {"photos": photos, "captions": captions, "negatives": negatives}
 
     def composed_batch(self, rng: np.random.Generator, size: int, grades) -> dict:

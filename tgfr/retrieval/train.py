@@ -51,6 +51,7 @@ class XModalConfig:
     image_size: int = 48
     captions_per_image: int = 2
     pairs_per_identity: int = 2
+    split_fractions: list = field(default_factory=lambda: [0.6, 0.1, 0.3])  # of the people: train, valid, test
     seed: int = 0
     # model
     face_encoder: str = "iresnet"
@@ -63,6 +64,7 @@ class XModalConfig:
     epochs: int = 16
     steps_per_epoch: int = 0  # 0: one pass over the training people per epoch
     batch_size: int = 32
+    text_views: int = 1  # captions of each text positive that query it per step (its face is encoded once)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     scale: float = 20.0
@@ -87,16 +89,17 @@ class XModalConfig:
             raise ValueError(f"negatives must be one of {sorted(NEGATIVE_SETTINGS)}, got {self.negatives!r}")
         if len(self.grade_starts) != len(GRADES):
             raise ValueError(f"grade_starts must give {len(GRADES)} fractions, got {self.grade_starts}")
-        for name in ("epochs", "batch_size", "pairs_per_identity", "face_width", "dim"):
+        for name in ("epochs", "batch_size", "pairs_per_identity", "face_width", "dim", "text_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size % 16:
             raise ValueError(f"image_size must be divisible by 16, got {self.image_size}")
+        self.synthetic()  # its own checks (split fractions, sizes)
 
     def synthetic(self) -> SyntheticConfig:
         return SyntheticConfig(num_identities=self.num_identities, images_per_identity=self.images_per_identity,
                                image_size=self.image_size, captions_per_image=self.captions_per_image,
-                               seed=self.seed)
+                               split_fractions=tuple(self.split_fractions), seed=self.seed)
 
 
 PRESETS = {
@@ -155,7 +158,7 @@ def build_model(config: XModalConfig, text_size: int) -> XModalModel:
 
 def _step_loss(model, config, batches: GradedBatches, text, rng, grades) -> dict[str, torch.Tensor]:
     faces, changes = batches.split.faces, batches.split.changes
-    tb = batches.text_batch(rng, config.batch_size, grades)
+    tb = batches.text_batch(rng, config.batch_size, grades, config.text_views)
     cb = batches.composed_batch(rng, config.batch_size, grades)
     # one encoder pass over every face of the step, in segments
     segments = {"text_pos": faces.images[tb["photos"]], "ref": changes.reference[cb["pairs"]],
@@ -169,11 +172,12 @@ def _step_loss(model, config, batches: GradedBatches, text, rng, grades) -> dict
     embedded = dict(zip(segments, model.project_faces(pooled).split(sizes)))
 
     ids = torch.as_tensor(faces.identities[tb["photos"]])
-    captions = text.batch(tb["captions"])
     text_negatives = {g: (embedded[f"text_{g}"], torch.as_tensor(faces.identities[tb["negatives"][g]]))
                       for g in grades}
-    loss_text = graded_mnrl(model.embed_texts(captions), embedded["text_pos"], ids, text_negatives,
-                            config.scale, config.backend)
+    views = [text.batch(captions) for captions in tb["captions"]]
+    loss_text = sum(graded_mnrl(model.embed_texts(v), embedded["text_pos"], ids, text_negatives, config.scale,
+                                config.backend) for v in views) / len(views)
+    captions = views[0]
 
     pair_ids = changes.identities[cb["pairs"]]
     composed_negatives = {g: (embedded[f"comp_{g}"], state_ids(changes.identities[cb["negatives"][g]], g != "hard"))

@@ -1,0 +1,285 @@
+"""X-Modal on the embedded data: what each training change buys, the negative grades, the face encoders.
+
+Every row is one ``tgfr xmodal train --preset P --out DIR key=value ... threads=1`` followed by
+``tgfr xmodal eval --checkpoint DIR``, run as child processes; each row records the children's CPU time
+(user + sys, from ``os.wait4``), the budget proxy on a machine shared with other jobs: runs are
+deterministic for a seed, so only the time depends on the load. Rows of one data seed share the rendered
+faces and the frozen sentence features: the first run of a seed leaves them in ``WORK/cache`` and later
+runs start with them linked into their run directory, so their CPU time is training and evaluation alone;
+a row named ``cold ...`` starts from an empty directory and measures what a user's first run costs.
+
+    python benchmarks/xmodal_study.py run NAME [--preset quick] [--cold] key=value ...   # one row
+    python benchmarks/xmodal_study.py part changes|seeds|grades|encoders|full [--jobs 2]  # a planned set
+    python benchmarks/xmodal_study.py report                                              # tables only
+
+Results accumulate in ``benchmarks/XMODAL_RESULTS.json`` (a finished row is not run again) and the tables
+in ``benchmarks/XMODAL_RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "XMODAL_RESULTS.json"
+REPORT = HERE / "XMODAL_RESULTS.md"
+TEXT, COMPOSED = "text -> face", "text + image -> face"
+SEEDS = (0, 1, 2)
+
+# The path from today's quick preset to the new one, one change per row, seed 0 (each row adds its
+# change to the previous row's settings).
+CHANGES = [
+    ("previous quick preset", []),
+]
+#: The quick preset as it now stands (the last row of CHANGES), for the seeded and ablation rows.
+PRESET_ROWS = {
+    "seeds": [(f"quick seed {s}", [f"seed={s}"]) for s in SEEDS],
+    "grades": [(f"negatives={n} seed {s}", [f"negatives={n}", f"seed={s}"])
+               for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
+    "encoders": [(f"face_encoder={e} seed {s}", [f"face_encoder={e}", f"seed={s}"])
+                 for e in ("resnet50", "vit_s") for s in SEEDS[:1]],
+}
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def save_row(name: str, row: dict) -> None:
+    results = load_results()  # reread: parallel rows finish in any order
+    results[name] = row
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _child(argv: list[str], log) -> float:
+    """Run ``argv``; its CPU seconds (user + sys of it and its children)."""
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed (exit {process.returncode}); see {log.name}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_row(name: str, preset: str, overrides: list[str], work: Path, cold: bool = False) -> dict:
+    if name in load_results():
+        return load_results()[name]
+    out = work / "runs" / name.replace(" ", "_").replace("=", "-")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cache = work / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    if not cold:
+        for path in cache.iterdir():
+            os.link(path, out / path.name)
+    tgfr = [sys.executable, "-m", "tgfr", "xmodal"]
+    started = time.perf_counter()
+    with open(out.with_suffix(".log"), "w") as log:
+        train_cpu = _child([*tgfr, "train", "--preset", preset, "--out", str(out), *overrides, "threads=1"], log)
+        eval_cpu = _child([*tgfr, "eval", "--checkpoint", str(out)], log)
+    for path in [*out.glob("tgfr_synthetic_*.npz"), *out.glob("text_features_*.pt")]:
+        if not (cache / path.name).exists():
+            os.link(path, cache / path.name)
+    evaluation = json.loads((out / "eval" / "xmodal_eval.json").read_text())
+    row = {"preset": preset, "overrides": overrides, "cold": cold, "cpu_train_s": round(train_cpu, 1),
+           "cpu_eval_s": round(eval_cpu, 1), "wall_s": round(time.perf_counter() - started, 1),
+           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+           f"{os.cpu_count()} cores", "config": evaluation["config"], "results": evaluation["results"]}
+    save_row(name, row)
+    print(f"{name}: {summary(row)}", flush=True)
+    return row
+
+
+def summary(row: dict) -> str:
+    text, composed = row["results"][TEXT], row["results"][COMPOSED]
+    return (f"text R@1/R@10/mAP {100 * text['X-Modal']['R@1']:.1f}/{100 * text['X-Modal']['R@10']:.1f}/"
+            f"{100 * text['X-Modal']['mAP']:.1f}; composed R@1 {100 * composed['X-Modal']['R@1']:.1f} "
+            f"(image only {100 * composed['image only']['R@1']:.1f}), after>before "
+            f"{100 * composed['X-Modal']['after above before']:.1f}; cpu train {row['cpu_train_s']} s")
+
+
+def part_rows(part: str) -> list[tuple[str, str, list[str]]]:
+    if part == "changes":
+        rows, settings = [], []
+        for label, change in CHANGES:
+            settings = [s for s in settings if s.split("=")[0] not in {c.split("=")[0] for c in change}] + change
+            rows.append((label, "quick", list(settings)))
+        return rows
+    if part == "full":
+        return [("full preset seed 0", "full", [])]
+    return [(name, "quick", overrides) for name, overrides in PRESET_ROWS[part]]
+
+
+# ---------------------------------------------------------------- report
+
+ORACLE, CHANCE = "attribute oracle", "chance"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def gap_closed(row: dict, metric: str = "R@10") -> float:
+    """The share of the way from chance to the attribute oracle that X-Modal's text -> face ``metric`` goes."""
+    text = row["results"][TEXT]
+    return (text["X-Modal"][metric] - text[CHANCE][metric]) / (text[ORACLE][metric] - text[CHANCE][metric])
+
+
+def paired_interval(differences, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean of ``differences`` (one per seed) and the half-width of its Student-t interval."""
+    from scipy.stats import t
+
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size < 2:
+        return float(d.mean()), float("nan")
+    return float(d.mean()), float(t.ppf(0.5 + confidence / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+
+
+#: (column, function of a row) of the per-run tables
+COLUMNS = [
+    ("text→face R@1", lambda r: r["results"][TEXT]["X-Modal"]["R@1"]),
+    ("R@10", lambda r: r["results"][TEXT]["X-Modal"]["R@10"]),
+    ("mAP", lambda r: r["results"][TEXT]["X-Modal"]["mAP"]),
+    ("R@10 gap closed", gap_closed),
+    ("text+image→face R@1", lambda r: r["results"][COMPOSED]["X-Modal"]["R@1"]),
+    ("R@10", lambda r: r["results"][COMPOSED]["X-Modal"]["R@10"]),
+    ("image only R@1", lambda r: r["results"][COMPOSED]["image only"]["R@1"]),
+    ("after above before", lambda r: r["results"][COMPOSED]["X-Modal"]["after above before"]),
+]
+
+
+def _table(names: list[str], results: dict, deltas: bool = False) -> list[str]:
+    header = "| run | " + " | ".join(c for c, _ in COLUMNS) + (" | Δ text R@10 | Δ after above before" if deltas else "") \
+        + " | CPU s train / eval |"
+    lines = [header, "|---|" + "---:|" * (len(COLUMNS) + 1 + 2 * deltas)]
+    previous = None
+    for name in names:
+        row = results[name]
+        cells = [_pct(f(row)) for _, f in COLUMNS]
+        if deltas:
+            cells += ["" if previous is None else f"{100 * (COLUMNS[i][1](row) - COLUMNS[i][1](previous)):+.1f}"
+                      for i in (1, 7)]
+        cold = " (cold)" if row.get("cold") else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['cpu_train_s']:.0f} / {row['cpu_eval_s']:.0f}{cold} |")
+        previous = row
+    return lines
+
+
+def _bounds(row: dict) -> list[str]:
+    text, composed = row["results"][TEXT], row["results"][COMPOSED]
+    methods = [(TEXT, m) for m in (CHANCE, ORACLE, "attribute oracle, ties at random")] + \
+        [(COMPOSED, m) for m in (CHANCE, "oracle (person + change)")]
+    lines = ["| query | bound | R@1 | R@5 | R@10 | mAP | after above before |", "|---|---|---:|---:|---:|---:|---:|"]
+    for task, method in methods:
+        m = (text if task == TEXT else composed)[method]
+        pairwise = _pct(m["after above before"]) if "after above before" in m else ""
+        lines.append(f"| {task} | {method} | {_pct(m['R@1'])} | {_pct(m['R@5'])} | {_pct(m['R@10'])} | "
+                     f"{_pct(m['mAP'])} | {pairwise} |")
+    return lines
+
+
+def _mean_interval(values) -> str:
+    mean, half = paired_interval(values)
+    return f"{100 * mean:.1f} ± {100 * half:.1f}"
+
+
+def _seed_summary(groups: dict[str, list[dict]], reference: str | None = None) -> list[str]:
+    """Mean ± 95 % t-interval over seeds per group; with ``reference``, also the paired differences."""
+    picked = [COLUMNS[i] for i in (1, 2, 4, 5, 7)]
+    lines = ["| setting | seeds | " + " | ".join(c for c, _ in picked) + " |", "|---|---:|" + "---:|" * len(picked)]
+    for label, rows in groups.items():
+        lines.append(f"| {label} | {len(rows)} | " + " | ".join(_mean_interval([f(r) for r in rows]) for _, f in picked)
+                     + " |")
+    if reference in groups:
+        lines += ["", f"Paired differences from {reference} (same seeds; mean ± 95 % t-interval, points):", "",
+                  "| setting | " + " | ".join(f"Δ {c}" for c, _ in picked) + " |", "|---|" + "---:|" * len(picked)]
+        for label, rows in groups.items():
+            if label != reference:
+                base = groups[reference]
+                lines.append(f"| {label} | " + " | ".join(
+                    _mean_interval([f(r) - f(b) for r, b in zip(rows, base)]) for _, f in picked) + " |")
+    return lines
+
+
+def report(results: dict) -> str:
+    lines = ["# X-Modal on the embedded data", "",
+             "Written by `python benchmarks/xmodal_study.py` (its docstring says how each row is run). Metrics in %; "
+             "'gap closed' is (R@10 − chance) / (attribute oracle − chance) of text → face. CPU seconds are user + "
+             "sys of single-threaded runs (`threads=1`) on a machine shared with other jobs, which inflates them; "
+             "rows marked cold include rendering the faces and encoding the captions.", ""]
+    first = next(iter(results.values()), None)
+    if first is not None:
+        lines += ["## Bounds (seed 0 data: 90 unseen people, 540 text and 180 composed queries)", ""] + \
+            _bounds(results.get("quick seed 0", first)) + [""]
+    changes = [name for name, _, _ in part_rows("changes") if name in results]
+    if changes:
+        lines += ["## What each change bought (seed 0, each row adds its change to the row above)", ""] + \
+            _table(changes, results, deltas=True) + [""]
+    seeds = [name for name, _, _ in part_rows("seeds") if name in results]
+    if seeds:
+        lines += ["## The quick preset over seeds", ""] + _table(seeds, results) + [""]
+        rows = [results[n] for n in seeds]
+        r1 = [r["results"][COMPOSED]["X-Modal"]["R@1"] - r["results"][COMPOSED]["image only"]["R@1"] for r in rows]
+        pair = [r["results"][COMPOSED]["X-Modal"]["after above before"] for r in rows]
+        lines += [f"Text + image → face R@1, X-Modal − image only, paired over {len(rows)} seeds: "
+                  f"{_mean_interval(r1)} points (95 % t-interval); after above before {_mean_interval(pair)} %; "
+                  f"text → face R@10 gap closed {_mean_interval([gap_closed(r) for r in rows])} %.", ""]
+    grades = {}
+    for name, _, overrides in part_rows("grades"):
+        if name in results:
+            grades.setdefault(overrides[0], []).append(results[name])
+    if grades:
+        lines += ["## Negative grades (mean ± 95 % t-interval over seeds)", ""] + \
+            _seed_summary(grades, "negatives=none") + [""]
+    for part, title in (("encoders", "Face encoders (the quick preset otherwise)"), ("full", "The full preset")):
+        names = [name for name, _, _ in part_rows(part) if name in results]
+        if names:
+            lines += [f"## {title}", ""] + _table(names, results) + [""]
+    planned = {name for part in ("changes", "seeds", "grades", "encoders", "full") for name, _, _ in part_rows(part)}
+    others = [n for n in results if n not in planned]
+    if others:
+        lines += ["## Other runs", ""] + _table(others, results) + [""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    global RESULTS, REPORT
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("runs/xmodal_study"), help="run directories and caches")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help=f"the results file (default {RESULTS.relative_to(HERE.parent)}; the tables go beside it)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run", help="one row")
+    one.add_argument("name")
+    one.add_argument("overrides", nargs="*")
+    one.add_argument("--preset", default="quick")
+    one.add_argument("--cold", action="store_true", help="start from an empty run directory")
+    planned = sub.add_parser("part", help="a planned set of rows")
+    planned.add_argument("part", choices=("changes", "seeds", "grades", "encoders", "full"))
+    planned.add_argument("--jobs", type=int, default=1, help="rows run at once")
+    sub.add_parser("report", help="write the tables from the results")
+    args = parser.parse_args(argv)
+    RESULTS, REPORT = args.results, args.results.with_suffix(".md")
+    if args.command == "run":
+        run_row(args.name, args.preset, args.overrides, args.work, args.cold)
+    elif args.command == "part":
+        rows = part_rows(args.part)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda r: run_row(r[0], r[1], r[2], args.work), rows))
+    REPORT.write_text(report(load_results()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
