@@ -67,7 +67,7 @@ def test_config_mistakes_are_usage_errors(capsys, tmp_path, override, message):
 
 
 def test_train_refuses_to_overwrite_a_run(capsys, tmp_path):
-    from tgfr.training.checkpoint import CHECKPOINT_NAME
+    from tgfr.engine import CHECKPOINT_NAME
 
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"a run")
     with pytest.raises(SystemExit) as raised:

@@ -1,14 +1,18 @@
-"""Atomic training checkpoints and ``load_model``.
+"""The files of a run directory, and its checkpoint.
 
-A checkpoint is one ``torch.save`` file of plain containers and tensors (loadable
-with ``weights_only=True``):
+Every command that trains writes the same files into its run directory (``--out``):
 
-``{"format": 1, "config": nested dict, "vocabulary": [words] | None, "num_classes": int,
-"model": state dict, "progress": {"step": name, "epochs_done": int},
-"trainer": {"heads": state dict, "optimizer": state dict} | None}``
+* ``config.yaml``: the config of the run, which ``--config`` reads back to train the same run again;
+* ``checkpoint.pt``: rewritten atomically after every epoch (a killed run leaves the previous one);
+* ``log.jsonl``: one JSON line per finished epoch;
 
-``trainer`` holds the unfinished step's loss heads and optimizer so that a resumed
-run continues exactly where the last finished epoch left it.
+plus the command's own files (``split.json``, ``features/``, the caches of X-Modal). A checkpoint
+is one ``torch.save`` file of plain containers and tensors, loadable with ``weights_only=True``::
+
+    {"format": 2, "kind": "tgfr" | "xmodal", "config": nested dict,
+     "progress": {"step": stage name, "epochs_done": int},
+     "trainer": the unfinished stage's state (optimizer, loss heads) | None,
+     ...: what the command keeps besides (the model's state dict, ...)}
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ import torch
 from ..atomic import save_tensors
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+CONFIG_NAME = "config.yaml"
+LOG_NAME = "log.jsonl"
+FORMAT_VERSION = 2
 
 
-def checkpoint_path(checkpoint_or_out_dir) -> Path:
-    path = Path(checkpoint_or_out_dir)
+def checkpoint_path(checkpoint_or_run_dir) -> Path:
+    path = Path(checkpoint_or_run_dir)
     return path / CHECKPOINT_NAME if path.is_dir() else path
 
 
@@ -32,28 +38,13 @@ def save_checkpoint(state: dict, path) -> None:
     save_tensors({"format": FORMAT_VERSION, **state}, path)
 
 
-def read_checkpoint(checkpoint_or_out_dir) -> dict:
-    path = checkpoint_path(checkpoint_or_out_dir)
+def read_checkpoint(checkpoint_or_run_dir, kind: str, command: str) -> dict:
+    """The checkpoint of a run directory (or checkpoint file) that ``command`` (``tgfr train``) wrote."""
+    path = checkpoint_path(checkpoint_or_run_dir)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {path} (expected a training output directory or a {CHECKPOINT_NAME})")
+        raise FileNotFoundError(f"no checkpoint at {path} (expected the --out directory of '{command}' "
+                                f"or its {CHECKPOINT_NAME})")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a tgfr training checkpoint (format {FORMAT_VERSION})")
+    if not isinstance(state, dict) or (state.get("format"), state.get("kind")) != (FORMAT_VERSION, kind):
+        raise ValueError(f"{path} is not a checkpoint of '{command}' (format {FORMAT_VERSION})")
     return state
-
-
-def load_model(checkpoint_or_out_dir, device="cpu"):
-    """The trained ``TGFRModel`` of a checkpoint (or training output directory), in eval mode."""
-    from ..models.text import Vocabulary
-    from ..models.tgfr import TGFRModel
-    from .config import config_from_dict
-
-    state = read_checkpoint(checkpoint_or_out_dir)
-    config = config_from_dict(state["config"])
-    # the trained weights replace the pretrained ones: do not read the original image checkpoint again
-    config.model.image_weights = None
-    vocabulary = Vocabulary(state["vocabulary"]) if state["vocabulary"] is not None else None
-    model = TGFRModel(config.model, vocabulary)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
