@@ -94,19 +94,20 @@ def _in_range(value, bounds: dict) -> bool:
 
 def _check_declared(f: dataclasses.Field, value, key: str) -> None:
     """``value`` against the field's declaration (every item of a list or tuple)."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    choices, also, bounds = f.metadata.get("choices"), f.metadata.get("also"), f.metadata.get("bounds")
     several = isinstance(value, (list, tuple))
+    items = list(value) if several else [value]
+    shown = items if several else value  # as written in YAML
+    choices, also, bounds = f.metadata.get("choices"), f.metadata.get("also"), f.metadata.get("bounds")
     if choices is not None:
         bad = [v for v in items if v not in choices and not (also and also[1](v))]
         if bad:
             what = "hold values among" if several else "be one of"
-            raise ConfigError(f"must {what} {allowed_values(f)}; got {value!r}", key)
+            raise ConfigError(f"must {what} {allowed_values(f)}; got {shown!r}", key)
     if bounds:
         bad = [v for v in items if v is not None and not _in_range(v, bounds)]
         if bad:
             what = "hold values" if several else "be"
-            raise ConfigError(f"must {what} {allowed_range(f)}; got {value!r}", key)
+            raise ConfigError(f"must {what} {allowed_range(f)}; got {shown!r}", key)
 
 
 def _type_name(expected) -> str:
