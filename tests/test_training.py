@@ -81,6 +81,15 @@ def test_train_writes_log_checkpoint_and_a_loadable_model(tmp_path):
         train(_config(), out)
 
 
+def test_a_runs_config_yaml_trains_the_same_run_again(tmp_path):
+    first = tmp_path / "first"
+    train(_config("align.lr=2e-3"), first)
+    again = tmp_path / "again"
+    train(load_config(first / "config.yaml"), again)
+    _assert_same_weights(read_checkpoint(first)["model"], read_checkpoint(again)["model"])
+    assert (again / "config.yaml").read_text() == (first / "config.yaml").read_text()
+
+
 def test_training_changes_only_the_current_step_modules(tmp_path):
     train(_config("align.epochs=0", "fusion.epochs=0"), tmp_path / "image_only")
     after_image = read_checkpoint(tmp_path / "image_only")["model"]

@@ -14,6 +14,7 @@ from ..config import ConfigError, setting
 from ..data.synthetic import SyntheticConfig
 from ..models.tgfr import HF_MODEL_DIRECTORY
 from ..ops import BACKENDS
+from ..training.config import check_data_root
 from .loss import GRADES, NEGATIVE_SETTINGS
 from .models import FACE_ENCODERS
 
@@ -65,9 +66,7 @@ class XModalConfig:
     log_interval: int = setting(50, ge=1)
 
     def validate(self) -> None:
-        if self.dataset != "synthetic" and not self.data_root:
-            raise ConfigError(f"must give the directory of dataset {self.dataset!r} (--data-root ROOT); "
-                              f"got {self.data_root!r}", "data_root")
+        check_data_root(self.dataset, self.data_root)
         if len(self.grade_starts) != len(GRADES):
             raise ConfigError(f"must give {len(GRADES)} fractions, one per grade ({', '.join(GRADES)}); "
                               f"got {self.grade_starts}", "grade_starts")

@@ -35,6 +35,13 @@ def _views(default: list[str]):
     return setting(default, choices=VIEWS)
 
 
+def check_data_root(dataset: str, data_root: str | None) -> None:
+    """A real dataset is read from the directory ``data_root`` (the embedded synthetic set needs none)."""
+    if dataset != "synthetic" and not data_root:
+        raise ConfigError(f"must give the directory of dataset {dataset!r} (--data-root ROOT); got {data_root!r}",
+                          "data_root")
+
+
 def _check_views(views: list[str]) -> None:
     if not views:
         raise ConfigError("must name at least one view (a quality level or 'mixed'); got []", "qualities")
@@ -169,9 +176,7 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
-        if self.dataset != "synthetic" and not self.data_root:
-            raise ConfigError(f"must give the directory of dataset {self.dataset!r} (--data-root ROOT); "
-                              f"got {self.data_root!r}", "data_root")
+        check_data_root(self.dataset, self.data_root)
         if any(mode not in self.model.fusions for mode in self.fusion.modes):
             raise ConfigError(f"must be among the model's fusions (model.fusions={self.model.fusions}); got "
                               f"{self.fusion.modes}", "fusion.modes")
