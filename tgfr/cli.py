@@ -72,18 +72,21 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _add_data_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--dataset", choices=DATASETS, help="dataset (config key 'dataset'; default: synthetic, "
-                                                             "the embedded set)")
-    command.add_argument("--data-root", metavar="ROOT", help="directory of a real dataset (config key 'data_root')")
+def _add_data_arguments(command: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--dataset, --data-root and --workers, which set the config keys ``dataset``, ``data_root`` and
+    ``num_workers`` (under ``prefix``)."""
+    command.add_argument("--dataset", choices=DATASETS, help=f"dataset (config key '{prefix}dataset'; default: "
+                                                             "synthetic, the embedded set)")
+    command.add_argument("--data-root", metavar="ROOT",
+                         help=f"directory of a real dataset (config key '{prefix}data_root')")
     command.add_argument("--workers", type=_non_negative_int, metavar="N",
-                         help="DataLoader worker processes (config key 'num_workers'; default: 0)")
+                         help=f"DataLoader worker processes (config key '{prefix}num_workers'; default: 0)")
 
 
 def _add_config_source(command: argparse.ArgumentParser, presets, default: str | None) -> None:
     source = command.add_mutually_exclusive_group(required=default is None)
-    source.add_argument("--config", type=_existing_file, help="YAML config file (a run's config.yaml trains that "
-                                                              "run again)")
+    source.add_argument("--config", type=_existing_file, help="YAML config file (the config.yaml a run wrote runs it "
+                                                              "again)")
     source.add_argument("--preset", choices=sorted(presets), default=default,
                         help="built-in config preset" + (f" (default: {default})" if default else ""))
 
@@ -146,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="transformer caption encoder of the BERT-FLF and CGFR rows (config key 'text_model'): "
                             "a local Hugging Face model directory, 'minilm', 'none' to skip those rows, or 'auto' "
                             "(the default: minilm if installed)")
-    _add_data_arguments(study)
+    _add_data_arguments(study, "training.")
     study.add_argument("overrides", nargs="*", type=_override, metavar="key=value",
                        help="study config overrides (every run's training config: training.KEY=VALUE)")
 
