@@ -76,7 +76,7 @@ def test_config_mistakes_are_usage_errors(capsys, tmp_path, override, message):
     (["study", "--preset", "tiny", "--text-model", "/no/such/model"],
      "tgfr study: error: --text-model must be one of 'auto', 'minilm', 'none' or a local Hugging Face model"),
     (["xmodal", "train", "--preset", "tiny", "epochs=abc"],
-     "tgfr xmodal train: error: config key 'epochs' must be an integer; got 'abc'"),
+     "tgfr xmodal train: error: config key 'epochs' must be int; got 'abc'"),
     (["xmodal", "train", "--preset", "tiny", "negatives=all"],
      "tgfr xmodal train: error: config key 'negatives' must be one of 'none', 'easy', 'semi_hard' or 'hard'"),
 ])

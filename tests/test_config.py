@@ -121,9 +121,9 @@ def test_rules_between_fields_name_the_key(cls, overrides, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("epochs=abc", "config key 'epochs' must be an integer; got 'abc'"),
-    ("lr=true", "config key 'lr' must be a number; got True"),
-    ("grade_starts=0.5", "config key 'grade_starts' must be a list; got 0.5"),
+    ("epochs=abc", "config key 'epochs' must be int; got 'abc'"),
+    ("lr=true", "config key 'lr' must be float; got True"),
+    ("grade_starts=0.5", "config key 'grade_starts' must be list; got 0.5"),
     ("epochz=1", "unknown config key 'epochz'; known keys here: dataset, data_root"),
     ("epochs", "an override must look like key=value"),
     ("epochs=[1", "config key 'epochs' is not valid YAML"),

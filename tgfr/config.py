@@ -111,9 +111,8 @@ def _check_declared(f: dataclasses.Field, value, key: str) -> None:
 
 
 def _type_name(expected) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
-             tuple: "a list"}
-    return names.get(get_origin(expected) or expected, getattr(expected, "__name__", str(expected)))
+    origin = get_origin(expected) or expected
+    return "list" if origin is tuple else getattr(origin, "__name__", str(origin))  # YAML has lists, no tuples
 
 
 def _convert(value, expected, key: str):
@@ -126,7 +125,7 @@ def _convert(value, expected, key: str):
     origin = get_origin(expected) or expected
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"must be a list; got {value!r}", key)
+            raise ConfigError(f"must be list; got {value!r}", key)
         args = get_args(expected)
         if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
             raise ConfigError(f"must be a list of {len(args)} values; got {value!r}", key)
