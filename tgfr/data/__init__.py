@@ -53,12 +53,19 @@ from .readers import celebahq_identities, read_celeba_dialog, read_celeba_identi
 from .real_captions import REAL_CAPTION_CORPORA, load_real_captions
 from .render import ImageVariation, render_face, sample_variation
 from .sources import DATASETS, DataError, DataSplit, read_dataset, split_dataset
-from .synthetic import SyntheticConfig, SyntheticFaces, build_synthetic_splits, generate_synthetic, split_identities
+from .synthetic import (
+    SyntheticConfig,
+    SyntheticData,
+    SyntheticFaces,
+    build_synthetic_splits,
+    generate_synthetic,
+    split_identities,
+)
 
 __all__ = [
     "ATTRIBUTE_VALUES", "CAPTION_STYLES", "DATASETS", "DataError", "DataSplit", "read_dataset", "split_dataset", "GEOMETRY_NAMES", "QUALITY_LEVELS", "Caption", "CaptionFact",
     "FaceCaptionDataset", "FaceRecord", "IdentificationSplit", "IdentityProfile", "ImageVariation",
-    "REAL_CAPTION_CORPORA", "SyntheticConfig", "SyntheticFaces", "VerificationPairs", "build_synthetic_splits",
+    "REAL_CAPTION_CORPORA", "SyntheticConfig", "SyntheticData", "SyntheticFaces", "VerificationPairs", "build_synthetic_splits",
     "celebahq_identities", "collate_face_captions", "degrade", "generate_synthetic", "identification_split",
     "image_to_tensor", "load_real_captions", "make_caption", "read_celeba_dialog",
     "read_celeba_identities", "read_face2text", "read_mmcelebahq", "render_face", "sample_identity",

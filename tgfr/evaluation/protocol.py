@@ -215,10 +215,9 @@ def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=EVAL_M
     the run's dataset.
     """
     from ..data.sources import DataError
+    from ..engine import checkpoint_path, resolve_device
     from ..training import config_from_dict, load_model, read_checkpoint
-    from ..training.checkpoint import checkpoint_path
     from ..training.data import load_test_split
-    from ..training.loop import resolve_device
 
     config = config_from_dict(read_checkpoint(checkpoint)["config"])
     if dataset is not None and dataset != config.dataset:

@@ -31,16 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import setting
 from ..losses import InfoNCELoss, WordRegionLoss
 from .heads import ArcFaceHead
 
 
 @dataclass
 class FCAMWeights:
-    wrcl: float = 1.0
-    id: float = 100.0
-    cicl: float = 2.0
-    imcl: float = 1.0
+    wrcl: float = setting(1.0, ge=0)
+    id: float = setting(100.0, ge=0)
+    cicl: float = setting(2.0, ge=0)
+    imcl: float = setting(1.0, ge=0)
 
 
 IMCL_FORMS = ("views", "local_global")

@@ -6,10 +6,11 @@ hard (:mod:`tgfr.retrieval.loss`, on the rectangular ``tgfr.ops.info_nce``); a g
 residual fusion composes a reference face with a change description. Commands:
 ``tgfr xmodal train``, ``tgfr xmodal eval``, ``tgfr retrieve``.
 """
+from .config import PRESETS, XModalConfig, load_config
 from .evaluation import evaluate_model, format_table, retrieval_metrics
 from .loss import GRADES, NEGATIVE_SETTINGS, active_grades, graded_mnrl
 from .models import FACE_ENCODERS, GatedResidualFusion, ResNet50, ViTSmall, XModalModel, build_face_encoder
-from .train import PRESETS, XModalConfig, load_config, load_run, train_xmodal
+from .train import load_run, train_xmodal
 
 __all__ = [
     "FACE_ENCODERS", "GRADES", "NEGATIVE_SETTINGS", "PRESETS", "GatedResidualFusion", "ResNet50", "ViTSmall",

@@ -23,13 +23,13 @@ def evaluate_run(run_dir, out=None) -> tuple[str, dict[str, Path]]:
     header = (f"X-Modal retrieval on {len(set(test.faces.identities.tolist()))} unseen people "
               f"({len(test.faces.identities)} text queries, {len(test.changes.identities)} composed queries; "
               f"face encoder {config.face_encoder}, negatives {config.negatives}, "
-              f"{state['epochs_done']}/{config.epochs} epochs)")
+              f"{state['progress']['epochs_done']}/{config.epochs} epochs)")
     table = f"{header}\n\n{format_table(results)}\n"
     out = Path(out) if out else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "xmodal_eval.md", "json": out / "xmodal_eval.json"}
     paths["markdown"].write_text(table)
-    paths["json"].write_text(json.dumps({"config": state["config"], "epochs_done": state["epochs_done"],
+    paths["json"].write_text(json.dumps({"config": state["config"], "epochs_done": state["progress"]["epochs_done"],
                                          "seconds": round(time.perf_counter() - started, 1), "results": results},
                                         indent=1))
     return table, paths
