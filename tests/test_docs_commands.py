@@ -10,7 +10,8 @@ run; YAML blocks load as training configs; relative links and the repository pat
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import io
 import os
 import re
 import runpy
@@ -215,28 +216,21 @@ def parse_only(run, argv: list[str]) -> argparse.Namespace | None:
 
 def check_tgfr_command(argv: list[str]) -> None:
     """``tgfr ARGV`` as the command line would take it: parsed by ``tgfr.cli.main``'s parsers (``tgfr bench``'s
-    own included), then its ``key=value`` overrides and data flags through the config loader of its command. The
-    one place that knows today's command line and config loaders."""
-    from tgfr.cli import main
+    own included), then resolved into the config the command would run with (its ``key=value`` overrides and the
+    options that set config keys included). The one place that knows the command line."""
+    from tgfr.cli import command_config, main
 
     args = parse_only(lambda: main(argv), ["tgfr", *argv])
-    command = getattr(args, "command", None)  # None: --help, or tgfr bench's namespace
-    data_flags = {"dataset": getattr(args, "dataset", None), "data_root": getattr(args, "data_root", None),
-                  "skip_bad": getattr(args, "skip_bad", None)}
+    if getattr(args, "command", None) is None:  # --help, or tgfr bench's namespace
+        return
+    if getattr(args, "config", None) is not None and not Path(args.config).is_file():
+        return  # a YAML file of the reader's own (`--config my.yaml`): only its options could be checked
+    stderr = io.StringIO()
     try:
-        if command in ("demo", "train", "study"):
-            from tgfr.training import load_config
-
-            source = "paper" if command == "study" else args.preset or "default"  # as tgfr.cli loads them
-            flags = {**data_flags, "num_workers": getattr(args, "workers", None)}
-            load_config(source, [*args.overrides, *(f"{key}={json.dumps(value)}"
-                                                   for key, value in flags.items() if value is not None)])
-        elif command == "xmodal" and args.xmodal_command == "train":
-            from tgfr.retrieval import load_config
-
-            load_config(args.preset, args.overrides, **data_flags)
-    except (KeyError, ValueError, TypeError) as error:
-        raise DocCommandError(f"tgfr {command}: {error}") from error
+        with contextlib.redirect_stderr(stderr):
+            command_config(args)
+    except SystemExit as error:
+        raise DocCommandError(stderr.getvalue().strip() or f"exit {error.code}") from error
 
 
 def check_command(command: Command) -> None:

@@ -212,12 +212,38 @@ def _print_report(paths: dict[str, Path]) -> None:
         print(f"word-region attention: {paths['attention']}")
 
 
+def command_config(args):
+    """The checked config a parsed ``demo``, ``train``, ``study`` or ``xmodal train`` command runs with (None for
+    the other commands). A mistake ends as the command's usage error, before any work."""
+    if args.command in ("demo", "train"):
+        from .training import load_config
+
+        if args.command == "demo":
+            return _load_config("demo", load_config, args.preset, args.overrides)
+        options, flags = _option_overrides(args, DATA_OPTIONS)
+        return _load_config("train", load_config, args.config or args.preset, [*args.overrides, *options], flags)
+    if args.command == "study":
+        from .study import load_study_config
+
+        options, flags = _option_overrides(args, STUDY_OPTIONS)
+        return _load_config("study", load_study_config, args.config or args.preset, [*args.overrides, *options],
+                            flags)
+    if args.command == "xmodal" and args.xmodal_command == "train":
+        from .retrieval import load_config
+
+        if args.data_root:
+            args.data_root = str(Path(args.data_root).expanduser())
+        options, flags = _option_overrides(args, XMODAL_OPTIONS)
+        return _load_config("xmodal train", load_config, args.config or args.preset, [*args.overrides, *options],
+                            flags)
+    return None
+
+
 def _run_demo(args) -> int:
     from .demo import run_demo
-    from .training import load_config
 
     started = time.perf_counter()
-    config = _load_config("demo", load_config, args.preset, args.overrides)
+    config = command_config(args)
     paths = run_demo(args.out, config, metadata={"preset": args.preset,
                                                     "overrides": " ".join(args.overrides) or "none"})
     _print_report(paths)
@@ -227,10 +253,9 @@ def _run_demo(args) -> int:
 
 def _run_train(args) -> int:
     from .data.sources import DataError
-    from .training import load_config, train
+    from .training import train
 
-    options, flags = _option_overrides(args, DATA_OPTIONS)
-    config = _load_config("train", load_config, args.config or args.preset, [*args.overrides, *options], flags)
+    config = command_config(args)
     try:
         checkpoint = train(config, args.out, resume=args.resume)
     except FileExistsError as error:
@@ -259,10 +284,10 @@ def _run_eval(args) -> int:
 
 def _run_study(args) -> int:
     from .data.sources import DataError
-    from .study import load_study_config, run_study
+    from .study import run_study
 
-    options, flags = _option_overrides(args, STUDY_OPTIONS)
-    study = _load_config("study", load_study_config, args.config or args.preset, [*args.overrides, *options], flags)
+    study = command_config(args)
+    flags = _option_overrides(args, STUDY_OPTIONS)[1]
     started = time.perf_counter()
     try:
         paths = run_study(args.out, study, name=str(args.config) if args.config else args.preset)
@@ -283,17 +308,13 @@ def _run_bench(bench_argv: list[str]) -> int:
 
 
 def _run_xmodal(args) -> int:
-    from .retrieval import load_config, train_xmodal
+    from .retrieval import train_xmodal
     from .retrieval.commands import evaluate_run
 
     command = f"xmodal {args.xmodal_command}"
     try:
         if args.xmodal_command == "train":
-            if args.data_root:
-                args.data_root = str(Path(args.data_root).expanduser())
-            options, flags = _option_overrides(args, XMODAL_OPTIONS)
-            config = _load_config(command, load_config, args.config or args.preset, [*args.overrides, *options],
-                                  flags)
+            config = command_config(args)
             checkpoint = train_xmodal(config, args.out, resume=args.resume)
             print(f"checkpoint: {checkpoint}")
         else:
