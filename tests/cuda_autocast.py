@@ -114,8 +114,11 @@ def _set_opt_dtype_kernel(op):
     return kernel
 
 
-def _append_dtype_kernel(with_dtype):
+def _append_dtype_kernel(op, with_dtype):
+    defaults = [argument.default_value for argument in op._schema.arguments]
+
     def kernel(*args):
+        args = (*args, *defaults[len(args):])  # the dispatcher leaves out trailing defaults
         dtype = torch.float32 if _eligible(args[0]) else args[0].dtype
         with _no_autocast():
             return with_dtype(*args, dtype=dtype)
@@ -159,7 +162,7 @@ def _register(library) -> None:
     for name in FP32_SET_OPT_DTYPE:
         library.impl(name, _set_opt_dtype_kernel(_overload(name)), key)
     for name, with_dtype in FP32_APPEND_DTYPE.items():
-        library.impl(name, _append_dtype_kernel(_overload(with_dtype)), key)
+        library.impl(name, _append_dtype_kernel(_overload(name), _overload(with_dtype)), key)
     for name in PROMOTE:
         library.impl(name, _casting_kernel(_overload(name), _promoted), key)
     for name in BANNED:
