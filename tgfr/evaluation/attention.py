@@ -1,4 +1,7 @@
-"""Word -> region attention heat-maps: which face regions each caption word attends to."""
+"""Word -> region attention heat-maps: which face regions each caption word attends to.
+
+matplotlib is imported when a figure is drawn, not with the evaluation package.
+"""
 from __future__ import annotations
 
 from pathlib import Path

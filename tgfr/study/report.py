@@ -9,6 +9,7 @@ import numpy as np
 
 from ..data import QUALITY_LEVELS
 from ..evaluation import FAR_TARGETS
+from ..markdown import table
 
 
 def _values(results, run, mode, level, metric):
@@ -27,9 +28,7 @@ def _cell(values) -> str:
 
 
 def _table(header, rows) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
+    return table(header, rows).split("\n")
 
 
 TABLE2_ROWS = (("tgfr", "image", "image only (frozen encoder)"), ("bilstm_flf", "flf", "BiLSTM-FLF"),
