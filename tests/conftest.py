@@ -112,23 +112,12 @@ def tgfr_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def face_gallery(tgfr_run, tmp_path_factory):
     """The run's test photos as a gallery folder (one subfolder per person, PNG files) with captions.jsonl."""
-    import json
-
-    from PIL import Image
-
+    from tgfr.inference.gallery import write_gallery
     from tgfr.training import config_from_dict, read_checkpoint
     from tgfr.training.data import load_test_split
 
     test = load_test_split(config_from_dict(read_checkpoint(tgfr_run)["config"]), tgfr_run)
-    root = tmp_path_factory.mktemp("gallery")
-    lines = []
-    for number, record in enumerate(test.records):
-        name = f"person{record.identity:03d}/{number:03d}.png"
-        (root / name).parent.mkdir(exist_ok=True)
-        Image.fromarray(record.pixels).save(root / name)
-        lines.append(json.dumps({"image": name, "caption": record.captions[0]}))
-    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    return root
+    return write_gallery(test.records, tmp_path_factory.mktemp("gallery"))
 
 
 @pytest.fixture(scope="session")

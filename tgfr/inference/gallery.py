@@ -85,6 +85,22 @@ def cached_index(cache_dir, fingerprint, build: Callable[[], GalleryIndex]) -> t
     return index, path, False
 
 
+def write_gallery(records, root) -> Path:
+    """Write photos (:class:`tgfr.data.FaceRecord` with pixels, e.g. a run's test split) as a gallery folder:
+    ``personID/NNN.png`` and ``captions.jsonl`` with each photo's first caption. Returns ``root``."""
+    from PIL import Image
+
+    root = Path(root)
+    lines = []
+    for number, record in enumerate(records):
+        name = f"person{record.identity:03d}/{number:03d}.png"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(record.load_image()).save(root / name)
+        lines.append(json.dumps({"image": name, "caption": record.captions[0]}))
+    (root / CAPTIONS_FILE).write_text("\n".join(lines) + "\n")
+    return root
+
+
 class Gallery:
     """A folder of known faces for a :class:`tgfr.inference.FaceRecognizer`.
 
