@@ -192,6 +192,8 @@ def _print_report(paths: dict[str, Path]) -> None:
     print(f"ROC:    {paths['roc']}")
     if "attention" in paths:
         print(f"word-region attention: {paths['attention']}")
+    if "thresholds" in paths:
+        print(f"verification thresholds (FAR=1e-3, normal quality): {paths['thresholds']}")
 
 
 def _run_demo(args) -> int:
