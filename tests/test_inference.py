@@ -8,19 +8,11 @@ import pytest
 import torch
 from conftest import assert_close
 from PIL import Image
+from test_data_pipeline import _cli_error
 
 import tgfr
 from tgfr.cli import main
 from tgfr.evaluation.metrics import roc_curve, threshold_at_far
-
-
-def _usage_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as raised:
-        main(argv)
-    assert raised.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +251,7 @@ def test_an_export_loads_without_training_code_or_pickles(tgfr_run, tmp_path):
 def test_export_refuses_a_directory_in_use(tgfr_run, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    err = _usage_error(capsys, ["export", "--model", str(tgfr_run), "--out", str(tmp_path / "taken")])
+    err = _cli_error(capsys, ["export", "--model", str(tgfr_run), "--out", str(tmp_path / "taken")])
     assert "not an empty directory" in err
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
 
@@ -334,6 +326,7 @@ def test_embed_command_writes_npy_and_safetensors(tgfr_run, face_gallery, model,
     (["embed", "--images", "GALLERY", "--mode", "tgfr", "--out", "x.npy"], "needs a description of every photo"),
     (["embed", "--images", "GALLERY", "--captions", "NOT_AN_IMAGE", "--out", "x.npy"], "is not JSON"),
     (["serve", "--port", "0"], "give --model"),
+    (["serve", "--model", "RUN", "--max-upload-mb", "0"], "--max-upload-mb must be > 0"),
 ])
 def test_command_mistakes_are_one_line_usage_errors(tgfr_run, face_gallery, tmp_path, capsys, argv, message):
     photo = next(face_gallery.glob("person*/*.png"))
@@ -341,11 +334,11 @@ def test_command_mistakes_are_one_line_usage_errors(tgfr_run, face_gallery, tmp_
     (tmp_path / "notes.txt").write_text("not a photo")
     replace = {"A": str(photo), "NOT_AN_IMAGE": str(tmp_path / "notes.txt"), "EMPTY": str(tmp_path / "empty"),
                "GALLERY": str(face_gallery), "MISSING": str(tmp_path / "missing"), "x.csv": str(tmp_path / "x.csv"),
-               "x.npy": str(tmp_path / "x.npy")}
+               "x.npy": str(tmp_path / "x.npy"), "RUN": str(tgfr_run)}
     argv = [replace.get(a, a) for a in argv]
     if "--model" not in argv and argv[0] != "serve":
         argv += ["--model", str(tgfr_run)]
-    err = _usage_error(capsys, argv)
+    err = _cli_error(capsys, argv)
     last = err.strip().splitlines()[-1]  # after argparse's usage lines, one line says what is wrong
     assert last.startswith(f"tgfr {argv[0]}: error:") and message in last
 

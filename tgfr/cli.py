@@ -325,16 +325,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
 def add_inference_commands(commands) -> None:
     def model_arguments(command, required: bool = True):
         command.add_argument("--model", type=_existing_path, required=required, metavar="MODEL", help=MODEL_HELP)
@@ -384,7 +374,7 @@ def add_inference_commands(commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
                                                            "computer only)")
     serve.add_argument("--port", type=_non_negative_int, default=7860, help="port (default: 7860; 0: any free)")
-    serve.add_argument("--max-upload-mb", type=_positive_float, default=10.0, metavar="MB",
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
                        help="largest photo accepted (default: 10)")
 
 
@@ -463,6 +453,8 @@ def _run_serve(args) -> int:
 
     if args.model is None and args.xmodal is None:
         raise _usage_error("serve", "give --model (Verify, Identify), --xmodal (Search) or both")
+    if not args.max_upload_mb > 0:
+        raise _usage_error("serve", f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
     if args.gallery is not None and not args.gallery.is_dir():
         raise _usage_error("serve", f"--gallery {args.gallery} is not a directory")
     recognizer = _load_model("serve", args) if args.model is not None else None
