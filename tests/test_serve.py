@@ -234,7 +234,7 @@ def _fill(driver, element_id: str, value) -> None:
     field = driver.find_element("id", element_id)
     field.clear()
     if value:
-        field.send_keys(str(value))
+        field.send_keys(str(value.resolve() if isinstance(value, Path) else value))  # file inputs want absolute paths
 
 
 def _submit(driver, panel: str) -> str:
