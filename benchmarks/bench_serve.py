@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="timed requests per case")
     parser.add_argument("--warmup", type=int, default=3, help="untimed requests first")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--note", default="", help="what the models are (recorded with the results)")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -92,7 +93,8 @@ def main() -> None:
                 results[name] = summary(timed(session, url + endpoint, args.requests, args.warmup, **request))
         faces = len(gallery)
     document = {
-        "date": datetime.datetime.now().isoformat(timespec="minutes"), "machine": platform.processor(),
+        "note": args.note, "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
