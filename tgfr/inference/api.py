@@ -191,8 +191,8 @@ def run_modes(config) -> tuple[str, ...]:
 
 def load_run(path, device="auto") -> FaceRecognizer:
     """The finished training run in ``path`` (its directory or checkpoint file), with its thresholds."""
-    from ..training import config_from_dict, load_model, read_checkpoint
     from ..engine import checkpoint_path
+    from ..training import config_from_dict, load_model, read_checkpoint
     from .export import run_provenance
 
     checkpoint = checkpoint_path(path)
