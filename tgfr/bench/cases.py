@@ -63,7 +63,8 @@ def _randn(*shape, gen, device):
 
 def word_region_case(spec: dict) -> Case:
     from tgfr.ops import word_region_scores
-    from tgfr.ops.reference import published_damsm_words_loss
+    from tgfr.ops.common import accumulation_dtype
+    from tgfr.ops.word_region import published_damsm_words_loss
 
     B, T, N, D, device = spec["batch"], spec["T"], spec["N"], spec["D"], spec["device"]
     dtype = DTYPES[spec["dtype"]]
@@ -86,14 +87,14 @@ def word_region_case(spec: dict) -> Case:
     words.requires_grad_()
     regions.requires_grad_()
     mask = (torch.arange(T)[None, :] < lengths[:, None]).to(device)
-    upstream = _randn(B, B, gen=gen, device=device).to(dtype)
+    upstream = _randn(B, B, gen=gen, device=device).to(accumulation_dtype(dtype))  # the scores' dtype
     impl = spec["impl"]
     return Case([words, regions], lambda: word_region_scores(words, regions, mask, backend=impl), upstream)
 
 
 def info_nce_case(spec: dict) -> Case:
     from tgfr.ops import info_nce
-    from tgfr.ops.reference import info_nce_reference
+    from tgfr.ops.info_nce import info_nce_reference
 
     B, D, device = spec["batch"], spec["D"], spec["device"]
     dtype = DTYPES[spec["dtype"]]
