@@ -330,9 +330,7 @@ def word_region_loss(
     the inputs are this rank's shard of the global batch, and the mean over ranks of each
     returned loss is that loss on the global batch.
     """
-    if group is not None:
-        # the distributed form checks the shard itself and tells every rank, so that a bad shard
-        # on one rank stops them all at once instead of leaving the others waiting in a collective
+    if group is not None:  # checked by the distributed form, which tells every rank (see info_nce)
         from . import distributed
 
         return distributed.word_region_loss(
