@@ -15,6 +15,7 @@ import functools
 import torch
 import triton
 
+from . import info_nce, word_region
 from ._common import GPU, gpu_of, set_allow_tf32
 from .info_nce import info_nce_backward, info_nce_forward
 from .word_region import word_region_scores_backward, word_region_scores_forward
@@ -42,8 +43,6 @@ def unsupported_reason(op: str, dtype: torch.dtype, sizes: dict, gpu: GPU | None
 
 @functools.cache  # dispatch asks on every call; the answer depends on these only
 def _unsupported_reason(op: str, dtype: torch.dtype, sizes: tuple, gpu: GPU) -> str | None:
-    from . import info_nce, word_region
-
     sizes = dict(sizes)
     meta = dict(dtype=dtype, device="meta")
     try:
