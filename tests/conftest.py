@@ -24,27 +24,19 @@ def expected_missing_reason(backend: str, device: str) -> str | None:
     (``tgfr._C`` imports, or exists and fails to import), ``cuda`` wherever that build has CUDA
     and a GPU is present, ``triton`` wherever triton is installed (on the CPU through the
     interpreter). A missing expected backend fails its tests with the reason; a backend that
-    this installation legitimately lacks is skipped.
+    this installation legitimately lacks (not installed, or a device requirement unmet: built
+    without CUDA, no interpreter) is skipped.
     """
     device = torch.device(device)
-    if backends.is_available(backend, device):
+    record = backends.RECORDS[backend]
+    reason = record.unavailable_reason(device)
+    if reason is None:
         return None
-    if backend in ("cpp", "cuda"):
-        error = backends.extension_import_error()
-        built = error is None or "No module named 'tgfr._C'" not in error
-        if backend == "cuda" and (error is None and not backends.kernels("cuda").built_with_cuda()):
-            built = False
-    elif backend == "triton":
-        built = backends.triton_installed()
-    else:
-        built = True
-    if not built:
-        return None
-    try:
-        backends.resolve(backend, device)
-    except (RuntimeError, ValueError) as error:
-        return str(error)
-    return f"backend {backend} is not available on {device}"
+    if record.fused and record.kernels() is None:
+        return reason if record.broken() else None
+    if record.kernels() is not None and device.type in record.devices:
+        return None  # imported, on a device it supports: what that device requires is missing here
+    return reason
 
 
 def _param(backend, device):

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import available_backends, info_nce, word_region_scores
-from ..ops.reference import info_nce_reference, published_damsm_words_loss
+from ..ops.common import accumulation_dtype
+from ..ops.info_nce import info_nce_reference
+from ..ops.word_region import published_damsm_words_loss
 
 # Word-region rows: the authors' code verbatim, then the backends of tgfr.ops.word_region_scores.
 WORD_REGION_IMPLS = ("published", "reference", "vectorized", "cpp", "cuda", "triton")
@@ -84,7 +86,7 @@ def word_region_case(spec: dict) -> Case:
     words.requires_grad_()
     regions.requires_grad_()
     mask = (torch.arange(T)[None, :] < lengths[:, None]).to(device)
-    upstream = _randn(B, B, gen=gen, device=device).to(dtype)
+    upstream = _randn(B, B, gen=gen, device=device).to(accumulation_dtype(dtype))  # the scores' dtype
     impl = spec["impl"]
     return Case([words, regions], lambda: word_region_scores(words, regions, mask, backend=impl), upstream)
 
