@@ -16,6 +16,8 @@ import functools
 
 import torch
 
+from ..ops.common import autocast_disabled
+
 
 def _to_float32(value):
     if isinstance(value, torch.Tensor):
@@ -40,10 +42,8 @@ def _tensors(value):
 
 def _autocast_off(args, kwargs):
     """Autocast off for the device of the first tensor among the arguments (if it has autocast at all)."""
-    device_type = next((t.device.type for t in _tensors((args, kwargs))), None)
-    if device_type is None or not torch.amp.is_autocast_available(device_type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, enabled=False)
+    device = next((t.device for t in _tensors((args, kwargs))), None)
+    return contextlib.nullcontext() if device is None else autocast_disabled(device)
 
 
 def float32_island(function):
