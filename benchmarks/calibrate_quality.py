@@ -74,6 +74,7 @@ class Encoder:
     """One size's and seed's frozen face encoder with its test set and normal-quality reference embeddings."""
 
     size: str
+    image_size: int
     seed: int
     model: torch.nn.Module
     test: object
@@ -85,12 +86,13 @@ class Encoder:
 def load_encoder(size: str, seed: int, work: Path) -> Encoder:
     checkpoint = face_encoder(size, seed, work)
     preset, overrides = SIZES[size]
-    test = load_test_split(load_config(preset, [*overrides, f"seed={seed}"]), checkpoint.parent)
+    config = load_config(preset, [*overrides, f"seed={seed}"])
+    test = load_test_split(config, checkpoint.parent)
     model = load_model(checkpoint)
     protocol = TestProtocol.for_labels(test.labels)
     reference = embed_dataset(model, test.with_quality("normal"), ("image",))["image"]
     normal = score_embeddings("image", "normal", reference, reference, protocol).verification.tar_at_far[FAR]
-    return Encoder(size, seed, model, test, protocol, reference, normal)
+    return Encoder(size, config.model.image_size, seed, model, test, protocol, reference, normal)
 
 
 def measure_tar(encoder: Encoder, level: str, severity: float) -> float:
@@ -157,7 +159,7 @@ def chosen_severity(steps: list[dict], level: str) -> float:
 def write_report(encoders, work: Path, out: Path) -> None:
     """Measure the committed levels and write ``out``.md and ``out``.json."""
     levels = QUALITY_LEVELS[1:]
-    runs = [{"size": e.size, "image_size": e.test.image_size, "seed": e.seed, "tar": {"normal": e.normal_tar},
+    runs = [{"size": e.size, "image_size": e.image_size, "seed": e.seed, "tar": {"normal": e.normal_tar},
              "retention": {}} for e in encoders]
     for level in levels:
         measurements = Measurements(work, level)
