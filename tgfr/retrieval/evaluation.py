@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from scipy.special import gammaln
 
+from ..markdown import table
 from ..ops import word_region_scores
 from .data import RetrievalSplit, images_to_tensor
 from .oracle import composed_oracle_scores, text_oracle_scores
@@ -235,10 +236,7 @@ def _pairwise_cell(m: dict) -> str:
 def format_table(results: dict[str, dict[str, dict]]) -> str:
     """The results as one markdown table (R@K, mAP and the after-above-before accuracy with its 95 %
     Wilson interval, in percent)."""
-    header = METRICS + (f"{PAIRWISE} [95 % CI]",)
-    lines = ["| query | method | " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(header)]
-    for task, methods in results.items():
-        for method, m in methods.items():
-            cells = [f"{100 * m[k]:.1f}" for k in METRICS[:-1]] + [f"{m['median rank']:g}", _pairwise_cell(m)]
-            lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    header = ["query", "method", *METRICS, f"{PAIRWISE} [95 % CI]"]
+    rows = [[task, method, *(f"{100 * m[k]:.1f}" for k in METRICS[:-1]), f"{m['median rank']:g}", _pairwise_cell(m)]
+            for task, methods in results.items() for method, m in methods.items()]
+    return table(header, rows, align=["l", "l"] + ["r"] * (len(header) - 2))
