@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -356,3 +357,33 @@ def test_killed_run_resumes_after_its_last_finished_epoch(tiny_run, tmp_path):
     assert resumed["progress"]["epochs_done"] == 2
     for name, value in uninterrupted["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("before_negative", [False, True])
+def test_before_negative_gives_each_composed_query_its_before_photo_from_the_first_step(before_negative, tmp_path):
+    from tgfr.retrieval.config import load_config
+    from tgfr.retrieval.data import build_retrieval_splits
+    from tgfr.retrieval.train import XModalStage, build_model
+
+    config = load_config("tiny", ["negatives=easy", f"before_negative={before_negative}", "epochs=1"])
+    split = build_retrieval_splits(config.synthetic(), config.pairs_per_identity, tmp_path)["train"]
+    stage = XModalStage(build_model(config, 8), config, split, text=None)
+    batches = stage.start_epoch(SimpleNamespace(number=0))
+    for batch in batches:
+        composed, text = batch["composed"]["negatives"], batch["text"]["negatives"]
+        assert list(text) == ["easy"]  # the text queries' negatives follow ``negatives`` alone
+        if before_negative:
+            assert list(composed) == ["easy", "hard"]
+            # the hard column of pair i is pair i's second before photo (other_before[pairs])
+            np.testing.assert_array_equal(composed["hard"], batch["composed"]["pairs"])
+        else:
+            assert list(composed) == ["easy"]
+
+
+def test_split_fractions_reach_the_synthetic_set_and_are_checked():
+    from tgfr.config import ConfigError
+    from tgfr.retrieval.config import load_config
+
+    assert load_config("tiny", ["split_fractions=[0.5, 0.2, 0.3]"]).synthetic().split_fractions == (0.5, 0.2, 0.3)
+    with pytest.raises(ConfigError, match="split_fractions"):
+        load_config("tiny", ["split_fractions=[0.5, 0.1, 0.1]"])

@@ -61,6 +61,9 @@ class XModalConfig:
     weight_decay: float = setting(1e-4, ge=0)
     scale: float = setting(20.0, gt=0)
     negatives: str = setting("hard", choices=NEGATIVE_SETTINGS)
+    # composed queries: the same person's second before photo as a negative from the first step, whatever
+    # ``negatives`` schedules (the one negative that only the change text can tell from the target)
+    before_negative: bool = False
     grade_starts: list[float] = setting([0.0, 0.2, 0.4], ge=0, le=1)
     composed_weight: float = setting(1.0, ge=0)
     baseline_weight: float = setting(1.0, ge=0)
@@ -89,8 +92,8 @@ PRESETS = {
     "tiny": {"num_identities": 16, "images_per_identity": 2, "image_size": 32, "captions_per_image": 1,
              "pairs_per_identity": 1, "face_width": 4, "dim": 32, "epochs": 2, "batch_size": 4, "threads": 1,
              "backend": "vectorized", "progress": False},
-    # <= 10 minutes on two idle cores, training and evaluation
-    "quick": {},
+    # <= 10 minutes of one core, training and evaluation (benchmarks/XMODAL_RESULTS.md: what each setting bought)
+    "quick": {"epochs": 60, "negatives": "none", "before_negative": True, "text_head": "tokens", "text_views": 4},
     # a longer run on more people
     "full": {"num_identities": 1000, "images_per_identity": 8, "image_size": 64, "face_width": 32, "epochs": 40,
              "batch_size": 64},

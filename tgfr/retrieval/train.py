@@ -63,15 +63,15 @@ def build_model(config: XModalConfig, text_size: int) -> XModalModel:
 
 
 def _batch_loss(model, config: XModalConfig, split, text, batch: dict) -> dict[str, torch.Tensor]:
-    """The loss terms of one step's text and composed queries (``batch``: their indices and grades)."""
+    """The loss terms of one step's text and composed queries (``batch``: their indices and negatives)."""
     faces, changes = split.faces, split.changes
-    tb, cb, grades = batch["text"], batch["composed"], batch["grades"]
+    tb, cb = batch["text"], batch["composed"]
     # one encoder pass over every face of the step, in segments
     segments = {"text_pos": faces.images[tb["photos"]], "ref": changes.reference[cb["pairs"]],
                 "target": changes.target[cb["pairs"]]}
-    for g in grades:
-        segments[f"text_{g}"] = faces.images[tb["negatives"][g]]
-        rows = cb["negatives"][g]
+    for g, rows in tb["negatives"].items():
+        segments[f"text_{g}"] = faces.images[rows]
+    for g, rows in cb["negatives"].items():
         segments[f"comp_{g}"] = changes.other_before[rows] if g == "hard" else changes.target[rows]
     sizes = [len(v) for v in segments.values()]
     pooled, cells = model.encode_faces(images_to_tensor(np.concatenate(list(segments.values()))))
@@ -79,7 +79,7 @@ def _batch_loss(model, config: XModalConfig, split, text, batch: dict) -> dict[s
 
     ids = torch.as_tensor(faces.identities[tb["photos"]])
     text_negatives = {g: (embedded[f"text_{g}"], torch.as_tensor(faces.identities[tb["negatives"][g]]))
-                      for g in grades}
+                      for g in tb["negatives"]}
     views = [text.batch(captions) for captions in tb["captions"]]
     loss_text = sum(graded_mnrl(model.embed_texts(v), embedded["text_pos"], ids, text_negatives, config.scale,
                                 config.backend) for v in views) / len(views)
@@ -87,7 +87,7 @@ def _batch_loss(model, config: XModalConfig, split, text, batch: dict) -> dict[s
 
     pair_ids = changes.identities[cb["pairs"]]
     composed_negatives = {g: (embedded[f"comp_{g}"], state_ids(changes.identities[cb["negatives"][g]], g != "hard"))
-                          for g in grades}
+                          for g in cb["negatives"]}
     queries = model.compose(embedded["ref"], text.batch([changes.captions[p] for p in cb["pairs"]]))
     loss_composed = graded_mnrl(queries, embedded["target"], state_ids(pair_ids, True), composed_negatives,
                                 config.scale, config.backend)
@@ -140,8 +140,10 @@ class XModalStage(Stage):
         batches = []
         for step in range(self.step, self.step + self.steps):
             grades = active_grades(c.negatives, step / self.total_steps, c.grade_starts)
+            # the same person's second before photo: from the first step when before_negative asks for it
+            composed_grades = tuple(dict.fromkeys(grades + ("hard",) * c.before_negative))
             batches.append({"grades": grades, "text": self.batches.text_batch(rng, c.batch_size, grades, c.text_views),
-                            "composed": self.batches.composed_batch(rng, c.batch_size, grades)})
+                            "composed": self.batches.composed_batch(rng, c.batch_size, composed_grades)})
         return batches
 
     def loss(self, batch):
