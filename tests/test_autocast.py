@@ -28,6 +28,7 @@ from tgfr.models import (
 )
 from tgfr.ops import info_nce, word_region_loss
 from tgfr.retrieval import XModalModel, graded_mnrl
+from tgfr.retrieval.text import CaptionBatch
 
 # the smoke preset's model
 SMOKE_MODEL = dict(image_size=32, image_width=8, text_embedding_dim=16, text_hidden=16, dim=32, embedding_size=32,
@@ -204,8 +205,9 @@ def test_xmodal_step(dtype):
         positives, references, targets, easy, hard = model.project_faces(pooled).split(
             [batch, batch, batch, negatives, negatives])
         grades = {"easy": (easy, ids[:negatives] + batch), "hard": (hard, ids[:negatives] + 2 * batch)}
-        text = graded_mnrl(model.embed_texts(sentences[:batch]), positives, ids, grades)
-        composed = graded_mnrl(model.compose(references, sentences[batch:]), targets, ids, grades)
+        text = graded_mnrl(model.embed_texts(CaptionBatch(sentences[:batch], tokens, mask)), positives, ids, grades)
+        composed = graded_mnrl(model.compose(references, CaptionBatch(sentences[batch:], tokens, mask)), targets, ids,
+                               grades)
         clip = info_nce(model.clip_texts(sentences[:batch]), model.clip_faces(pooled[:batch].detach()),
                         torch.exp(-model.clip_log_scale), class_ids=ids)
         word_region = sum(word_region_loss(model.words(tokens), model.regions(cells[:batch].detach()), mask,
