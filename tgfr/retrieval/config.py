@@ -50,20 +50,20 @@ class XModalConfig:
     dim: int = setting(256, ge=1)
     text_encoder: str = setting("minilm", choices=("minilm",), also=HF_MODEL_DIRECTORY)
     # "sentence": MLP of the mean-pooled sentence vector; "tokens": attention pooling of the token states
-    text_head: str = setting("sentence", choices=TEXT_HEADS)
+    text_head: str = setting("tokens", choices=TEXT_HEADS)
     max_tokens: int = setting(32, ge=1)
     # training
-    epochs: int = setting(16, ge=0)
+    epochs: int = setting(60, ge=0)
     steps_per_epoch: int = setting(0, ge=0)
     batch_size: int = setting(32, ge=1)
-    text_views: int = setting(1, ge=1)  # captions of each text positive that query it per step (one face pass)
+    text_views: int = setting(4, ge=1)  # captions of each text positive that query it per step (one face pass)
     lr: float = setting(2e-3, gt=0)
     weight_decay: float = setting(1e-4, ge=0)
     scale: float = setting(20.0, gt=0)
-    negatives: str = setting("hard", choices=NEGATIVE_SETTINGS)
+    negatives: str = setting("none", choices=NEGATIVE_SETTINGS)
     # composed queries: the same person's second before photo as a negative from the first step, whatever
     # ``negatives`` schedules (the one negative that only the change text can tell from the target)
-    before_negative: bool = False
+    before_negative: bool = True
     grade_starts: list[float] = setting([0.0, 0.2, 0.4], ge=0, le=1)
     composed_weight: float = setting(1.0, ge=0)
     baseline_weight: float = setting(1.0, ge=0)
@@ -92,8 +92,9 @@ PRESETS = {
     "tiny": {"num_identities": 16, "images_per_identity": 2, "image_size": 32, "captions_per_image": 1,
              "pairs_per_identity": 1, "face_width": 4, "dim": 32, "epochs": 2, "batch_size": 4, "threads": 1,
              "backend": "vectorized", "progress": False},
-    # <= 10 minutes of one core, training and evaluation (benchmarks/XMODAL_RESULTS.md: what each setting bought)
-    "quick": {"epochs": 60, "negatives": "none", "before_negative": True, "text_head": "tokens", "text_views": 4},
+    # the defaults: <= 10 minutes of one core, training and evaluation (benchmarks/XMODAL_RESULTS.md: what each
+    # default bought)
+    "quick": {},
     # a longer run on more people
     "full": {"num_identities": 1000, "images_per_identity": 8, "image_size": 64, "face_width": 32, "epochs": 40,
              "batch_size": 64},
