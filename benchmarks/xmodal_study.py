@@ -51,7 +51,7 @@ CHANGES = [
     ("text_head=tokens", ["text_head=tokens"]),
     ("text_views=4", ["text_views=4"]),
     ("before_negative=true at 16 epochs", ["before_negative=true"]),
-    ("epochs=60: the quick preset", ["epochs=60"]),
+    ("epochs=60 (quick preset)", ["epochs=60"]),
 ]
 #: The quick preset as it now stands (the last row of CHANGES), for the seeded and ablation rows.
 PRESET_ROWS = {
