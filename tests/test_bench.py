@@ -162,10 +162,15 @@ def test_bad_options_are_a_usage_error():
 @pytest.mark.slow
 def test_device_script_dry_run_brings_every_result_back(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "TGFR_GPU_OUT": str(tmp_path),
-                                            "PYTHON": sys.executable})
-    assert proc.returncode == 0, proc.stdout[-3000:]
+                          timeout=1200, env={**os.environ, "TGFR_GPU_OUT": str(tmp_path), "PYTHON": sys.executable,
+                                             # the device's budget is for a GPU: twice that rehearses it on a CPU
+                                             # that others share
+                                             "TGFR_GPU_TOTAL_S": "1140"})
     log = (tmp_path / "gpu_run.log").read_text()
+    # on a loaded machine a step may run out of its time (status 124, "cut off"); a step that fails may not
+    failed = [line for line in log.splitlines() if " failed with status " in line and "build with CUDA" not in line]
+    assert not failed and proc.returncode in (0, 124), log[-3000:]
     assert "simulating a failed CUDA build" in log and "== build CPU-only" in log
-    for name in ("RESULTS_GPU.md", "RESULTS_GPU.json", "RESULTS_GPU.png", "tests_gpu.xml", "tests_other.xml"):
+    for name in ("RESULTS_GPU.md", "RESULTS_GPU.json", "RESULTS_GPU.png", "tests_gpu.xml", "tests_other.xml",
+                 "APP_RUNS.json"):
         assert (tmp_path / name).stat().st_size > 0, name
