@@ -166,8 +166,8 @@ def test_train_eval_retrieve_smoke(tiny_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--text", "  "], "at least one word"),
-    (["--text", "a beard", "--image", "missing.png"], "no such image file"),
-    (["--text", "a beard", "--gallery", "no_gallery"], "is not a directory"),
+    (["--text", "a beard", "--image", "missing.png"], "no such file"),
+    (["--text", "a beard", "--gallery", "no_gallery"], "no such file or directory"),
     (["--text", "a beard", "--top-k", "100000"], "larger than the gallery"),
 ])
 def test_retrieve_bad_input_is_a_usage_error(tiny_run, tmp_path, capsys, extra, message):
