@@ -26,6 +26,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
 LOG_NAME = "log.jsonl"
 FORMAT_VERSION = 2
+# what each kind of run is, for the message when one is given where another is expected
+RUN_KINDS = {"tgfr": "a TGFR training run ('tgfr train')", "xmodal": "an X-Modal retrieval run ('tgfr xmodal train')"}
 
 
 class CheckpointError(ValueError):
@@ -60,8 +62,8 @@ def read_checkpoint(checkpoint_or_run_dir, kind: str, command: str) -> dict:
         raise CheckpointError(f"{path} was not written by '{command}' (it is no tgfr checkpoint of format "
                               f"{FORMAT_VERSION})")
     if state["kind"] != kind:
-        raise CheckpointError(f"{path} holds a run of another command (kind {state['kind']!r}), not one of "
-                              f"'{command}'")
+        other = RUN_KINDS.get(state["kind"], f"a run of kind {state['kind']!r}")
+        raise CheckpointError(f"{path} is {other}, not a checkpoint of '{command}'")
     return state
 
 

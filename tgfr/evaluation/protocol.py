@@ -24,9 +24,6 @@ from tqdm.auto import tqdm
 from ..data import QUALITY_LEVELS, DataError, collate_face_captions, identification_split
 from ..engine import checkpoint_path, resolve_device
 from ..models import EMBED_MODES
-from ..training import config_from_dict, read_checkpoint
-from ..training.checkpoint import model_from_checkpoint
-from ..training.data import load_test_split
 from .attention import plot_attention_grid
 from .metrics import all_pair_scores, rank1_accuracy, verification_metrics
 from .report import Result, write_report
@@ -235,6 +232,11 @@ def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=None, 
     another root than the one saved (the same dataset, moved); ``dataset``, when given, must be
     the run's dataset. A mode the run did not train is a ValueError.
     """
+    # training code imported on use: an exported model is evaluated and served without it
+    from ..training import config_from_dict, read_checkpoint
+    from ..training.checkpoint import model_from_checkpoint
+    from ..training.data import load_test_split
+
     state = read_checkpoint(checkpoint)
     config = config_from_dict(state["config"])
     trained = config.embedding_modes
