@@ -112,6 +112,13 @@ def test_load_table_gives_ratios_per_backend_and_between_backends():
 
 def test_dry_run_of_the_device_benchmark_writes_a_complete_report(tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
+    # what benchmarks/app_runs.py leaves there first in gpu.sh: the report shows a row per command
+    app_runs = {"text_model": "minilm", "rows": [
+        {"name": "train --preset smoke (AMP)", "command": "train", "status": "finished", "seconds": 12.5},
+        {"name": "xmodal train --preset tiny", "command": "xmodal train", "status": "failed (exit 1)",
+         "seconds": 3.0, "error": "RuntimeError: scatter(): Expected self.dtype to be equal to src.dtype"}]}
+    (out / "APP_RUNS.json").write_text(json.dumps(app_runs))
     # in a subprocess: the dry run sets TRITON_INTERPRET before importing triton
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--dry-run", "--quick",
                            "--budget-s", "120", "--out-dir", str(out)], capture_output=True, text=True, timeout=300)
@@ -132,6 +139,8 @@ def test_dry_run_of_the_device_benchmark_writes_a_complete_report(tmp_path):
     assert data["extra"]["ceilings"]
     report = (out / "RESULTS_GPU.md").read_text()
     assert "DRY RUN" in report and "| 2 | loop | fp32 |" in report
+    assert "| train --preset smoke (AMP) | finished | 12.5 s |" in report
+    assert "| xmodal train --preset tiny | failed (exit 1) | 3 s | RuntimeError: scatter()" in report
     assert (out / "RESULTS_GPU.png").stat().st_size > 10_000
 
 
