@@ -174,3 +174,14 @@ def test_device_script_dry_run_brings_every_result_back(tmp_path):
     for name in ("RESULTS_GPU.md", "RESULTS_GPU.json", "RESULTS_GPU.png", "tests_gpu.xml", "tests_other.xml",
                  "APP_RUNS.json"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_quick_fills_only_what_the_command_line_leaves_out(monkeypatch, capsys):
+    """--quick with --batches measures those batches, and the report names the command that made it."""
+    specs = []
+    monkeypatch.setattr(cpu, "run_specs", lambda given, **settings: specs.extend(given))
+    argv = ["--quick", "--batches", "2", "--background-load", "0", "--implementations", "cpp"]
+    assert cpu.main(argv, prog="tgfr bench") == 0
+    assert {spec["batch"] for spec in specs if spec["op"] == "word_region"} == {2}
+    assert {spec["batch"] for spec in specs if spec["op"] == "info_nce"} == {256, 512}  # --quick's
+    assert f"Produced by `tgfr bench {' '.join(argv)}`" in capsys.readouterr().out
