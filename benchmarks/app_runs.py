@@ -50,7 +50,7 @@ def commands(work: Path, text_model: str) -> list[tuple[str, list[str]]]:
     train = work / "train"
     return [
         ("train --preset smoke (AMP)", [*tgfr, "train", "--preset", "smoke", "--out", str(train), "amp=true"]),
-        ("eval of that run", [*tgfr, "eval", "--checkpoint", str(train), "--out", str(work / "eval")]),
+        ("eval of that run", [*tgfr, "eval", "--model", str(train), "--out", str(work / "eval")]),
         ("xmodal train --preset tiny", [*tgfr, "xmodal", "train", "--preset", "tiny", "--out", str(work / "xmodal"),
                                         f"text_encoder={text_model}"]),
         ("study --preset tiny --seeds 0", [*tgfr, "study", "--preset", "tiny", "--seeds", "0",
