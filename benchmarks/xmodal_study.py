@@ -1,7 +1,7 @@
 """X-Modal on the embedded data: what each training change buys, the negative grades, the face encoders.
 
 Every row is one ``tgfr xmodal train --preset P --out DIR key=value ... threads=1`` followed by
-``tgfr xmodal eval --checkpoint DIR``, run as child processes; each row records the children's CPU time
+``tgfr xmodal eval --model DIR``, run as child processes; each row records the children's CPU time
 (user + sys, from ``os.wait4``), the budget proxy on a machine shared with other jobs: runs are
 deterministic for a seed, so only the time depends on the load. Rows of one data seed share the rendered
 faces and the frozen sentence features: the first run of a seed leaves them in ``WORK/cache`` and later
@@ -104,7 +104,7 @@ def run_row(name: str, preset: str, overrides: list[str], work: Path, cold: bool
     started = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
         train_cpu = _child([*tgfr, "train", "--preset", preset, "--out", str(out), *overrides, "threads=1"], log)
-        eval_cpu = _child([*tgfr, "eval", "--checkpoint", str(out)], log)
+        eval_cpu = _child([*tgfr, "eval", "--model", str(out)], log)
     made = [*out.glob("tgfr_synthetic_*.npz"), *out.glob("text_features_*.pt")]
     for path in made:
         if not (cache / path.name).exists():
