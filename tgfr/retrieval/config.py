@@ -23,7 +23,7 @@ DATASETS = ("synthetic", "celeba-dialog")
 
 @dataclass
 class XModalConfig:
-    """Everything an X-Modal run depends on (see the README's X-Modal section for the choices).
+    """Everything an X-Modal run depends on (docs/xmodal.md explains the choices).
 
     Data: the embedded synthetic set and its change pairs, or CelebA-Dialog (whose attribute levels
     give the change pairs) under ``data_root``. Training: ``steps_per_epoch`` batches per epoch (0:
