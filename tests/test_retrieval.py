@@ -241,18 +241,22 @@ def test_change_pairs_differ_in_exactly_the_described_attributes(identity):
 # ---------------------------------------------------------------- commands end to end
 
 def test_train_eval_retrieve_smoke(xmodal_run, tmp_path, capsys):
+    import shutil
+
     from PIL import Image
 
     from tgfr.cli import main
 
-    assert (xmodal_run / "checkpoint.pt").is_file() and len((xmodal_run / "log.jsonl").read_text().splitlines()) == 2
-    assert main(["xmodal", "eval", "--checkpoint", str(xmodal_run)]) == 0
+    # a copy without the shared run's index and evaluation, which other tests may have made already
+    run = shutil.copytree(xmodal_run, tmp_path / "run", ignore=shutil.ignore_patterns("index", "eval"))
+    assert (run / "checkpoint.pt").is_file() and len((run / "log.jsonl").read_text().splitlines()) == 2
+    assert main(["xmodal", "eval", "--checkpoint", str(run)]) == 0
     out = capsys.readouterr().out
     for label in ("R@1", "R@10", "mAP", "median rank", "text -> face", "text + image -> face",
                   "TGFR word-region score", "CLIP-style", "image only", "attribute oracle", "ties at random",
                   "oracle (person + change)", "chance", "after above before [95 % CI]"):
         assert label in out
-    results = json.loads((xmodal_run / "eval" / "xmodal_eval.json").read_text())["results"]
+    results = json.loads((run / "eval" / "xmodal_eval.json").read_text())["results"]
     composed = results["text + image -> face"]
     assert composed["chance"]["after above before"] == 0.5
     assert composed["oracle (person + change)"]["after above before"] == 1.0
@@ -260,7 +264,7 @@ def test_train_eval_retrieve_smoke(xmodal_run, tmp_path, capsys):
     assert text["attribute oracle, ties at random"]["R@1"] >= text["attribute oracle"]["R@1"]
 
     grid = tmp_path / "grid.png"
-    assert main(["retrieve", "--checkpoint", str(xmodal_run), "--text", "A young man with short black hair.",
+    assert main(["retrieve", "--checkpoint", str(run), "--text", "A young man with short black hair.",
                  "--top-k", "3", "--out", str(grid)]) == 0
     out = capsys.readouterr().out
     assert "built and saved" in out and len([line for line in out.splitlines() if line[:4].strip().isdigit()]) == 3
@@ -272,7 +276,7 @@ def test_train_eval_retrieve_smoke(xmodal_run, tmp_path, capsys):
     for name in ("alice/1.png", "alice/2.png", "bob.png"):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(gallery / name)
     for _ in range(2):  # the second query reuses the saved index
-        assert main(["retrieve", "--checkpoint", str(xmodal_run), "--text", "now wears glasses",
+        assert main(["retrieve", "--checkpoint", str(run), "--text", "now wears glasses",
                      "--image", str(gallery / "bob.png"), "--gallery", str(gallery), "--top-k", "3",
                      "--match", "alice", "--out", str(grid)]) == 0
     out = capsys.readouterr().out
