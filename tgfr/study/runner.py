@@ -58,6 +58,11 @@ def plan(study: StudyConfig, out_dir) -> tuple[dict[int, TrainConfig], list[Plan
     """The face-encoder config of every seed and every run's config (all checked), and the runs."""
     out_dir = Path(out_dir)
     runs = study_runs(study.resolved_text_model(), study.transformer_text_lr)
+    missing = set(study.runs) - {run.name for run in runs}
+    if missing:
+        raise ConfigError(f"names runs that need a transformer caption encoder (text_model): {sorted(missing)}",
+                          "runs")
+    runs = [run for run in runs if not study.runs or run.name in study.runs]
     faces, planned = {}, []
     for seed in study.seeds:
         seed_dir = out_dir / f"seed{seed}"

@@ -13,6 +13,9 @@ from pathlib import Path
 from ..config import merge
 
 BILSTM = "bilstm"
+# every run's name, in the order the study trains them: Table 2's first (they decide its main claims)
+RUN_NAMES = ("tgfr", "flf", "cgfr", "id", "id_cicl", "id_wrcl", "id_imcl", "tgfr_variants", "flf_bilstm",
+             "tgfr_bilstm")
 
 
 @dataclass(frozen=True)
