@@ -273,3 +273,18 @@ def test_study_markdown_states_the_presets_deviations_from_the_paper():
     details = {"preset": "quick", "deviations": quick, "seeds": [0, 1, 2]}
     assert f"Deviations from the paper: {quick}." in study_markdown({}, [], details)
     assert "Deviations" not in study_markdown({}, [], {"preset": "paper", "seeds": [0]})
+
+
+def test_study_trains_only_the_runs_named(tmp_path):
+    from tgfr.config import ConfigError
+    from tgfr.study import load_study_config, plan
+
+    _, planned, runs = plan(load_study_config("tiny", ["runs=[tgfr, cgfr]", "text_model=none"]), tmp_path)
+    assert [run.name for run in runs] == ["tgfr", "cgfr"]
+    assert {(p.seed, p.run.name) for p in planned} == {(s, r) for s in (0, 1) for r in ("tgfr", "cgfr")}
+    with pytest.raises(ConfigError, match="must include 'tgfr'"):
+        load_study_config("tiny", ["runs=[flf]"])
+    with pytest.raises(ConfigError, match="need a transformer caption encoder"):
+        plan(load_study_config("tiny", ["runs=[tgfr, flf_bilstm]", "text_model=none"]), tmp_path)
+    with pytest.raises(ConfigError, match="runs"):
+        load_study_config("tiny", ["runs=[no_such_run]"])
