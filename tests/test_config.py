@@ -139,7 +139,7 @@ def test_presets_are_a_base_preset_and_changes():
     assert demo.model.image_size == 48 and demo.model.imim_norm == TrainConfig().model.imim_norm
     quick = configs.load(StudyConfig, "quick")
     assert quick.training.model.imim_norm == paper.model.imim_norm == "batch"
-    assert quick.training.model.image_size == 32 and quick.training.align.optimizer == "adamw"
+    assert quick.training.model.image_size == 32 and quick.training.align.optimizer == "adam"
     # a nested preset named in an override starts that part again from the preset
     assert configs.load(StudyConfig, "quick", ["training.preset=smoke"]).training == configs.load(TrainConfig, "smoke")
 

@@ -490,7 +490,7 @@ def test_wrcl_with_eq5_exponent_divides_the_matching_score_by_gamma2():
     torch.testing.assert_close(got, expected)
 
 
-def test_imim_paper_form_is_batchnorm_and_an_ungated_residual():
+def test_imim_residual_form_is_batchnorm_and_an_ungated_residual():
     torch.manual_seed(0)
     imim = IMIM(in_channels=16, dim=16, norm="batch", gate=False).eval()
     assert isinstance(imim.norm, nn.BatchNorm2d) and imim.gate is None
@@ -505,6 +505,66 @@ def test_imim_paper_form_is_batchnorm_and_an_ungated_residual():
     torch.testing.assert_close(imim(x), expected)
     with pytest.raises(ValueError, match="IMIM norm"):
         IMIM(16, 16, norm="layer")
+
+
+def test_imim_projected_form_is_the_authors_module_and_gives_unit_regions():
+    torch.manual_seed(0)
+    imim = IMIM(in_channels=16, dim=16, norm="batch", gate=False, form="projected", region_size=3)
+    _randomise(imim, seed=8)
+    x = torch.randn(2, 16, 3, 3)
+    flat = imim.norm(x).flatten(2)  # [B, D, N]
+
+    def conv(layer, features):  # a 1x1 convolution on [B, C, N]
+        return layer.weight.flatten(1) @ features + layer.bias[:, None]
+
+    # attention with query and key as wide as the regions, and no residual
+    assert imim.query.out_channels == imim.key.out_channels == 16
+    q, k, v = conv(imim.query, flat).transpose(1, 2), conv(imim.key, flat), conv(imim.value, flat).transpose(1, 2)
+    attended = (torch.softmax(q @ k / 4.0, -1) @ v).transpose(1, 2)  # [B, D, N]
+    # LayerNorm over the whole map, two 1x1 convolutions with ReLU, a linear layer per region, L2 norm
+    norm, down, up = imim.output[0], imim.output[1], imim.output[3]
+    normed = F.layer_norm(attended.reshape(2, 16, 3, 3), [16, 3, 3], norm.weight, norm.bias).flatten(2)
+    mapped = torch.relu(conv(up, torch.relu(conv(down, normed))))
+    expected = F.normalize(mapped.transpose(1, 2) @ imim.project.weight.t() + imim.project.bias, dim=-1)
+    got = imim(x)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got.norm(dim=-1), torch.ones(2, 9))
+    with pytest.raises(ValueError, match="no residual to gate"):
+        IMIM(16, 16, norm="batch", gate=True, form="projected", region_size=3)
+
+
+def test_wrcl_reduction_sum_is_eq6_summed_over_the_batch():
+    from tgfr.ops import word_region_scores
+
+    words, regions = _unit(4, 5, 8, seed=9), _unit(4, 6, 8, seed=10)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] * 4 + [False], [True] * 5])
+    image, text, labels = {"regions": regions}, {"words": words, "mask": mask}, torch.arange(4)
+    terms = {reduction: FCAMLoss(8, 4, FCAMWeights(wrcl=1, id=0, cicl=0, imcl=0), backend="reference",
+                                 mask_same_identity=False, wrcl_reduction=reduction)(image, text, labels)["wrcl"]
+             for reduction in ("sum", "mean")}
+    # eq. 6: -sum_i log P(caption i | image i) - sum_i log P(image i | caption i), gamma3 = 10
+    logits = 10.0 * word_region_scores(words, regions, mask, 4.0, 5.0, backend="reference")
+    eq6 = F.cross_entropy(logits, labels, reduction="sum") + F.cross_entropy(logits.t(), labels, reduction="sum")
+    torch.testing.assert_close(terms["sum"], eq6)
+    torch.testing.assert_close(terms["mean"], eq6 / 4)
+
+
+def test_authors_code_options_fixed_temperature_and_the_captions_own_arcface_centres():
+    faces, captions = _unit(5, 8, seed=11), _unit(5, 8, seed=12)
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    loss = FCAMLoss(8, 4, FCAMWeights(wrcl=0, id=1, cicl=1, imcl=0), temperature=0.1, backend="reference",
+                    scaling="paper", mask_same_identity=False, learn_temperature=False, arcface_scale=30.0,
+                    caption_arcface_scale=35.0).double()
+    assert not any("temperature" in name for name, _ in loss.named_parameters())
+    assert loss.caption_identity is not loss.identity and (loss.identity.scale, loss.caption_identity.scale) == \
+        (30.0, 35.0)
+    terms = loss({"global": faces}, {"caption": captions}, labels)
+    identity = loss.caption_identity(captions, labels) + loss.identity(faces, labels)
+    torch.testing.assert_close(terms["id"], identity)
+    cicl = 2 * _info_nce_by_hand(captions, faces, 0.1)
+    assert abs(float(terms["cicl"].detach()) - cicl) < 1e-6 * max(1.0, cicl)
+    shared = FCAMLoss(8, 4, FCAMWeights(wrcl=0, id=1, cicl=0, imcl=0), backend="reference")
+    assert shared.caption_identity is None
 
 
 def _transformer_layer_parameters(d, feedforward):
@@ -540,9 +600,9 @@ def test_fcfm_paper_form_shapes_and_parameters():
 
 
 def test_paper_model_config_builds_the_paper_modules(vocabulary):
-    model = _model(vocabulary, imim_norm="batch", imim_gate=False, fcfm_coarse_keys="global",
-                   fcfm_face_feature="none", word_kernels=[2, 3, 4])
-    assert isinstance(model.imim.norm, nn.BatchNorm2d)
+    model = _model(vocabulary, imim_form="projected", imim_norm="batch", imim_gate=False,
+                   fcfm_coarse_keys="global", fcfm_face_feature="none", word_kernels=[2, 3, 4])
+    assert isinstance(model.imim.norm, nn.BatchNorm2d) and model.imim.form == "projected"
     assert [conv.kernel_size[0] for conv in model.word_projection.convs] == [2, 3, 4]
     assert model.fcfm.out.in_features == 2 * SMALL["dim"]
     out = model.embed(torch.rand(4, 3, 32, 32) * 2 - 1, CAPTIONS, "tgfr")

@@ -3,8 +3,9 @@
 * WRCL: word-region contrastive loss (DAMSM words loss) between the projected
   words and the IMIM regions, through ``tgfr.ops.word_region_loss``.
 * ID: additive-angular-margin softmax (ArcFace) on both modalities, the caption
-  vector and the projected image global vector against one shared set of identity
-  centres, so that both land near the same centre.
+  vector and the projected image global vector, against one shared set of identity
+  centres (so that both land near the same centre) or, with ``caption_arcface_scale``,
+  each modality against its own centres (the caption at that scale), as the authors' code does.
 * CICL: caption-image contrastive loss, InfoNCE between the caption vector and
   the projected image global vector.
 * IMCL: intra-modal contrastive loss. ``imcl="views"`` is the paper's eq. 7:
@@ -16,7 +17,10 @@
 
 ``scaling="paper"`` follows eqs. 1-2 and 8: ID is the *sum* over the two
 modalities and CICL the *sum* of its two directions; ``"mean"`` averages both
-(halving the effective l1 and l2). ``mask_same_identity`` leaves other samples of
+(halving the effective l1 and l2). ``wrcl_reduction="sum"`` is eq. 6: WRCL summed over
+the (global) batch's pairs; ``"mean"`` averages them, as the authors' code (and AttnGAN's) does,
+which weighs WRCL ``1/B`` as much against ``l1 * ID``. ``learn_temperature=False`` keeps the
+InfoNCE temperature fixed (the authors' CICL: 0.1). ``mask_same_identity`` leaves other samples of
 the same identity out of every softmax (AttnGAN's ``class_ids``; the paper's
 equations do not). ``wrcl_exponent=True`` keeps eq. 5's outer ``1 / gamma2``
 exponent on the matching score, which AttnGAN's and the authors' code drop; it
@@ -28,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -47,6 +52,7 @@ class FCAMWeights:
 
 IMCL_FORMS = ("views", "local_global")
 LOSS_SCALINGS = ("paper", "mean")
+WRCL_REDUCTIONS = ("sum", "mean")
 
 
 class FCAMLoss(nn.Module):
@@ -60,19 +66,27 @@ class FCAMLoss(nn.Module):
     def __init__(self, dim: int, num_classes: int, weights: FCAMWeights | None = None, temperature: float = 0.07,
                  arcface_scale: float = 64.0, arcface_margin: float = 0.5, backend: str = "auto",
                  imcl: str = "local_global", scaling: str = "mean", mask_same_identity: bool = True,
-                 wrcl_exponent: bool = False, gamma2: float = 5.0, gamma3: float = 10.0):
+                 wrcl_exponent: bool = False, gamma2: float = 5.0, gamma3: float = 10.0,
+                 wrcl_reduction: str = "mean", learn_temperature: bool = True,
+                 caption_arcface_scale: float | None = None):
         super().__init__()
         if imcl not in IMCL_FORMS:
             raise ValueError(f"imcl must be one of {IMCL_FORMS}, got {imcl!r}")
         if scaling not in LOSS_SCALINGS:
             raise ValueError(f"scaling must be one of {LOSS_SCALINGS}, got {scaling!r}")
+        if wrcl_reduction not in WRCL_REDUCTIONS:
+            raise ValueError(f"wrcl_reduction must be one of {WRCL_REDUCTIONS}, got {wrcl_reduction!r}")
         self.weights = weights or FCAMWeights()
         self.imcl_form, self.scaling, self.mask_same_identity = imcl, scaling, mask_same_identity
+        self.wrcl_reduction = wrcl_reduction
         self.wrcl = WordRegionLoss(gamma2=gamma2, gamma3=gamma3 / gamma2 if wrcl_exponent else gamma3,
                                    backend=backend)
-        self.cicl = InfoNCELoss(temperature, backend=backend)
-        self.imcl = InfoNCELoss(temperature, backend=backend)
+        self.cicl = InfoNCELoss(temperature, learn_temperature, backend=backend)
+        self.imcl = InfoNCELoss(temperature, learn_temperature, backend=backend)
         self.identity = ArcFaceHead(dim, num_classes, arcface_scale, arcface_margin)
+        # None: the caption shares the image's identity centres
+        self.caption_identity = None if caption_arcface_scale is None else \
+            ArcFaceHead(dim, num_classes, caption_arcface_scale, arcface_margin)
 
     @float32_island
     def forward(self, image: dict, text: dict, labels: torch.Tensor) -> dict:
@@ -85,8 +99,11 @@ class FCAMLoss(nn.Module):
         terms = {}
         if w.wrcl:
             terms["wrcl"] = self.wrcl(text["words"], image["regions"], text["mask"], class_ids)
+            if self.wrcl_reduction == "sum":  # the op's value is the mean over the global batch's pairs
+                terms["wrcl"] = terms["wrcl"] * self.global_batch(labels.shape[0])
         if w.id:
-            both = self.identity(text["caption"], labels) + self.identity(image["global"], labels)
+            caption_head = self.identity if self.caption_identity is None else self.caption_identity
+            both = caption_head(text["caption"], labels) + self.identity(image["global"], labels)
             terms["id"] = both if summed else both / 2
         if w.cicl:
             cicl = self.cicl(text["caption"], image["global"], class_ids)
@@ -97,6 +114,10 @@ class FCAMLoss(nn.Module):
             raise ValueError("FCAM needs at least one loss term with a non-zero weight")
         terms["loss"] = sum(getattr(w, name) * value for name, value in terms.items())
         return terms
+
+    def global_batch(self, rows: int) -> int:
+        """The pairs of the batch WRCL sums over: this rank's ``rows`` on every rank of its process group."""
+        return rows * (dist.get_world_size(self.wrcl.group) if self.wrcl.group is not None else 1)
 
     def intra_modal(self, image: dict, text: dict, labels: torch.Tensor, class_ids) -> torch.Tensor:
         if self.imcl_form == "local_global":

