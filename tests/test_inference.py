@@ -156,8 +156,11 @@ def test_identify_ranks_the_gallery_and_caches_it(model, face_gallery):
     assert matches[0].score >= matches[1].score >= matches[2].score
     caption = next(json.loads(line)["caption"] for line in (face_gallery / "captions.jsonl").read_text().splitlines()
                    if json.loads(line)["image"] == name)
-    fused = model.identify(probe, face_gallery, caption=caption, top_k=3)
-    assert fused[0].name == name and fused[0].score == pytest.approx(1.0, abs=1e-5)
+    # the probe's own photo with its own caption: score 1, and nothing above it (a briefly trained fusion
+    # can place other photos within rounding of 1, so the order among those is not asserted)
+    fused = model.identify(probe, face_gallery, caption=caption, top_k=len(model.gallery(face_gallery).files))
+    own = next(match for match in fused if match.name == name)
+    assert own.score == pytest.approx(1.0, abs=1e-5) and fused[0].score <= own.score + 1e-5
     index_files = sorted((model.directory / "index").glob("gallery_*.pt"))
     assert len(index_files) == 2  # one per mode
     gallery = model.gallery(face_gallery)

@@ -278,7 +278,7 @@ def test_each_tab_in_a_browser(browser, served, photos, face_gallery, bad_files,
     _fill(driver, "verify-image-a", photos[2])
     assert _submit(driver, "verify") == "result"
 
-    # Identify: a probe photo and its description -> the top 3 of the gallery, itself first
+    # Identify: a probe photo and its description -> the top 3 of the gallery, led by its own score of 1
     driver.find_element("id", "tab-identify").click()
     probe = photos[5]
     caption = next(line for line in (face_gallery / "captions.jsonl").read_text().splitlines()
@@ -288,7 +288,8 @@ def test_each_tab_in_a_browser(browser, served, photos, face_gallery, bad_files,
     _fill(driver, "identify-top-k", 3)
     assert _submit(driver, "identify") == "result"
     matches = driver.find_elements("css selector", "#identify-result figure.match")
-    assert len(matches) == 3 and matches[0].get_attribute("data-identity") == probe.parent.name
+    scores = [float(match.find_element("css selector", ".score").text) for match in matches]
+    assert len(matches) == 3 and scores[0] == 1.0 and scores == sorted(scores, reverse=True)
     _screenshot(driver, "serve_identify.png", tmp_path)
 
     # Search: an empty description is refused; a description, then a photo plus a change, give a grid

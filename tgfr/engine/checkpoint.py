@@ -26,6 +26,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
 LOG_NAME = "log.jsonl"
 FORMAT_VERSION = 2
+# what each kind of run is, for the message when one is given where another is expected
+RUN_KINDS = {"tgfr": "a TGFR training run ('tgfr train')", "xmodal": "an X-Modal retrieval run ('tgfr xmodal train')"}
 
 
 def checkpoint_path(checkpoint_or_run_dir) -> Path:
@@ -46,5 +48,8 @@ def read_checkpoint(checkpoint_or_run_dir, kind: str, command: str) -> dict:
                                 f"or its {CHECKPOINT_NAME})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or (state.get("format"), state.get("kind")) != (FORMAT_VERSION, kind):
+        other = RUN_KINDS.get(state.get("kind")) if isinstance(state, dict) else None
+        if other is not None:
+            raise ValueError(f"{path} is {other}, not a checkpoint of '{command}'")
         raise ValueError(f"{path} is not a checkpoint of '{command}' (format {FORMAT_VERSION})")
     return state

@@ -23,8 +23,6 @@ from tqdm.auto import tqdm
 
 from ..data import QUALITY_LEVELS, DataError, collate_face_captions, identification_split
 from ..engine import checkpoint_path, resolve_device
-from ..training import config_from_dict, load_model, read_checkpoint
-from ..training.data import load_test_split
 from .attention import plot_attention_grid
 from .metrics import all_pair_scores, rank1_accuracy, verification_metrics
 from .report import Result, write_report
@@ -225,6 +223,10 @@ def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=EVAL_M
     another root than the one saved (the same dataset, moved); ``dataset``, when given, must be
     the run's dataset.
     """
+    # training code imported on use: an exported model is evaluated and served without it
+    from ..training import config_from_dict, load_model, read_checkpoint
+    from ..training.data import load_test_split
+
     config = config_from_dict(read_checkpoint(checkpoint)["config"])
     if dataset is not None and dataset != config.dataset:
         raise DataError(f"the checkpoint was trained on dataset {config.dataset!r}, not {dataset!r}")

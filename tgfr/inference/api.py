@@ -197,9 +197,6 @@ def load_run(path, device="auto") -> FaceRecognizer:
 
     checkpoint = checkpoint_path(path)
     state = read_checkpoint(checkpoint)
-    if state.get("kind") == "xmodal":
-        raise ValueError(f"{checkpoint} is an X-Modal retrieval run: load it with tgfr.retrieval.load "
-                         f"(tgfr serve --xmodal)")
     config = config_from_dict(state["config"])
     progress, last = state["progress"], config.fusion.epochs
     if (progress["step"], progress["epochs_done"]) != ("fusion", last):
