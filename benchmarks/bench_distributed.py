@@ -55,8 +55,8 @@ def per_rank_memory_model(batch: int, world: int, dim: int, words: int, regions:
     stay on their rank: only the gradient of the rank's ``[B_l, N, D]`` (the shard itself is
     the caller's, as every rank's own rows are in both schemes). Scores: ``gather`` holds
     its rows' and its columns' ``[B_l, B]`` scores and their gradients; ``all_to_all`` its
-    rows' scores and the column blocks the all-to-all brought, their gradients, and the
-    exchange's send and receive buffers (transient). The fused InfoNCE keeps only ``O(B_l)``
+    rows' scores and the column blocks the all-to-all brought (its receive buffer), their
+    gradients, and the exchange's send buffer (transient, one block each way). The fused InfoNCE keeps only ``O(B_l)``
     statistics, never logits.
     """
     local = -(-batch // world)
@@ -69,7 +69,7 @@ def per_rank_memory_model(batch: int, world: int, dim: int, words: int, regions:
         gathered = batch * (2 + words) * dim * element_bytes
         parts = {"gathered embeddings": gathered, "their gradients": gathered, "gather buffers": gathered,
                  "region gradient": local * regions * dim * element_bytes,
-                 "word-region scores + gradients": 4 * block, "exchange buffers": 2 * block}
+                 "word-region scores + gradients": 4 * block, "exchange buffers": block}
     parts["total"] = sum(parts.values())
     return parts
 

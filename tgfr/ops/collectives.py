@@ -1,6 +1,6 @@
 """The collectives of the ops' global-batch forms (``group=``): the metadata exchange, the
-gather with a gradient, the all-to-all with a gradient and the distributed transpose built
-on it. A leaf beside :mod:`tgfr.ops.common`: it imports nothing else of tgfr.
+gather with a gradient, the all-to-all and the distributed transpose built on it (with a
+gradient). A leaf beside :mod:`tgfr.ops.common`: it imports nothing else of tgfr.
 
 Shards may differ in size. Every collective takes its tensors on the device the group's
 backend needs (CUDA for ``nccl``, the CPU for ``gloo``) and gives its results back on the
@@ -175,48 +175,53 @@ def gather_ids(x: torch.Tensor, shards: Shards) -> torch.Tensor:
 # --------------------------------------------------------------------------- all-to-all
 
 
-def _all_to_all(x: torch.Tensor, send: list[int], receive: list[int], shards: Shards, what: str) -> torch.Tensor:
+def all_to_all(x: torch.Tensor, send: list[int], receive: list[int], shards: Shards, what: str = "all-to-all"
+               ) -> torch.Tensor:
+    """Rows ``x[sum(send[:q]) : sum(send[:q + 1])]`` go to rank ``q``; the result holds, in rank order,
+    the ``receive[q]`` rows rank ``q`` sent here. Without a gradient (:func:`transpose` has one)."""
+    if len(send) != shards.world or len(receive) != shards.world or sum(send) != x.shape[0]:
+        raise ValueError(f"all_to_all: send {list(send)} and receive {list(receive)} need one part per rank "
+                         f"({shards.world}), and send must split x's {x.shape[0]} rows")
     device = comm_device(shards.group, x.device)
     out = torch.empty((sum(receive), *x.shape[1:]), dtype=x.dtype, device=device)
     source = x.contiguous().to(device)
     _collective(what, shards.rank, shards.group,
-                lambda: dist.all_to_all_single(out, source, receive, send, group=shards.group))
+                lambda: dist.all_to_all_single(out, source, list(receive), list(send), group=shards.group))
     return out.to(x.device)
 
 
-class _AllToAll(torch.autograd.Function):
-    """All-to-all of uneven parts along dim 0; the backward sends each part's gradient back where it came from."""
+def _columns_of_own(rows: torch.Tensor, shards: Shards, what: str) -> torch.Tensor:
+    """``M[:, own]`` (``[B, B_l]``, contiguous) from every rank's ``rows = M[own, :]``.
+
+    Rank ``r`` sends rank ``q`` the block ``M[own_r, own_q]``, row-major (``B_r x B_q`` values),
+    and receives ``M[own_q, own_r]``: in rank order these blocks are ``M[:, own_r]`` row by row.
+    """
+    send = torch.cat([block.flatten() for block in rows.split(list(shards.sizes), dim=1)])  # the one copy
+    parts = [shards.size * n for n in shards.sizes]  # as many values to rank q as come back from it
+    return all_to_all(send, parts, parts, shards, what).view(shards.total, shards.size)
+
+
+class _Transpose(torch.autograd.Function):
+    """Self-adjoint: the gradient of ``Mᵀ``'s rows is transposed back the same way."""
 
     @staticmethod
-    def forward(ctx, x, send, receive, shards):
-        ctx.send, ctx.receive, ctx.shards = send, receive, shards
-        return _all_to_all(x, send, receive, shards, "all-to-all")
+    def forward(ctx, rows, shards):
+        ctx.shards = shards
+        return _columns_of_own(rows, shards, "all-to-all").t()
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_to_all(grad, ctx.receive, ctx.send, ctx.shards, "all-to-all's backward"), None, None, None
-
-
-def all_to_all(x: torch.Tensor, send: list[int], receive: list[int], shards: Shards) -> torch.Tensor:
-    """Rows ``x[sum(send[:q]) : sum(send[:q + 1])]`` go to rank ``q``; the result holds, in rank order,
-    the ``receive[q]`` rows rank ``q`` sent here. With a gradient."""
-    if len(send) != shards.world or len(receive) != shards.world or sum(send) != x.shape[0]:
-        raise ValueError(f"all_to_all: send {send} and receive {receive} need one part per rank "
-                         f"({shards.world}), and send must split x's {x.shape[0]} rows")
-    return _AllToAll.apply(x, list(send), list(receive), shards)
+        return _columns_of_own(grad, ctx.shards, "all-to-all's backward").t(), None
 
 
 def transpose(rows: torch.Tensor, shards: Shards) -> torch.Tensor:
     """This rank's rows of ``Mᵀ`` from this rank's rows of ``M``, with a gradient.
 
     ``M`` is a ``[B, B]`` matrix whose rows and columns both follow the batch's sharding;
-    ``rows = M[own, :]`` (``[B_l, B]``) gives ``M[:, own]ᵀ`` (``[B_l, B]``). Rank ``r``
-    sends rank ``q`` the block ``M[own_r, own_q]`` (``B_r x B_q`` values) and receives
-    ``M[own_q, own_r]`` from it: ``B_l x B`` values in, as many out, nothing else.
+    ``rows = M[own, :]`` (``[B_l, B]``) gives ``M[:, own]ᵀ`` (``[B_l, B]``, a transposed view
+    of the received blocks). One all-to-all each way: ``B_l x B`` values out and as many in,
+    of which only the blocks for other ranks cross; the send buffer is the one copy.
     """
     if rows.dim() != 2 or tuple(rows.shape) != (shards.size, shards.total):
         raise ValueError(f"transpose needs this rank's rows [{shards.size}, {shards.total}], got {tuple(rows.shape)}")
-    parts = [shards.size * n for n in shards.sizes]  # as many values to rank q as come back from it
-    # rows of Mᵀ: the block for rank q is rows offset_q.. of Mᵀ's [B, B_l] slab, one contiguous run
-    received = all_to_all(rows.t().contiguous().flatten(), parts, parts, shards)
-    return torch.cat([block.view(shards.size, n) for block, n in zip(received.split(parts), shards.sizes)], dim=1)
+    return _Transpose.apply(rows, shards)
