@@ -158,5 +158,6 @@ def test_device_script_dry_run_brings_every_result_back(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     log = (tmp_path / "gpu_run.log").read_text()
     assert "simulating a failed CUDA build" in log and "== build CPU-only" in log
-    for name in ("RESULTS_GPU.md", "RESULTS_GPU.json", "RESULTS_GPU.png", "tests_gpu.xml", "tests_other.xml"):
+    for name in ("RESULTS_GPU.md", "RESULTS_GPU.json", "RESULTS_GPU.png", "tests_gpu.xml", "tests_other.xml",
+                 "DISTRIBUTED_GPU.json"):
         assert (tmp_path / name).stat().st_size > 0, name

@@ -145,6 +145,10 @@ def _check_bad_inputs(rank, group, layout):
     expected = "rank 1: with a process group a and b are paired" if rank == 1 else r"rank 0: rank\(s\) \[1\]"
     with pytest.raises(ValueError, match=expected):
         info_nce(a, b, torch.tensor(0.1, dtype=torch.float64), None, "reference", group=group)
+    # the score blocks of the all-to-all need one N and one D: a rank with other regions is named, not waited for
+    words, regions = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 5 + rank, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"rank {rank}: regions per image N differs across ranks"):
+        word_region_loss(words, regions, backend="reference", group=group)
     # a rank that never calls the loss: the other one stops at the group's timeout and says so
     short = dist.new_group(timeout=datetime.timedelta(seconds=2))
     if rank == 0:
