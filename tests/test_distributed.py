@@ -236,7 +236,7 @@ def kernel_runs(op: str, backend: str, device: str = "cpu") -> bool:
     return True
 
 
-def _spawn(tmp_path, layout, checks, backend="gloo"):
+def spawn_ranks(tmp_path, layout, checks, backend="gloo"):
     """Run each ``(check, *args)`` of ``checks`` as ``check(rank, group, layout, *args)`` on every rank."""
     try:
         mp.spawn(_worker, args=(free_port(), str(tmp_path), layout, checks, backend), nprocs=layout.world,
@@ -253,7 +253,7 @@ def test_losses_and_gradients_over_two_ranks_equal_one_process(tmp_path):
     # the interpreted triton word-region kernels take a minute even at these sizes: see the slow test
     cases = [(_check_equivalence, op, b, ids) for op in OPS for b in ("reference", "vectorized", "cpp", "triton")
              for ids in (False, True) if (op, b) != ("word_region_loss", "triton") and kernel_runs(op, b)]
-    _spawn(tmp_path, TWO_RANKS, [*cases, (_check_bad_inputs,)])
+    spawn_ranks(tmp_path, TWO_RANKS, [*cases, (_check_bad_inputs,)])
 
 
 def test_losses_gradients_and_collectives_over_three_ranks(tmp_path):
@@ -261,7 +261,8 @@ def test_losses_gradients_and_collectives_over_three_ranks(tmp_path):
     cases = [(_check_equivalence, "word_region_loss", b, ids) for b in ("reference", "cpp") for ids in (False, True)
              if kernel_runs("word_region_loss", b)]
     cases += [(_check_equivalence, "info_nce", b, True) for b in ("reference", "cpp") if kernel_runs("info_nce", b)]
-    _spawn(tmp_path, THREE_RANKS, [(_check_all_to_all,), (_check_transpose,), *cases, (_check_non_finite_regions,)])
+    spawn_ranks(tmp_path, THREE_RANKS,
+                [(_check_all_to_all,), (_check_transpose,), *cases, (_check_non_finite_regions,)])
 
 
 @pytest.mark.slow
@@ -269,7 +270,7 @@ def test_losses_gradients_and_collectives_over_three_ranks(tmp_path):
 def test_triton_word_region_over_ranks_equals_one_process(tmp_path, layout):
     if not kernel_runs("word_region_loss", "triton"):
         pytest.skip("the triton word-region kernels do not run here (not installed, or TRITON_INTERPRET is not 1)")
-    _spawn(tmp_path, layout, [(_check_equivalence, "word_region_loss", "triton", True)])
+    spawn_ranks(tmp_path, layout, [(_check_equivalence, "word_region_loss", "triton", True)])
 
 
 @pytest.mark.gpu
@@ -280,11 +281,11 @@ def test_cuda_tensors_over_gloo_and_nccl(tmp_path):
     cases = [(_check_equivalence, op, b, True, "cuda") for op in OPS for b in ("reference", "cuda", "triton")
              if kernel_runs(op, b, "cuda")]
     (tmp_path / "gloo").mkdir(), (tmp_path / "nccl").mkdir()
-    _spawn(tmp_path / "gloo", THREE_RANKS, cases)
+    spawn_ranks(tmp_path / "gloo", THREE_RANKS, cases)
     gpus = min(torch.cuda.device_count(), 3)
     layout = Layout(THREE_RANKS.shards[:gpus], THREE_RANKS.class_ids[:sum(THREE_RANKS.shards[:gpus])],
                     THREE_RANKS.words[:gpus])
-    _spawn(tmp_path / "nccl", layout, cases, backend="nccl")
+    spawn_ranks(tmp_path / "nccl", layout, cases, backend="nccl")
 
 
 def test_group_without_torch_distributed_is_a_clear_error():
