@@ -6,11 +6,13 @@
 #   3. the tests that run on CUDA tensors (ids with cuda/gpu/triton), first;
 #   4. the application at its smallest size (benchmarks/app_runs.py: train with AMP + eval, xmodal train,
 #      study), each under its own timeout, each a row of the report;
-#   5. the GPU benchmark (benchmarks/bench_gpu.py) with most of the time that is left;
-#   6. the rest of the tests (not the slow end-to-end ones).
+#   5. the losses over ranks with nccl (benchmarks/bench_distributed.py, both schemes), where the machine has
+#      two GPUs or more (one GPU: nccl runs at one rank in the tests of step 3);
+#   6. the GPU benchmark (benchmarks/bench_gpu.py) with most of the time that is left;
+#   7. the rest of the tests (not the slow end-to-end ones).
 # Every step is bounded by `timeout` and none stops the next; collection errors do not stop pytest.
 # Results, written as they come: the log (tee'd there directly), RESULTS_GPU.{json,md} after every row,
-# RESULTS_GPU.png last, the tests' junit XML. They go to $OUT when set, else benchmarks/ (a dry run: a
+# RESULTS_GPU.png last, the tests' junit XML, DISTRIBUTED_GPU.json where step 5 ran. They go to $OUT when set, else benchmarks/ (a dry run: a
 # temporary folder); a real run also leaves RESULTS_GPU.* in benchmarks/ to commit.
 #
 #   bash benchmarks/gpu.sh              # on the GPU machine, from anywhere
@@ -113,7 +115,21 @@ step "tests on CUDA tensors" "$(clamp $(($(left) - 250)) 30 150)" \
 step "application runs" "$(clamp $(($(left) - 200)) 90 240)" "$PYTHON" benchmarks/app_runs.py --out-dir "$RESULTS" \
   --timeout-s 90
 
-# 5. the benchmark: what is left, less the rest of the tests and a margin for the plot
+# 5. the losses over ranks: nccl needs a GPU per rank (the dry run: gloo on the CPU, tiny sizes)
+gpus=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+distributed_args=(--json "$RESULTS/DISTRIBUTED_GPU.json" --steps 3)
+if [ "$DRY_RUN" = 1 ]; then
+  step "distributed" 120 "$PYTHON" benchmarks/bench_distributed.py "${distributed_args[@]}" --worlds 2 \
+    --schemes all_to_all --batch 8 --dim 8 --words 4 --regions 4 --steps 1 --warmup 0
+elif [ "$gpus" -gt 1 ]; then
+  step "distributed" "$(clamp $(($(left) - 200)) 30 120)" "$PYTHON" benchmarks/bench_distributed.py \
+    "${distributed_args[@]}" --device cuda --worlds $(seq 1 $((gpus < 4 ? gpus : 4))) --batch 512 --dim 256 \
+    --words 22 --regions 196
+else
+  echo "== distributed: $gpus GPU, no run over ranks (nccl ran at one rank in test_cuda_tensors_over_gloo_and_nccl)"
+fi
+
+# 6. the benchmark: what is left, less the rest of the tests and a margin for the plot
 budget=$(clamp $(($(left) - 110)) 30 330)
 bench_args=(--budget-s "$budget" --out-dir "$RESULTS")
 [ "$DRY_RUN" = 1 ] && bench_args+=(--dry-run)
@@ -122,7 +138,7 @@ if [ "$DRY_RUN" != 1 ] && [ "$RESULTS" != benchmarks ]; then
   cp "$RESULTS"/RESULTS_GPU.* benchmarks/ 2>/dev/null
 fi
 
-# 6. the rest of the tests, less the slow end-to-end runs (CPU work that CI does)
+# 7. the rest of the tests, less the slow end-to-end runs (CPU work that CI does)
 step "other tests" "$(clamp $(($(left) - 15)) 20 300)" \
   "$PYTHON" -m pytest "${pytest_args[@]}" --junitxml="$RESULTS/tests_other.xml" tests/ -k "not ($GPU_TESTS)" -m "not slow"
 

@@ -172,7 +172,7 @@ def test_device_script_dry_run_brings_every_result_back(tmp_path):
     assert not failed and proc.returncode in (0, 124), log[-3000:]
     assert "simulating a failed CUDA build" in log and "== build CPU-only" in log
     for name in ("RESULTS_GPU.md", "RESULTS_GPU.json", "RESULTS_GPU.png", "tests_gpu.xml", "tests_other.xml",
-                 "APP_RUNS.json"):
+                 "APP_RUNS.json", "DISTRIBUTED_GPU.json"):
         assert (tmp_path / name).stat().st_size > 0, name
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_distributed import Layout, spawn_ranks
 from torch import nn
 
 from tgfr.engine import Distributed, Epoch, StageRunner
@@ -92,3 +93,45 @@ def test_align_step_with_grad_cache_equals_the_plain_step(chunk):
     atol = max(ATOL, RTOL * max(float(g.abs().max()) for g in expected.values()))
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=RTOL, atol=atol, msg=name)
+
+
+def _check_grad_cache(rank, group, layout, chunk):
+    """One rank: the align step on its shard, through DDP and with ``grad_cache_chunk``, against one process."""
+    shards = layout.shards
+    # the identity loss off: a mean over each rank's shard, whose DDP average weighs uneven shards unevenly
+    config = load_config("smoke", ["data.num_identities=12", "data.images_per_identity=3", "model.dropout=0",
+                                   "align.weights.id=0"])
+    step = _align_step(config)
+    # the global projection's BatchNorm on running statistics: per sample, so that a rank's shard
+    # gives the rows of the whole batch (training-mode BatchNorm would see each rank's shard alone)
+    step.model.global_projection.eval()
+    batch = collate_batch([step.data[i] for i in range(sum(shards))])
+    batch["image"] = batch["image"].double()
+    batch["text"] = sample_captions(batch["captions"], torch.Generator().manual_seed(1))
+
+    def gradients(batch, runner):
+        step.optimizer.zero_grad(set_to_none=True)
+        terms = step.backward(batch, runner)
+        return terms, {**_grads(step.model), **{f"heads.{k}": v for k, v in _grads(step.heads).items()}}
+
+    _, expected = gradients(batch, StageRunner(step))  # one process, the whole batch, no caching
+    assert any(k.startswith("text_encoder") for k in expected)
+    own = slice(sum(shards[:rank]), sum(shards[: rank + 1]))
+    runner = StageRunner(step, Distributed(rank, layout.world))
+    shard = {key: value[own] for key, value in batch.items()}
+    for cache in (0, chunk):
+        step.settings.grad_cache_chunk = cache
+        _, got = gradients(shard, runner)
+        # caching averages every trained parameter's gradient itself: unused ones hold zeros, not None
+        assert expected.keys() <= got.keys() and all(not got[k].any() for k in got.keys() - expected.keys())
+        atol = max(ATOL, RTOL * max(float(g.abs().max()) for g in expected.values()))
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=RTOL, atol=atol,
+                                       msg=lambda m: f"grad_cache_chunk={cache} {name}: {m}")
+
+
+def test_grad_cache_over_ranks_equals_one_process(tmp_path):
+    """Gradient caching composes with the losses over a process group (the word-region loss's all-to-all
+    included): on 3 ranks with uneven shards, one of them smaller than the chunk, the averaged gradients,
+    cached or not, are the single-process gradients of the whole batch."""
+    spawn_ranks(tmp_path, Layout(shards=(6, 2, 5), class_ids=(), words=()), [(_check_grad_cache, 4)])

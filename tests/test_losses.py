@@ -1,3 +1,4 @@
+import importlib
 import math
 
 import torch
@@ -42,8 +43,8 @@ def test_info_nce_fixed_temperature_is_a_buffer():
 
 
 def test_modules_pass_their_process_group_on(monkeypatch):
-    """group= reaches tgfr.ops.distributed with this rank's shard (contract of the ops)."""
-    from tgfr.ops import distributed
+    """group= reaches the ops' global-batch forms with this rank's shard (contract of the ops)."""
+    info_nce_module, word_region_module = map(importlib.import_module, ["tgfr.ops.info_nce", "tgfr.ops.word_region"])
 
     calls = []
 
@@ -56,8 +57,8 @@ def test_modules_pass_their_process_group_on(monkeypatch):
         zero = words.sum() * 0
         return zero, zero
 
-    monkeypatch.setattr(distributed, "info_nce", fake_info_nce)
-    monkeypatch.setattr(distributed, "word_region_loss", fake_word_region_loss)
+    monkeypatch.setattr(info_nce_module, "global_batch_info_nce", fake_info_nce)
+    monkeypatch.setattr(word_region_module, "global_batch_loss", fake_word_region_loss)
     group = object()
     a = torch.randn(3, 4)
     InfoNCELoss(backend="vectorized", group=group)(a, a.clone())

@@ -123,3 +123,8 @@ def test_the_cpp_contract_is_declared_once():
     for entry_point in ("word_region_scores_forward", "word_region_scores_backward", "info_nce_forward",
                         "info_nce_backward"):
         assert header.count(f" {entry_point}(") == 1, entry_point
+
+
+def test_the_collectives_import_only_the_leaf():
+    """The global-batch forms' collectives sit beside the leaf: each op's module imports them, never the reverse."""
+    assert imports(OPS / "collectives.py") <= {LEAF}

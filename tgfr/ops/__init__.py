@@ -1,9 +1,9 @@
 """The two hot ops of TGFR training, each with pure-PyTorch references and fused backends.
 
 Each op lives in one module (``word_region``, ``info_nce``): its argument checks, its
-pure-PyTorch forms, its custom op and its public functions. ``common`` holds what they
-share, ``backends`` the table of backends and the dispatch, ``distributed`` the
-process-group forms.
+pure-PyTorch forms, its custom op, its public functions and its global-batch form over a
+process group (``group=``). ``common`` holds what they share, ``collectives`` the
+collectives of the global-batch forms, ``backends`` the table of backends and the dispatch.
 """
 from .backends import BACKENDS, available_backends
 from .common import set_value_checks

@@ -1,5 +1,6 @@
 """InfoNCE (CLIP loss; TGFR's CICL and IMCL) as a drop-in op, square or rectangular: its
-argument checks, its pure-PyTorch form, its custom op, and the public function.
+argument checks, its pure-PyTorch form, its custom op, the public function, and its
+global-batch form over a process group (:func:`global_batch_info_nce`).
 
 The fused backends never hold the ``B x M`` logits: they return the loss and the
 log-sum-exp of every row (and of every positive's column), and the backward
@@ -13,7 +14,7 @@ import numbers
 
 import torch
 
-from . import backends
+from . import backends, collectives
 from .common import (
     ArgumentTypeError,
     accumulation_dtype,
@@ -213,11 +214,7 @@ def info_nce(
     if group is not None:
         if offset != 0:
             raise ValueError(f"offset must be 0 with a process group, got {offset}")
-        # the distributed form checks the shard itself and tells every rank, so that a bad shard
-        # on one rank stops them all at once instead of leaving the others waiting in a collective
-        from . import distributed
-
-        return distributed.info_nce(a, b, temperature, class_ids, backend, symmetric, group)
+        return global_batch_info_nce(a, b, temperature, class_ids, backend, symmetric, group)
     temperature, offset, symmetric = check_args(a, b, temperature, class_ids, offset, symmetric)
     record = backends.RECORDS[backends.resolve(backend, a.device, "info_nce", a.dtype, D=a.shape[1])]
     acc = accumulation_dtype(a.dtype)
@@ -239,3 +236,45 @@ def info_nce(
             record.name,
         )
         return loss
+
+
+# --------------------------------------------------------------------------- over a process group
+
+
+def global_batch_info_nce(a, b, temperature, class_ids, backend, symmetric, group) -> torch.Tensor:
+    """This rank's share of the InfoNCE of the global batch; ``a`` and ``b`` are this rank's paired shards.
+
+    The shards of both are gathered with a gradient, and the rank computes the row terms of
+    its ``a`` against every ``b`` and the column terms of its ``b`` against every ``a`` (two
+    rectangular InfoNCEs, ``O(B_l x B)``), each ``W / B`` times the sum of its terms: the mean
+    over the ``W`` ranks is the single-process loss, and the gradients that
+    ``DistributedDataParallel`` averages, the temperature's included, are the single-process
+    gradients. The shard is checked here and the verdict exchanged with every rank first, so
+    that a bad shard on one rank stops them all at once instead of leaving the others waiting
+    in a collective.
+    """
+    collectives.member(group)  # no group: an error before any check
+    error = None
+    try:
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape[:1] != b.shape[:1]:
+            raise ValueError(f"with a process group a and b are paired shards: a has shape {tuple(a.shape)}, "
+                             f"b has {tuple(b.shape)}")
+        check_args(a, b, temperature, class_ids)
+    except (TypeError, ValueError) as caught:
+        error = caught
+    width = a.shape[-1] if isinstance(a, torch.Tensor) and a.dim() == 2 else -1
+    shards = collectives.exchange_metadata(
+        "info_nce", {"batch": a.shape[0] if width >= 0 else 0, "width": width, "dtype": collectives.dtype_code(a),
+                     "class_ids": class_ids is not None},
+        {"width": "embedding width D", "dtype": "dtype", "class_ids": "class_ids given (1) or not (0)"},
+        error, group, a.device if isinstance(a, torch.Tensor) else torch.device("cpu"))
+    both = collectives.gather(torch.cat([a, b], dim=1), shards)
+    a_all, b_all = both[:, : a.shape[1]], both[:, a.shape[1]:]
+    ids = collectives.gather_ids(class_ids.to(torch.int64), shards) if class_ids is not None else None
+    scale = shards.world * shards.size / shards.total  # each term below is a mean over this rank's rows
+    # rows: this rank's a against every b; columns: this rank's b against every a
+    loss = scale * info_nce(a, b_all, temperature, ids, backend, offset=shards.offset, symmetric=False)
+    if not symmetric:
+        return loss
+    columns = info_nce(b, a_all, temperature, ids, backend, offset=shards.offset, symmetric=False)
+    return 0.5 * (loss + scale * columns)

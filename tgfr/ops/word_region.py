@@ -1,5 +1,6 @@
 """Word-region matching scores (WRCL, the DAMSM "words loss") as a drop-in op: its
-argument checks, its pure-PyTorch forms, its custom op, and the public functions.
+argument checks, its pure-PyTorch forms, its custom op, the public functions, and the
+loss's global-batch form over a process group (:func:`global_batch_loss`).
 
 ``word_region_scores`` checks its arguments, picks a backend and, for the fused
 backends, goes through the ``tgfr::word_region_scores`` custom op, whose backward is
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import backends
+from . import backends, collectives
 from .common import (
     accumulation_dtype,
     autocast_disabled,
@@ -328,15 +329,81 @@ def word_region_loss(
     other pairs of the same identity are left out of both softmaxes. ``gamma3`` (a finite
     number) scales the scores into logits. With a ``torch.distributed`` process ``group``
     the inputs are this rank's shard of the global batch, and the mean over ranks of each
-    returned loss is that loss on the global batch.
+    returned loss is that loss on the global batch (see :func:`global_batch_loss`).
     """
-    if group is not None:  # checked by the distributed form, which tells every rank (see info_nce)
-        from . import distributed
-
-        return distributed.word_region_loss(
-            words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group
-        )
+    if group is not None:
+        return global_batch_loss(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group)
     gamma1, gamma2, gamma3, eps = check_loss_args(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps)
     scores = _scores(words, regions, word_mask, gamma1, gamma2, eps, backend)
     with autocast_disabled(scores.device):
         return matching_loss(scores, class_ids, gamma3)
+
+
+# --------------------------------------------------------------------------- over a process group
+
+
+def global_batch_loss(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group, *,
+                      gather_regions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's ``(image_to_caption, caption_to_image)`` share of the WRCL of the global batch.
+
+    The inputs are this rank's shard. Each pair is scored once in the whole job: the rank
+    scores its own images against every caption (the words are gathered with a gradient,
+    the regions never leave the rank), ``S_r [B_l, B]``, whose rows give the image-to-caption
+    terms; the caption-to-image terms of its captions need the columns ``S[:, own]``, spread
+    over every rank, which an all-to-all of the ``B_q x B_l`` blocks brings
+    (:func:`collectives.transpose`; its backward returns the blocks' gradients the same way).
+
+    Scaling: each term is ``W / B`` times the sum of the rank's cross-entropies, so that the
+    mean over the ``W`` ranks of each returned loss is the single-process loss on the
+    concatenated batch, and the gradients that ``DistributedDataParallel`` averages over
+    ranks are the single-process gradients. ``gather_regions=True`` is the former scheme,
+    kept to be measured against: the regions are gathered too and the rank also scores its
+    captions against every image, so every pair is scored twice in the job.
+    """
+    collectives.member(group)  # no group: an error before any check
+    error = None
+    try:
+        gamma1, gamma2, gamma3, eps = check_loss_args(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3,
+                                                      eps)
+        # regions stay on their rank: on the CPU, where the scores' value check raises, non-finite ones must
+        # stop every rank here, not one of them in the scores while the others wait in the all-to-all (on
+        # CUDA the check is a device assert, which no host waits for)
+        if regions.device.type == "cpu":
+            check_finite("regions", regions)
+    except (TypeError, ValueError) as caught:
+        error = caught
+    shaped = error is None
+    shards = collectives.exchange_metadata(
+        "word_region_loss",
+        {"batch": words.shape[0] if shaped else 0, "width": words.shape[2] if shaped else -1,
+         "dtype": collectives.dtype_code(words) if shaped else -1, "class_ids": class_ids is not None,
+         "words": words.shape[1] if shaped else -1, "regions": regions.shape[1] if shaped else -1},
+        {"width": "embedding width D", "dtype": "dtype", "class_ids": "class_ids given (1) or not (0)",
+         "regions": "regions per image N"},
+        error, group, words.device if isinstance(words, torch.Tensor) else torch.device("cpu"))
+    # captions are padded to their own rank's longest: gathered, to the longest of all
+    T, max_words = words.shape[1], max(meta["words"] for meta in shards.metadata)
+    if word_mask is None:
+        word_mask = torch.ones(words.shape[:2], dtype=torch.bool, device=words.device)
+    padded_words = F.pad(words, (0, 0, 0, max_words - T))
+    ints = F.pad(word_mask, (0, max_words - T), value=False).to(torch.int64)
+    if class_ids is not None:
+        ints = torch.cat([ints, class_ids.to(torch.int64)[:, None]], dim=1)
+    ints_all = collectives.gather_ids(ints, shards)
+    mask_all = ints_all[:, :max_words].bool()
+    ids = ints_all[:, max_words] if class_ids is not None else None
+    if gather_regions:
+        both = collectives.gather(torch.cat([padded_words, regions], dim=1), shards)
+        words_all, regions_all = both[:, :max_words], both[:, max_words:]
+    else:
+        words_all = collectives.gather(padded_words, shards)
+    image_rows = _scores(words_all, regions, mask_all, gamma1, gamma2, eps, backend)  # [B_l, B]: own images
+    if gather_regions:
+        caption_rows = _scores(words, regions_all, word_mask, gamma1, gamma2, eps, backend).t()
+    else:
+        caption_rows = collectives.transpose(image_rows, shards)  # [B_l, B]: own captions against every image
+    scale = shards.world / shards.total
+    with autocast_disabled(image_rows.device):
+        image_to_caption = scale * masked_cross_entropy(gamma3 * image_rows, ids, shards.offset, reduction="sum")
+        caption_to_image = scale * masked_cross_entropy(gamma3 * caption_rows, ids, shards.offset, reduction="sum")
+    return image_to_caption, caption_to_image
