@@ -53,9 +53,14 @@ namespace tgfr::cpu {
 // calls on this thread use this thread alone.
 class SingleThreadedOps {
  public:
-  SingleThreadedOps()
-      : previous_blas_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0),
-        previous_omp_(omp_get_max_threads ? omp_get_max_threads() : 0) {
+  SingleThreadedOps() {
+    // ATen sets a thread's OpenMP and MKL thread counts to its own on the thread's first parallel
+    // op (at::internal::lazy_init_num_threads, with its flag in libtorch, where get_num_threads
+    // runs it). Done here first: on a pool thread's first item it undid the settings below
+    // halfway through, and the item's later GEMMs forked teams and summed in another order.
+    at::get_num_threads();
+    previous_blas_ = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+    previous_omp_ = omp_get_max_threads ? omp_get_max_threads() : 0;
     if (omp_set_num_threads) omp_set_num_threads(1);
   }
   ~SingleThreadedOps() {

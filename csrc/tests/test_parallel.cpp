@@ -2,7 +2,8 @@
 // every item runs once, on a worker index below count() that no other item is using at the same
 // time; the first exception an item throws reaches the caller after every item taken has
 // finished (how many others were skipped depends on timing, so it is not checked); a call from
-// inside an item completes; the caller's thread settings come back.
+// inside an item completes; the caller's thread settings come back; ATen ops in an item see one
+// thread, on a pool thread's first item too.
 // Exit status 0 when every check passes.
 #include <ATen/Parallel.h>
 
@@ -93,6 +94,21 @@ void test_nested_call_completes() {
   expect(inner_items.load() == 8 * 16, "a call from inside an item runs all its items");
 }
 
+// Runs first, while the pool's threads have not yet run an ATen parallel op: ATen's lazy per-thread
+// set-up at the first one must not give an item its threads back.
+void test_items_see_one_thread_from_the_start() {
+  at::set_num_threads(3);
+  const Workers workers;
+  std::atomic<int> threads_seen{1};
+  workers.for_each_item(24, [&](int64_t, int64_t) {
+    pause_briefly();
+    const int threads = at::get_num_threads();
+    if (threads != 1) threads_seen = threads;
+  });
+  expect(threads_seen.load() == 1,
+         "ATen ops in every item see one thread (an item saw " + std::to_string(threads_seen.load()) + ")");
+}
+
 void test_thread_settings_restored() {
   at::set_num_threads(2);
   const int before = at::get_num_threads();
@@ -106,6 +122,7 @@ void test_thread_settings_restored() {
 }  // namespace
 
 int main() {
+  test_items_see_one_thread_from_the_start();
   for (int threads : {1, 2, 4})
     for (int64_t n_items : {0, 1, 2, 3, 97}) test_every_item_once(threads, n_items);
   test_first_exception_reaches_caller();
