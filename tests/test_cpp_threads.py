@@ -13,7 +13,7 @@ from tgfr.ops import backends, info_nce, reference, word_region_scores
 pytestmark = pytest.mark.skipif(not backends.is_available("cpp", "cpu"), reason="tgfr._C not built")
 
 # Large enough for several work items per call: 5 images, and 40 captions of up to 12 words, so
-# more than one caption block of 256 words; InfoNCE B=200 gives 4 row blocks of 64 on 2 threads.
+# more than one caption block of 256 words; InfoNCE B=200 gives 2 row blocks of 112 on 2 threads.
 WORD_REGION_SHAPE = (5, 40, 12, 7, 10)
 INFO_NCE_SHAPE = (200, 16)
 
