@@ -30,11 +30,10 @@ from tgfr.data import (
     sample_variation,
 )
 from tgfr.data.sources import read_dataset
+from tgfr.engine import Distributed, Epoch, StageRunner
 from tgfr.models.text import Vocabulary
 from tgfr.models.tgfr import TGFRModel
-from tgfr.training import load_config
-from tgfr.training.data import TrainingViews
-from tgfr.training.loop import _run_epoch, _Step
+from tgfr.training import AlignStep, load_config
 
 PHOTOS_PER_IDENTITY = 10
 
@@ -69,20 +68,26 @@ def align_epochs(split: FaceCaptionDataset, image_size: int, cache_dir: Path, ba
                                   f"align.batch_size={batch_size}"])
     vocabulary = Vocabulary.from_captions(c for r in split.records for c in r.captions)
     model = TGFRModel(config.model, vocabulary)
-    step = _Step("align", model, config, TrainingViews(split, config.align.qualities), torch.device("cpu"))
+    step = AlignStep(model, config, split, torch.device("cpu"), feature_cache=(cache_dir, {}))
+    runner = StageRunner(step)
+
+    def epoch(number: int) -> None:
+        for batch in step.start_epoch(Epoch(number, number, torch.Generator().manual_seed(number), Distributed())):
+            runner.train_batch(batch)
+
     photos = step.data
     started = time.perf_counter()
-    step.use_cached_features(cache_dir, {})
+    step.prepare()  # the frozen face encoder's outputs into the cache
     filling = time.perf_counter() - started
     features = step.data
-    _run_epoch(step, 0, config, torch.device("cpu"))  # warm-up: first-call costs of the ops and the model
+    epoch(0)  # warm-up: first-call costs of the ops and the model
     step.data = photos
     started = time.perf_counter()
-    _run_epoch(step, 1, config, torch.device("cpu"))
+    epoch(1)
     on_photos = time.perf_counter() - started
     step.data = features
     started = time.perf_counter()
-    _run_epoch(step, 2, config, torch.device("cpu"))
+    epoch(2)
     return {"align_epoch_on_photos_s": round(on_photos, 2), "cache_fill_s": round(filling, 2),
             "align_epoch_on_cache_s": round(time.perf_counter() - started, 2),
             "align_views": list(config.align.qualities), "model": "demo preset"}

@@ -4,8 +4,10 @@
 #   2. build tgfr._C with the CUDA kernels for this GPU's architecture; if that fails (or the result does
 #      not import), a CPU-only build (TGFR_NO_CUDA=1) so that the Triton kernels still run;
 #   3. the tests that run on CUDA tensors (ids with cuda/gpu/triton), first;
-#   4. the GPU benchmark (benchmarks/bench_gpu.py) with most of the time that is left;
-#   5. the rest of the tests (not the slow end-to-end ones).
+#   4. the application at its smallest size (benchmarks/app_runs.py: train with AMP + eval, xmodal train,
+#      study), each under its own timeout, each a row of the report;
+#   5. the GPU benchmark (benchmarks/bench_gpu.py) with most of the time that is left;
+#   6. the rest of the tests (not the slow end-to-end ones).
 # Every step is bounded by `timeout` and none stops the next; collection errors do not stop pytest.
 # Results, written as they come: the log (tee'd there directly), RESULTS_GPU.{json,md} after every row,
 # RESULTS_GPU.png last, the tests' junit XML. They go to $OUT when set, else benchmarks/ (a dry run: a
@@ -15,7 +17,7 @@
 #   bash benchmarks/gpu.sh --dry-run    # the same on a CPU machine (or TGFR_GPU_DRY_RUN=1): the CUDA build
 #                                       # simulated as failing (the installed extension is used), tests only
 #                                       # collected, the benchmark on tiny sizes with Triton interpreted
-# Environment: PYTHON (default .venv/bin/python if present, else python3), TGFR_GPU_TOTAL_S (default 530),
+# Environment: PYTHON (default .venv/bin/python if present, else python3), TGFR_GPU_TOTAL_S (default 570),
 # TGFR_GPU_OUT (results folder, overrides $OUT). Exit status: that of the first failing step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +42,7 @@ LOG=$RESULTS/gpu_run.log
 exec > >(tee -a "$LOG") 2>&1
 tee_pid=$!
 
-TOTAL_S=${TGFR_GPU_TOTAL_S:-530}
+TOTAL_S=${TGFR_GPU_TOTAL_S:-570}
 start=$(date +%s)
 status=0
 export PYTHONUNBUFFERED=1
@@ -107,7 +109,11 @@ pytest_args=(-v --tb=short -p no:cacheprovider --continue-on-collection-errors)
 step "tests on CUDA tensors" "$(clamp $(($(left) - 250)) 30 150)" \
   "$PYTHON" -m pytest "${pytest_args[@]}" --junitxml="$RESULTS/tests_gpu.xml" tests/ -k "$GPU_TESTS"
 
-# 4. the benchmark: what is left, less the rest of the tests and a margin for the plot
+# 4. the application: can a user train here? (a row each in the report, whatever happens)
+step "application runs" "$(clamp $(($(left) - 200)) 90 240)" "$PYTHON" benchmarks/app_runs.py --out-dir "$RESULTS" \
+  --timeout-s 90
+
+# 5. the benchmark: what is left, less the rest of the tests and a margin for the plot
 budget=$(clamp $(($(left) - 110)) 30 330)
 bench_args=(--budget-s "$budget" --out-dir "$RESULTS")
 [ "$DRY_RUN" = 1 ] && bench_args+=(--dry-run)
@@ -116,7 +122,7 @@ if [ "$DRY_RUN" != 1 ] && [ "$RESULTS" != benchmarks ]; then
   cp "$RESULTS"/RESULTS_GPU.* benchmarks/ 2>/dev/null
 fi
 
-# 5. the rest of the tests, less the slow end-to-end runs (CPU work that CI does)
+# 6. the rest of the tests, less the slow end-to-end runs (CPU work that CI does)
 step "other tests" "$(clamp $(($(left) - 15)) 20 300)" \
   "$PYTHON" -m pytest "${pytest_args[@]}" --junitxml="$RESULTS/tests_other.xml" tests/ -k "not ($GPU_TESTS)" -m "not slow"
 

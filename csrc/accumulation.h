@@ -1,6 +1,7 @@
-// The accumulation rule of every kernel, CPU and CUDA: float64 inputs compute in float64,
-// all others (float32, and float16/bfloat16 upcast) in float32. Temperatures and the saved
-// log-sum-exp statistics use the same type. (The Python side: tgfr.ops.backends.accumulation_dtype.)
+// The dtype rule of every kernel, CPU and CUDA: inputs are float16, bfloat16, float32 or float64;
+// float64 inputs compute in float64, all others (float32, and float16/bfloat16 upcast) in float32.
+// Temperatures and the saved log-sum-exp statistics use the same type. (The Python side:
+// tgfr.ops.common, FLOAT_DTYPES and accumulation_dtype.)
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -9,6 +10,10 @@
 #include <type_traits>
 
 namespace tgfr {
+
+inline bool is_float_input(at::ScalarType type) {
+  return type == at::kHalf || type == at::kBFloat16 || type == at::kFloat || type == at::kDouble;
+}
 
 inline at::ScalarType accumulation_type(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;

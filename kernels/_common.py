@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tgfr.ops.validation import triton_interpreted
+from tgfr.ops.common import triton_interpreted
 
 TL_DTYPES = {
     torch.float16: tl.float16,

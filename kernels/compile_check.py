@@ -32,7 +32,7 @@ from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 from triton.runtime.jit import JITFunction
 
-from tgfr.ops.validation import accumulation_dtype, triton_interpreted
+from tgfr.ops.common import accumulation_dtype, triton_interpreted
 
 from . import info_nce, word_region
 from ._common import GPU, SHARED_MEMORY_LIMIT
@@ -114,7 +114,7 @@ def _host_calls(dtype: torch.dtype, shape: tuple[int, int, int], dim: int, batch
     acc = accumulation_dtype(dtype)
     words, regions = torch.empty(batch, T, D, **meta), torch.empty(batch, N, D, **meta)
     mask = torch.empty(batch, T, dtype=torch.bool, device="meta")
-    grad_scores = torch.empty(batch, batch, **meta)
+    grad_scores = torch.empty(batch, batch, dtype=acc, device="meta")
     paper = (4.0, 5.0, 1e-8)
     a, b = torch.empty(batch, dim, **meta), torch.empty(batch, dim, **meta)
     ids = torch.empty(batch, dtype=torch.int64, device="meta")

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tgfr.ops.validation import accumulation_dtype
+from tgfr.ops.common import accumulation_dtype
 
 from ._common import (
     GPU,
@@ -298,12 +298,6 @@ def _shrink_to_fit(kernel: str, dtype: torch.dtype, D: int, config: dict, gpu: G
                              f"and {registers} registers per thread; sm_{gpu.arch} has {gpu.shared_memory} B")
 
 
-def _check_offset(a, b, offset):
-    B, M = a.shape[0], b.shape[0]
-    if not 0 <= offset <= M - B:
-        raise ValueError(f"offset must lie in [0, M - B] = [0, {M - B}] for a[{B}] and b[{M}], got {offset}")
-
-
 def info_nce_forward(a, b, temperature, class_ids, offset: int = 0, symmetric: bool = True, *,
                      block_m: int | None = None, block_n: int | None = None, block_d: int | None = None,
                      gpu: GPU | None = None):
@@ -312,7 +306,6 @@ def info_nce_forward(a, b, temperature, class_ids, offset: int = 0, symmetric: b
     ``block_*`` override the tiles, ``gpu`` sizes them for another GPU than the tensors'.
     """
     (B, D), M = a.shape, b.shape[0]
-    _check_offset(a, b, offset)
     config = _launch_config(a, "lse", block_m, block_n, block_d, gpu)
     stat_dtype = accumulation_dtype(a.dtype)
     sides = 2 if symmetric else 1
@@ -339,7 +332,6 @@ def info_nce_backward(grad_loss, a, b, temperature, class_ids, lse_rows, lse_col
                       block_d: int | None = None, gpu: GPU | None = None):
     """``(grad_a [B, D], grad_b [M, D], grad_temperature)``; keywords as in ``info_nce_forward``."""
     (B, D), M = a.shape, b.shape[0]
-    _check_offset(a, b, offset)
     config = _launch_config(a, "grad", block_m, block_n, block_d, gpu)
     grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
     grid_a = (triton.cdiv(B, config["BLOCK_M"]),)

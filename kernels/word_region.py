@@ -12,7 +12,7 @@ cosine needs only ``<w,c>``, ``|w|^2`` and ``|c|^2``, which also accumulate chun
 chunk, so ``C`` is never held whole. Only the scores leave the chip.
 
 The backward pass recomputes ``S``, ``P``, ``A``, the cosines and the scores (in the
-accumulation dtype: the saved scores may be 16-bit) per block, then walks ``D``
+accumulation dtype, like the scores the forward returns) per block, then walks ``D``
 twice more: once for ``dA = dC R^T`` and once for the input gradients. Gradient
 accumulation without races:
 
@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tgfr.ops.validation import accumulation_dtype
+from tgfr.ops.common import accumulation_dtype
 
 from ._common import (
     GPU,
@@ -368,10 +368,11 @@ def _shrink_to_fit(kernel: str, dtype: torch.dtype, config: dict, gpu: GPU) -> N
 
 def word_region_scores_forward(words, regions, word_mask, gamma1, gamma2, eps, *,
                                caps: int | None = None, block_d: int | None = None, gpu: GPU | None = None):
-    """``scores[B_v, B_t]``; ``caps``/``block_d`` override the tiles, ``gpu`` sizes them for another GPU."""
+    """``scores[B_v, B_t]`` in the accumulation dtype; ``caps``/``block_d`` override the tiles, ``gpu`` sizes
+    them for another GPU."""
     (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
     config = _launch_config(words, regions, "forward", caps, block_d, gpu)
-    scores = torch.empty(B_v, B_t, dtype=words.dtype, device=words.device)
+    scores = torch.empty(B_v, B_t, dtype=accumulation_dtype(words.dtype), device=words.device)
     grid = (B_v * triton.cdiv(B_t, config["CAPS"]),)
     with device_of(words):
         _scores_forward_kernel[grid](words, regions, word_mask.view(torch.uint8), scores, B_t, T, N, D,

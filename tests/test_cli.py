@@ -66,8 +66,32 @@ def test_config_mistakes_are_usage_errors(capsys, tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--preset", "smoke", "align.optimizer=sgdd"],
+     "tgfr train: error: config key 'align.optimizer' must be one of 'adam' or 'adamw'; got 'sgdd'"),
+    (["train", "--preset", "smoke", "--dataset", "face2text"],
+     "tgfr train: error: config key 'data_root' must give the directory of dataset 'face2text'"),
+    (["study", "--preset", "tiny", "training.align.optimizer=sgdd"],
+     "tgfr study: error: config key 'training.align.optimizer' must be one of 'adam' or 'adamw'; got 'sgdd'"),
+    (["study", "--preset", "tiny", "--text-model", "/no/such/model"],
+     "tgfr study: error: --text-model must be one of 'auto', 'minilm', 'none' or a local Hugging Face model"),
+    (["xmodal", "train", "--preset", "tiny", "epochs=abc"],
+     "tgfr xmodal train: error: config key 'epochs' must be int; got 'abc'"),
+    (["xmodal", "train", "--preset", "tiny", "negatives=all"],
+     "tgfr xmodal train: error: config key 'negatives' must be one of 'none', 'easy', 'semi_hard' or 'hard'"),
+])
+def test_a_bad_config_value_stops_the_command_before_any_work(capsys, tmp_path, argv, expected):
+    """One line naming the key (or option), what it accepts and what was given; exit 2; nothing written."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as raised:
+        cli.main([*argv, "--out", str(out)])
+    error = capsys.readouterr().err
+    assert raised.value.code == 2 and error.startswith(expected) and len(error.strip().splitlines()) == 1, error
+    assert not out.exists()
+
+
 def test_train_refuses_to_overwrite_a_run(capsys, tmp_path):
-    from tgfr.training.checkpoint import CHECKPOINT_NAME
+    from tgfr.engine import CHECKPOINT_NAME
 
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"a run")
     with pytest.raises(SystemExit) as raised:

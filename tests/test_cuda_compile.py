@@ -27,6 +27,9 @@ import pytest
 import torch
 from torch.utils import cpp_extension
 
+from tgfr.ops.info_nce import info_nce_reference
+from tgfr.ops.word_region import word_region_scores_loop
+
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 CUDA_SOURCES = sorted((CSRC / "cuda").glob("*.cu"))
@@ -208,12 +211,6 @@ def emulated(nvcc_build, tmp_path_factory):
     return torch.ops.tgfr_cuda_emulated
 
 
-def reference_module():
-    from tgfr.ops import reference
-
-    return reference
-
-
 # rtol, and an absolute floor as a fraction of the largest expected magnitude
 TOLERANCES = {
     torch.float64: (1e-10, 1e-12),
@@ -241,7 +238,6 @@ def rounded(x, dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_emulated_word_region_matches_reference(emulated, dtype):
-    reference = reference_module()
     gen = torch.Generator().manual_seed(7)
     B_v, B_t, T, N, D = 7, 5, 6, 9, 10
     words = rounded(torch.randn(B_t, T, D, generator=gen, dtype=torch.float64), dtype)
@@ -253,7 +249,7 @@ def test_emulated_word_region_matches_reference(emulated, dtype):
     mask = torch.arange(T)[None, :] < lengths[:, None]
     upstream = rounded(torch.randn(B_v, B_t, generator=gen, dtype=torch.float64) / (B_v * B_t), dtype)
     w_ref, r_ref = words.clone().requires_grad_(), regions.clone().requires_grad_()
-    expected = reference.word_region_scores_loop(w_ref, r_ref, mask)
+    expected = word_region_scores_loop(w_ref, r_ref, mask)
     (expected * upstream).sum().backward()
 
     w, r = words.to(dtype), regions.to(dtype)
@@ -271,7 +267,6 @@ def test_emulated_word_region_matches_reference(emulated, dtype):
 def test_emulated_word_region_all_padded_caption(emulated, dtype):
     """A caption without words: score -inf in every row, zero gradient for its words, and
     nothing (not even a NaN upstream gradient) reaches the regions through it."""
-    reference = reference_module()
     gen = torch.Generator().manual_seed(8)
     B_v, B_t, T, N, D = 5, 4, 5, 7, 8
     words = rounded(torch.randn(B_t, T, D, generator=gen, dtype=torch.float64), dtype)
@@ -281,7 +276,7 @@ def test_emulated_word_region_all_padded_caption(emulated, dtype):
     upstream[:, 2] = float("nan")
     keep = torch.tensor([0, 1, 3])
     w_ref, r_ref = words[keep].clone().requires_grad_(), regions.clone().requires_grad_()
-    expected = reference.word_region_scores_loop(w_ref, r_ref, mask[keep])
+    expected = word_region_scores_loop(w_ref, r_ref, mask[keep])
     (expected * upstream[:, keep]).sum().backward()
 
     w, r = words.to(dtype), regions.to(dtype)
@@ -305,7 +300,6 @@ INFO_NCE_LAYOUTS = [(300, 300, 0, True), (100, 300, 200, True), (150, 290, 37, F
 @pytest.mark.parametrize("with_ids", [False, True], ids=["distinct", "shared-ids"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_emulated_info_nce_matches_reference(emulated, dtype, with_ids, layout):
-    reference = reference_module()
     B, M, offset, symmetric = layout
     gen = torch.Generator().manual_seed(11)
     D = 12
@@ -315,7 +309,7 @@ def test_emulated_info_nce_matches_reference(emulated, dtype, with_ids, layout):
     temperature = torch.tensor(0.13, dtype=torch.float64)
     class_ids = torch.randint(0, M // 3, (M,), generator=gen) if with_ids else torch.arange(M)
     a_ref, b_ref, t_ref = a.clone().requires_grad_(), b.clone().requires_grad_(), temperature.clone().requires_grad_()
-    expected = reference.info_nce_reference(
+    expected = info_nce_reference(
         a_ref, b_ref, t_ref, class_ids if with_ids else None, offset=offset, symmetric=symmetric
     )
     expected.backward()
@@ -354,7 +348,6 @@ def test_emulated_info_nce_float16_small_gradients_keep_precision(emulated):
     temperature), and their rows of grad_b are made of nothing else: stored unscaled their
     error is ~100 %, scaled by a power of two ~5e-4. The incoming gradient is 2^16, as
     torch.amp.GradScaler makes it; the float16 results themselves would underflow otherwise."""
-    reference = reference_module()
     gen = torch.Generator().manual_seed(5)
     B, M, D = 16, 144, 64
     basis, _ = torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=torch.float64))
@@ -368,7 +361,7 @@ def test_emulated_info_nce_float16_small_gradients_keep_precision(emulated):
 
     grad_loss = 2.0**16
     a_ref, b_ref = a.clone().requires_grad_(), b.clone().requires_grad_()
-    (grad_loss * reference.info_nce_reference(a_ref, b_ref, temperature)).backward()
+    (grad_loss * info_nce_reference(a_ref, b_ref, temperature)).backward()
     tau, ids = temperature.float(), torch.arange(M)
     _, lse_rows, lse_cols = emulated.info_nce_forward(a.half(), b.half(), tau, ids, 0, True)
     _, grad_b, _ = emulated.info_nce_backward(

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tgfr.data import (
     ATTRIBUTE_VALUES,
@@ -18,6 +19,7 @@ from tgfr.data import (
     build_synthetic_splits,
     celebahq_identities,
     collate_face_captions,
+    degradation_at,
     degrade,
     generate_synthetic,
     identification_split,
@@ -208,6 +210,26 @@ def test_very_bad_keeps_coarse_colour_but_not_detail():
     assert np.mean(coarse_kept) > 0.8 and min(coarse_kept) > 0.6, coarse_kept
 
 
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
+def test_a_level_takes_the_same_share_of_detail_at_every_image_size():
+    """A 96-pixel face degraded and then shown at 32 pixels looks like its 32-pixel version degraded:
+    blur, the lost resolution, the noise grain and JPEG's blocks all scale with the image (per-pixel
+    noise, a fixed resolution floor and 8x8 blocks at the native size made them differ by 8-13 grey levels)."""
+    config = SyntheticConfig(num_identities=4, images_per_identity=2, image_size=96, captions_per_image=1)
+    for level in QUALITY_LEVELS[1:]:
+        gaps, changes = [], []
+        for index, large in enumerate(generate_synthetic(config).images):
+            small = _resized(large, 32)
+            degraded = degrade(small, level, np.random.default_rng(index)).astype(np.float64)
+            shown_small = _resized(degrade(large, level, np.random.default_rng(index)), 32)
+            gaps.append(np.abs(shown_small - degraded).mean())
+            changes.append(np.abs(small - degraded).mean())
+        assert np.mean(gaps) < 3.0 and np.mean(changes) > 2 * np.mean(gaps), (level, gaps, changes)
+
+
 def test_degrade_is_reproducible_and_checks_input(small_faces):
     image = small_faces.images[0]
     assert np.array_equal(degrade(image, "bad", np.random.default_rng(9)), degrade(image, "bad", np.random.default_rng(9)))
@@ -216,6 +238,8 @@ def test_degrade_is_reproducible_and_checks_input(small_faces):
         degrade(image, "awful", np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
         degrade(image.astype(np.float32), "poor", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="severity must be in"):
+        degradation_at(1.5)
 
 
 # --- captions -------------------------------------------------------------------------------

@@ -1,18 +1,15 @@
 """Gradient caching gives the gradient of the unchunked loss."""
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from torch import nn
 
+from tgfr.engine import Distributed, Epoch, StageRunner
 from tgfr.models.text import Vocabulary
 from tgfr.models.tgfr import TGFRModel
-from tgfr.training import load_config
-from tgfr.training import loop as training_loop
-from tgfr.training.data import TrainingViews, build_splits, collate_batch, sample_captions
-from tgfr.training.distributed import Distributed
+from tgfr.training import AlignStep, load_config
+from tgfr.training.data import build_splits, collate_batch, sample_captions
 from tgfr.training.grad_cache import chunked_backward
 
 RTOL, ATOL = 1e-9, 1e-12
@@ -62,13 +59,12 @@ def _align_step(config):
     vocabulary = Vocabulary.from_captions(c for record in split.records for c in record.captions)
     torch.manual_seed(config.seed)
     model = TGFRModel(config.model, vocabulary).double()
-    step = training_loop._Step("align", model, config, TrainingViews(split, config.align.qualities), "cpu")
+    step = AlignStep(model, config, split, torch.device("cpu"))
     step.heads.double()
     # at initialisation (gate 0) the regions are GroupNorm outputs whose mean, IMCL's local vector, is rounding noise
     with torch.no_grad():
         model.imim.gate.fill_(0.7)
-    Distributed().prepare_step(step, config.distributed)
-    step.start_epoch(0)
+    step.start_epoch(Epoch(0, 0, torch.Generator().manual_seed(0), Distributed()))
     return step
 
 
@@ -78,15 +74,15 @@ def test_align_step_with_grad_cache_equals_the_plain_step(chunk):
     step = _align_step(config)
     batch = collate_batch([step.data[i] for i in range(13)])
     batch["image"] = batch["image"].double()
-    captions = sample_captions(batch["captions"], torch.Generator().manual_seed(1))
-    nothing = contextlib.nullcontext()
+    batch["text"] = sample_captions(batch["captions"], torch.Generator().manual_seed(1))
+    runner = StageRunner(step)
 
     step.optimizer.zero_grad(set_to_none=True)
-    plain = training_loop._loss_and_backward(step, batch, captions, nothing)
+    plain = step.backward(batch, runner)
     expected = {**_grads(step.model), **{f"heads.{k}": v for k, v in _grads(step.heads).items()}}
     step.optimizer.zero_grad(set_to_none=True)
     step.settings.grad_cache_chunk = chunk
-    cached = training_loop._loss_and_backward(step, batch, captions, nothing)
+    cached = step.backward(batch, runner)
     got = {**_grads(step.model), **{f"heads.{k}": v for k, v in _grads(step.heads).items()}}
     for key in plain:
         torch.testing.assert_close(cached[key], plain[key].detach(), rtol=RTOL, atol=ATOL, msg=lambda m: f"{key}: {m}")

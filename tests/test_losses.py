@@ -3,7 +3,8 @@ import math
 import torch
 
 from tgfr import InfoNCELoss, WordRegionLoss
-from tgfr.ops import reference
+from tgfr.ops.info_nce import info_nce_reference
+from tgfr.ops.word_region import matching_loss, word_region_scores_loop
 
 
 def test_word_region_loss_module_matches_functional():
@@ -13,8 +14,8 @@ def test_word_region_loss_module_matches_functional():
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
     class_ids = torch.tensor([0, 1, 0, 2])
     loss = WordRegionLoss(backend="vectorized")(words, regions, mask, class_ids)
-    scores = reference.word_region_scores_loop(words, regions, mask)
-    expected = sum(reference.matching_loss(scores, class_ids, 10.0))
+    scores = word_region_scores_loop(words, regions, mask)
+    expected = sum(matching_loss(scores, class_ids, 10.0))
     torch.testing.assert_close(loss, expected)
 
 
@@ -24,7 +25,7 @@ def test_info_nce_module_learns_its_temperature():
     b = torch.nn.functional.normalize(a + 0.3 * torch.randn(16, 8, generator=gen), dim=1)
     module = InfoNCELoss(temperature=0.5, backend="reference")
     assert math.isclose(module.temperature.item(), 0.5, rel_tol=1e-6)
-    torch.testing.assert_close(module(a, b), reference.info_nce_reference(a, b, torch.tensor(0.5)))
+    torch.testing.assert_close(module(a, b), info_nce_reference(a, b, torch.tensor(0.5)))
     optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
     before = module(a, b).item()
     for _ in range(20):
@@ -42,27 +43,21 @@ def test_info_nce_fixed_temperature_is_a_buffer():
 
 def test_modules_pass_their_process_group_on(monkeypatch):
     """group= reaches tgfr.ops.distributed with this rank's shard (contract of the ops)."""
-    import importlib
+    from tgfr.ops import distributed
 
-    # the package exports functions of the same names, so look the modules up
-    info_nce_module = importlib.import_module("tgfr.ops.info_nce")
-    word_region_module = importlib.import_module("tgfr.ops.word_region")
     calls = []
 
-    class FakeDistributed:
-        @staticmethod
-        def info_nce(a, b, temperature, class_ids, backend, symmetric, group):
-            calls.append(("info_nce", backend, symmetric, group))
-            return a.sum() * 0
+    def fake_info_nce(a, b, temperature, class_ids, backend, symmetric, group):
+        calls.append(("info_nce", backend, symmetric, group))
+        return a.sum() * 0
 
-        @staticmethod
-        def word_region_loss(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group):
-            calls.append(("word_region", backend, group))
-            zero = words.sum() * 0
-            return zero, zero
+    def fake_word_region_loss(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend, group):
+        calls.append(("word_region", backend, group))
+        zero = words.sum() * 0
+        return zero, zero
 
-    monkeypatch.setattr(info_nce_module, "_distributed", lambda: FakeDistributed)
-    monkeypatch.setattr(word_region_module, "_distributed", lambda: FakeDistributed)
+    monkeypatch.setattr(distributed, "info_nce", fake_info_nce)
+    monkeypatch.setattr(distributed, "word_region_loss", fake_word_region_loss)
     group = object()
     a = torch.randn(3, 4)
     InfoNCELoss(backend="vectorized", group=group)(a, a.clone())

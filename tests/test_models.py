@@ -478,7 +478,7 @@ def test_paper_scaling_sums_id_over_modalities_and_cicl_over_directions():
 
 def test_wrcl_with_eq5_exponent_divides_the_matching_score_by_gamma2():
     from tgfr.ops import word_region_scores
-    from tgfr.ops.reference import matching_loss
+    from tgfr.ops.word_region import matching_loss
 
     words, regions = _unit(3, 4, 8, seed=5), _unit(3, 6, 8, seed=6)
     mask = torch.tensor([[True] * 4, [True, True, False, False], [True] * 3 + [False]])

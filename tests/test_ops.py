@@ -1,7 +1,7 @@
 """One suite for every backend of both ops, against the pure-PyTorch reference.
 
-Ground truth is ``reference.word_region_scores_loop`` (the published loop
-structure) and ``reference.info_nce_reference`` (full logits + cross-entropy).
+Ground truth is ``word_region_scores_loop`` (the published loop structure) and
+``info_nce_reference`` (full logits + cross-entropy).
 Tolerances: float64 to 1e-10 relative, float32 to 1e-5 (values) against the
 float64 reference, always with an absolute floor (``conftest.assert_close``). Inputs are fresh random tensors with ragged masks, shapes
 that are not multiples of any tile, ``B_v != B_t`` and non-contiguous views.
@@ -15,7 +15,9 @@ import pytest
 import torch
 from conftest import BACKEND_DEVICES, assert_close, expected_missing_reason
 
-from tgfr.ops import backends, info_nce, reference, word_region_loss, word_region_scores
+from tgfr.ops import backends, info_nce, word_region_loss, word_region_scores
+from tgfr.ops.info_nce import info_nce_reference
+from tgfr.ops.word_region import published_damsm_words_loss, word_region_scores_loop
 
 # (B_v, B_t, T, N, D): odd sizes, B_v != B_t, T = 1, N = 1, D not a multiple of 8.
 WORD_REGION_SHAPES = [(3, 2, 5, 7, 12), (2, 3, 1, 4, 9), (2, 2, 4, 1, 6), (4, 3, 6, 9, 13)]
@@ -41,7 +43,7 @@ def make_info_nce_inputs(shape, dtype, device, gen):
 
 
 def reference_scores(words, regions, mask, **kw):
-    return reference.word_region_scores_loop(words.double().cpu(), regions.double().cpu(), mask.cpu(), **kw)
+    return word_region_scores_loop(words.double().cpu(), regions.double().cpu(), mask.cpu(), **kw)
 
 
 # --------------------------------------------------------------------------- word-region scores
@@ -74,7 +76,7 @@ def test_word_region_backward_matches_reference(backend_device, shape, rng):
     words, regions, mask = make_word_region_inputs(shape, torch.float64, device, rng)
     upstream = torch.randn(shape[0], shape[1], generator=rng, dtype=torch.float64)
     w_ref, r_ref = words.detach().cpu().requires_grad_(), regions.detach().cpu().requires_grad_()
-    (reference.word_region_scores_loop(w_ref, r_ref, mask.cpu()) * upstream).sum().backward()
+    (word_region_scores_loop(w_ref, r_ref, mask.cpu()) * upstream).sum().backward()
     w, r = words.detach().requires_grad_(), regions.detach().requires_grad_()
     (word_region_scores(w, r, mask, backend=backend) * upstream.to(device)).sum().backward()
     torch.testing.assert_close(w.grad.cpu(), w_ref.grad, rtol=1e-9, atol=1e-11)
@@ -129,7 +131,7 @@ def test_reference_equals_published_damsm_words_loss(rng):
     words, regions, _ = make_word_region_inputs((B, B, T, N, D), torch.float64, "cpu", rng, ragged=False)
     class_ids = torch.tensor([3, 1, 3, 0, 1])
     labels = torch.arange(B)
-    expected = reference.published_damsm_words_loss(
+    expected = published_damsm_words_loss(
         regions.transpose(1, 2), words.transpose(1, 2), labels, [T] * B, class_ids, B
     )
     for backend in ("reference", "vectorized"):
@@ -172,7 +174,7 @@ def test_word_region_bad_input(backend_device, rng):
 def _info_nce_case(backend, device, shape, dtype, gen, class_ids=None):
     a, b, t = make_info_nce_inputs(shape, dtype, device, gen)
     got = info_nce(a, b, t, class_ids, backend=backend)
-    expected = reference.info_nce_reference(a.double().cpu(), b.double().cpu(), t.cpu(), None if class_ids is None else class_ids.cpu())
+    expected = info_nce_reference(a.double().cpu(), b.double().cpu(), t.cpu(), None if class_ids is None else class_ids.cpu())
     return got, expected
 
 
@@ -200,7 +202,7 @@ def test_info_nce_backward_matches_reference(backend_device, with_class_ids, rng
     a, b, t = make_info_nce_inputs((11, 7), torch.float64, device, rng)
     class_ids = torch.tensor([0, 1, 2, 0, 3, 4, 1, 5, 6, 7, 0]) if with_class_ids else None
     leaves = [x.detach().cpu().requires_grad_() for x in (a, b, t)]
-    reference.info_nce_reference(*leaves, class_ids).backward()
+    info_nce_reference(*leaves, class_ids).backward()
     fused = [x.detach().requires_grad_() for x in (a, b, t)]
     info_nce(*fused, None if class_ids is None else class_ids.to(device), backend=backend).mul(1.7).backward()
     for got, ref, name in zip(fused, leaves, ("a", "b", "temperature")):
@@ -232,7 +234,7 @@ def test_info_nce_non_contiguous(backend_device, rng):
     a_nc.copy_(a)
     assert not a_nc.is_contiguous()
     got = info_nce(a_nc, b_nc, t, backend=backend)
-    torch.testing.assert_close(got.cpu(), reference.info_nce_reference(a.cpu(), b.cpu(), t.cpu()), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.cpu(), info_nce_reference(a.cpu(), b.cpu(), t.cpu()), rtol=1e-10, atol=1e-12)
 
 
 def test_info_nce_bad_input(backend_device, rng):
@@ -244,8 +246,9 @@ def test_info_nce_bad_input(backend_device, rng):
         (dict(a=a[0]), "a must have 2 dimensions"),
         (dict(b=b[:3]), "exceeds b's 3 rows"),
         (dict(b=b.float()), "b has dtype"),
-        (dict(temperature=torch.tensor([0.1, 0.2], device=device)), "temperature must be a tensor holding one value"),
-        (dict(temperature=0.07), "temperature must be a tensor holding one value"),
+        (dict(temperature=torch.tensor([0.1, 0.2], device=device)), "temperature must hold one value"),
+        (dict(temperature="0.07"), "temperature must be a positive number or a one-element tensor"),
+        (dict(temperature=0.0), "temperature must be positive and finite, got 0.0"),
         (dict(temperature=torch.tensor(-0.1, device=device)), "temperature must be positive"),
         (dict(temperature=torch.tensor(float("nan"), device=device)), "temperature must be positive and finite"),
         (dict(a=nan_a), "a contains NaN"),
@@ -306,7 +309,7 @@ def test_info_nce_rectangular_matches_reference(backend_device, case, with_class
     assert_close(got, expected, rtol=rtol, atol=rtol)
     # the reference module agrees with the definition
     torch.testing.assert_close(
-        reference.info_nce_reference(a.double().cpu(), b.double().cpu(), t.cpu(), cpu_ids, offset, symmetric),
+        info_nce_reference(a.double().cpu(), b.double().cpu(), t.cpu(), cpu_ids, offset, symmetric),
         expected, rtol=1e-12, atol=1e-13,
     )
 
@@ -341,7 +344,7 @@ def test_info_nce_rectangular_non_contiguous(backend_device, rng):
     a_nc.copy_(a)
     assert not a_nc.is_contiguous()
     got = info_nce(a_nc, b_nc, t, backend=backend, offset=4)
-    assert_close(got, reference.info_nce_reference(a.cpu(), b.cpu(), t.cpu(), None, 4, True), rtol=1e-10)
+    assert_close(got, info_nce_reference(a.cpu(), b.cpu(), t.cpu(), None, 4, True), rtol=1e-10)
 
 
 def test_info_nce_square_defaults_are_the_symmetric_loss(rng):
@@ -350,8 +353,8 @@ def test_info_nce_square_defaults_are_the_symmetric_loss(rng):
     logits = a @ b.t() / t
     labels = torch.arange(6)
     clip = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels))
-    assert_close(reference.info_nce_reference(a, b, t), clip, rtol=1e-12)
-    assert_close(reference.info_nce_reference(a, b, t, symmetric=False), torch.nn.functional.cross_entropy(logits, labels), rtol=1e-12)
+    assert_close(info_nce_reference(a, b, t), clip, rtol=1e-12)
+    assert_close(info_nce_reference(a, b, t, symmetric=False), torch.nn.functional.cross_entropy(logits, labels), rtol=1e-12)
 
 
 def test_info_nce_rectangular_bad_input(rng):
@@ -401,7 +404,7 @@ def test_auto_backend_and_unknown_backend(rng):
 def test_extension_rejects_bad_input_without_crashing(rng):
     if not backends.is_available("cpp", "cpu"):
         pytest.skip("tgfr._C not built")
-    ext = backends.kernels("cpp")
+    ext = backends.RECORDS["cpp"].kernels()
     words, regions, mask = make_word_region_inputs((2, 3, 4, 5, 6), torch.float32, "cpu", rng)
     with pytest.raises(RuntimeError, match="word_mask must be a bool tensor"):
         ext.word_region_scores_forward(words, regions, mask.int(), 4.0, 5.0, 1e-8)
@@ -479,7 +482,7 @@ def broken_extension(monkeypatch):
 
     def fake_import(name):
         if name == "tgfr._C":
-            return None, "ImportError: tgfr/_C.so: undefined symbol: _ZN4tgfr3fooEv"
+            return None, ImportError("tgfr/_C.so: undefined symbol: _ZN4tgfr3fooEv")
         return real_import(name)
 
     monkeypatch.setattr(backends, "_import", fake_import)
@@ -503,7 +506,8 @@ def test_auto_warns_once_about_a_broken_extension(broken_extension, rng):
 def test_unsupported_reason_skips_in_auto_and_raises_when_named(monkeypatch, rng):
     if not backends.is_available("cpp", "cpu"):
         pytest.skip("tgfr._C not built")
-    real_kernels = backends.kernels("cpp")
+    real_import = backends._import
+    real_kernels = backends.RECORDS["cpp"].kernels()
 
     class Declining:
         def __getattr__(self, name):
@@ -513,7 +517,7 @@ def test_unsupported_reason_skips_in_auto_and_raises_when_named(monkeypatch, rng
         def unsupported_reason(op, dtype, sizes):
             return f"D={sizes['D']} exceeds 4" if sizes["D"] > 4 else None
 
-    monkeypatch.setattr(backends, "kernels", lambda backend: Declining())
+    monkeypatch.setattr(backends, "_import", lambda name: (Declining(), None) if name == "tgfr._C" else real_import(name))
     backends._warn_fallback.cache_clear()
     a, b, t = make_info_nce_inputs((3, 5), torch.float64, "cpu", rng)
     assert backends.resolve("auto", "cpu", "info_nce", torch.float64, D=4) == "cpp"

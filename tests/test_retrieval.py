@@ -136,7 +136,7 @@ def test_train_eval_retrieve_smoke(tiny_run, tmp_path, capsys):
 
     from tgfr.cli import main
 
-    assert (tiny_run / "checkpoint.pt").is_file() and len((tiny_run / "train_log.jsonl").read_text().splitlines()) == 2
+    assert (tiny_run / "checkpoint.pt").is_file() and len((tiny_run / "log.jsonl").read_text().splitlines()) == 2
     assert main(["xmodal", "eval", "--checkpoint", str(tiny_run)]) == 0
     out = capsys.readouterr().out
     for label in ("R@1", "R@10", "mAP", "median rank", "text -> face", "text + image -> face",
@@ -211,7 +211,8 @@ def test_face_encoders_give_global_and_regions(kind):
 def test_killed_run_resumes_after_its_last_finished_epoch(tiny_run, tmp_path):
     import shutil
 
-    from tgfr.retrieval.train import load_config, read_run, train_xmodal
+    from tgfr.retrieval.config import load_config
+    from tgfr.retrieval.train import read_run, train_xmodal
 
     config = load_config("tiny")
     run = tmp_path / "run"
@@ -225,9 +226,9 @@ def test_killed_run_resumes_after_its_last_finished_epoch(tiny_run, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_xmodal(config, run, log=killed_after_first_epoch)
-    assert read_run(run)["epochs_done"] == 1
+    assert read_run(run)["progress"]["epochs_done"] == 1
     train_xmodal(config, run, resume=True, log=lambda message: None)
     resumed, uninterrupted = read_run(run), read_run(tiny_run)
-    assert resumed["epochs_done"] == 2
+    assert resumed["progress"]["epochs_done"] == 2
     for name, value in uninterrupted["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -84,7 +84,7 @@ def test_train_eval_retrieve_on_celeba_dialog(real_run, tmp_path, capsys):
     from tgfr.cli import main
 
     root, run = real_run
-    assert len((run / "train_log.jsonl").read_text().splitlines()) == 1
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1
     assert main(["xmodal", "eval", "--checkpoint", str(run)]) == 0
     out = capsys.readouterr().out
     assert "text -> face" in out and "text + image -> face" in out and "1/1 epochs" in out

@@ -86,6 +86,16 @@ def test_study_smoke_writes_tables_and_figures_and_reuses_finished_runs(tmp_path
     monkeypatch.setattr("tgfr.training.train", no_training)
     assert cli.main(["study", "--preset", "tiny", "--seeds", "0", "--text-model", "none", "--out", str(out)]) == 0
     assert (out / "study.md").read_text().split("- wall_seconds")[0] == markdown.split("- wall_seconds")[0]
+    capsys.readouterr()
+
+    # ... but no run trained with another config: the study stops before training and names them
+    with pytest.raises(SystemExit) as error:
+        cli.main(["study", "--preset", "tiny", "--seeds", "0", "--text-model", "none", "--out", str(out),
+                  "training.fusion.lr=0.05"])
+    message = capsys.readouterr().err
+    assert error.value.code == 2 and "trained with another config" in message
+    assert "seed0/tgfr (fusion.lr)" in message and "seed0/wrcl (fusion.lr)" in message
+    assert not (out / "seed1").exists()
 
 
 def test_study_usage_errors(capsys):
@@ -98,22 +108,30 @@ def test_study_usage_errors(capsys):
 
 
 @pytest.mark.parametrize("preset", ["quick", "paper", "tiny"])
-def test_study_presets_give_valid_configs(preset):
-    from tgfr.study import STUDY_PRESETS, study_runs
+def test_study_presets_give_valid_configs(preset, tmp_path):
+    from tgfr.study import load_study_config, plan
 
-    settings = STUDY_PRESETS[preset]
-    for run in study_runs("minilm", settings.transformer_overrides):
-        config = load_config("paper", [*settings.overrides, *run.overrides])
+    model_dir = tmp_path / "transformer"  # a local model directory: the BERT-like rows are planned too
+    model_dir.mkdir()
+    study = load_study_config(preset, [f"text_model={model_dir}"])
+    faces, planned, _ = plan(study, tmp_path / "study")
+    assert {"bert_flf", "cgfr", "tgfr"} <= {p.run.name for p in planned}
+    for config in [*faces.values(), *(p.config for p in planned)]:
         for step in (config.image, config.align, config.fusion):
             # YAML reads "2e-3" as a string: every rate must arrive as a number
-            assert all(isinstance(getattr(step, key), float) for key in ("lr", "weight_decay")), (preset, run.name)
-        assert isinstance(config.align.text_lr, float), (preset, run.name)
+            assert all(isinstance(getattr(step, key), float) for key in ("lr", "weight_decay")), preset
+        assert isinstance(config.align.text_lr, float), preset
+    bert = next(p.config for p in planned if p.run.name == "bert_flf")
+    assert bert.model.text_encoder == str(model_dir)
+    if study.transformer_text_lr is not None:
+        assert bert.align.text_lr == study.transformer_text_lr
 
 
 def test_study_markdown_states_the_presets_deviations_from_the_paper():
-    from tgfr.study import STUDY_PRESETS, study_markdown
+    from tgfr.study import load_study_config, study_markdown
 
-    assert "frozen" in STUDY_PRESETS["quick"].deviations and not STUDY_PRESETS["paper"].deviations
-    details = {"preset": "quick", "deviations": STUDY_PRESETS["quick"].deviations, "seeds": [0, 1, 2]}
-    assert f"Deviations from the paper: {STUDY_PRESETS['quick'].deviations}." in study_markdown({}, details)
+    quick = load_study_config("quick").deviations
+    assert "frozen" in quick and not load_study_config("paper").deviations
+    details = {"preset": "quick", "deviations": quick, "seeds": [0, 1, 2]}
+    assert f"Deviations from the paper: {quick}." in study_markdown({}, details)
     assert "Deviations" not in study_markdown({}, {"preset": "paper", "seeds": [0]})

@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
+from tgfr.config import ConfigError
+from tgfr.engine import Engine
 from tgfr.training import load_config, load_model, read_checkpoint, train
-from tgfr.training import loop as training_loop
+from tgfr.training import run as training_run
 
 # a few seconds per run: 12 training identities, 32-pixel faces
 TINY = [
@@ -38,7 +40,7 @@ def test_presets_overrides_and_yaml(tmp_path):
                                   "fusion.lr_milestones=[1, 2]", "data.num_identities=50"])
     assert config.align.epochs == 7 and config.align.weights.id == 0
     assert config.model.text_encoder == "minilm" and config.fusion.lr_milestones == [1, 2]
-    assert config.data["num_identities"] == 50
+    assert config.data.num_identities == 50
     assert config.model.image_size == load_config("demo").model.image_size
     path = tmp_path / "run.yaml"
     path.write_text("preset: smoke\nseed: 3\nmodel:\n  dim: 48\nalign:\n  weights:\n    cicl: 0.5\n")
@@ -48,7 +50,7 @@ def test_presets_overrides_and_yaml(tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(KeyError, match="unknown config key 'align.wieghts'"):
+    with pytest.raises(ConfigError, match="unknown config key 'align.wieghts'"):
         load_config("smoke", ["align.wieghts.id=1"])
     with pytest.raises(ValueError, match="key=value"):
         load_config("smoke", ["align.epochs"])
@@ -79,6 +81,15 @@ def test_train_writes_log_checkpoint_and_a_loadable_model(tmp_path):
         train(_config(), out)
 
 
+def test_a_runs_config_yaml_trains_the_same_run_again(tmp_path):
+    first = tmp_path / "first"
+    train(_config("align.lr=2e-3"), first)
+    again = tmp_path / "again"
+    train(load_config(first / "config.yaml"), again)
+    _assert_same_weights(read_checkpoint(first)["model"], read_checkpoint(again)["model"])
+    assert (again / "config.yaml").read_text() == (first / "config.yaml").read_text()
+
+
 def test_training_changes_only_the_current_step_modules(tmp_path):
     train(_config("align.epochs=0", "fusion.epochs=0"), tmp_path / "image_only")
     after_image = read_checkpoint(tmp_path / "image_only")["model"]
@@ -101,8 +112,8 @@ def test_a_zero_caption_learning_rate_freezes_the_caption_encoder(tmp_path, monk
                 (module.training, any(p.requires_grad for p in module.parameters()))))
         return model
 
-    model_class = training_loop.TGFRModel
-    monkeypatch.setattr(training_loop, "TGFRModel", model_with_a_watched_text_encoder)
+    model_class = training_run.TGFRModel
+    monkeypatch.setattr(training_run, "TGFRModel", model_with_a_watched_text_encoder)
     train(_config("fusion.epochs=0"), tmp_path / "trained")
     assert calls and all(call == (True, True) for call in calls)
     calls.clear()
@@ -132,19 +143,19 @@ def test_resume_at_a_step_boundary_matches_a_straight_run(tmp_path):
 
 def test_run_killed_mid_step_resumes_at_its_first_unfinished_epoch(tmp_path, monkeypatch):
     config = ["align.epochs=2"]
-    run_epoch = training_loop._run_epoch
+    train_epoch = Engine._train_epoch
 
-    def killed_in_second_align_epoch(step, epoch, *args):
-        if step.name == "align" and epoch == 1:
+    def killed_in_second_align_epoch(engine, stage, runner, position, number):
+        if stage.name == "align" and number == 1:
             raise KeyboardInterrupt
-        return run_epoch(step, epoch, *args)
+        return train_epoch(engine, stage, runner, position, number)
 
     out = tmp_path / "killed"
-    monkeypatch.setattr(training_loop, "_run_epoch", killed_in_second_align_epoch)
+    monkeypatch.setattr(Engine, "_train_epoch", killed_in_second_align_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(_config(*config), out)
     assert read_checkpoint(out)["progress"] == {"step": "align", "epochs_done": 1}
-    monkeypatch.setattr(training_loop, "_run_epoch", run_epoch)
+    monkeypatch.setattr(Engine, "_train_epoch", train_epoch)
     train(_config(*config), out, resume=True)
     assert [(r["step"], r["epoch"]) for r in _log(out)] == [
         ("image", 1), ("align", 1), ("align", 2), ("fusion", 1)]

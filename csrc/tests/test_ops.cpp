@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <functional>
 #include <iostream>
 #include <sstream>
@@ -176,6 +177,21 @@ void test_argument_errors() {
   expect_error([&] {
     tgfr::word_region_scores_backward(at::randn({3, 2}), words, regions, mask, kGamma1, kGamma2, kEps);
   }, "grad_scores must have shape", "grad_scores transposed");
+  expect_error([&] {
+    tgfr::word_region_scores_backward(at::randn({2, 3}, at::kDouble), words, regions, mask, kGamma1, kGamma2, kEps);
+  }, "grad_scores must be Float", "grad_scores in another dtype than the scores");
+  expect_error([&] { tgfr::word_region_scores_forward(words, regions, mask, NAN, kGamma2, kEps); },
+               "gamma1 must be finite", "gamma1 NaN");
+  expect_error([&] { tgfr::word_region_scores_forward(words, regions, mask, kGamma1, kGamma2, -1.0); },
+               "eps must be positive and finite", "negative eps");
+  // 16-bit inputs: the scores come back in the accumulation dtype, the gradients in the inputs'
+  const auto half_words = words.to(at::kBFloat16), half_regions = regions.to(at::kBFloat16);
+  const auto half_scores = tgfr::word_region_scores_forward(half_words, half_regions, mask, kGamma1, kGamma2, kEps);
+  expect(half_scores.scalar_type() == at::kFloat, "bfloat16 inputs give float32 scores");
+  const auto [half_grad_words, half_grad_regions] = tgfr::word_region_scores_backward(
+      at::ones({2, 3}), half_words, half_regions, mask, kGamma1, kGamma2, kEps);
+  expect(half_grad_words.scalar_type() == at::kBFloat16 && half_grad_regions.scalar_type() == at::kBFloat16,
+         "bfloat16 inputs get bfloat16 gradients");
 
   const auto a = at::randn({4, 8}, at::kDouble), b = at::randn({4, 8}, at::kDouble);
   const auto temperature = at::full({}, 0.1, at::kDouble);

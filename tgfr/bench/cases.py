@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops import available_backends, info_nce, word_region_scores
+from ..ops.common import accumulation_dtype
+from ..ops.info_nce import info_nce_reference
+from ..ops.word_region import published_damsm_words_loss
+
 # Word-region rows: the authors' code verbatim, then the backends of tgfr.ops.word_region_scores.
 WORD_REGION_IMPLS = ("published", "reference", "vectorized", "cpp", "cuda", "triton")
 # InfoNCE rows: F.cross_entropy on the full logits, then the fused backends of tgfr.ops.info_nce.
@@ -31,8 +36,6 @@ def available(impl: str, device: str) -> bool:
     """Whether ``impl`` can run on ``device`` in this process (the plain-PyTorch rows always can)."""
     if impl in ("published", "cross_entropy"):
         return True
-    from tgfr.ops import available_backends
-
     return impl in available_backends(device)
 
 
@@ -62,9 +65,6 @@ def _randn(*shape, gen, device):
 
 
 def word_region_case(spec: dict) -> Case:
-    from tgfr.ops import word_region_scores
-    from tgfr.ops.reference import published_damsm_words_loss
-
     B, T, N, D, device = spec["batch"], spec["T"], spec["N"], spec["D"], spec["device"]
     dtype = DTYPES[spec["dtype"]]
     gen = torch.Generator().manual_seed(spec.get("seed", 0))
@@ -86,15 +86,12 @@ def word_region_case(spec: dict) -> Case:
     words.requires_grad_()
     regions.requires_grad_()
     mask = (torch.arange(T)[None, :] < lengths[:, None]).to(device)
-    upstream = _randn(B, B, gen=gen, device=device).to(dtype)
+    upstream = _randn(B, B, gen=gen, device=device).to(accumulation_dtype(dtype))  # the scores' dtype
     impl = spec["impl"]
     return Case([words, regions], lambda: word_region_scores(words, regions, mask, backend=impl), upstream)
 
 
 def info_nce_case(spec: dict) -> Case:
-    from tgfr.ops import info_nce
-    from tgfr.ops.reference import info_nce_reference
-
     B, D, device = spec["batch"], spec["D"], spec["device"]
     dtype = DTYPES[spec["dtype"]]
     gen = torch.Generator().manual_seed(spec.get("seed", 0))

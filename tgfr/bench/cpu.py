@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -35,8 +36,6 @@ BUSY_LOOP = "import os\nparent = {pid}\nwhile os.getppid() == parent:\n    for _
 @contextlib.contextmanager
 def background_load(k: int):
     """K busy processes for the duration of the block; stopped on any exit, Ctrl-C included."""
-    import os
-
     procs = []
     try:
         for _ in range(k):

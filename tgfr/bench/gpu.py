@@ -19,7 +19,10 @@ import os
 import sys
 from pathlib import Path
 
-from .report import fmt_ms, plot, sections
+import torch
+
+from .measure import time_call
+from .report import fmt_ms, left_aligned_table, plot, sections
 from .runner import Budget, ResultsFile, environment, run_specs
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -50,10 +53,6 @@ def specs(size_key: str, device: str) -> tuple[list[dict], list[dict]]:
 
 def ceilings(device_name: str, size: int) -> list[dict]:
     """Achieved copy bandwidth and matrix-product rates, the rooflines the op timings are read against."""
-    import torch
-
-    from .measure import time_call
-
     device = torch.device(device_name)
     rows = []
     n = size * size * 16  # fp32 elements copied: 1 GiB at size 8192
@@ -97,10 +96,8 @@ def markdown(env: dict, settings: dict, rows: list[dict], extra: dict) -> str:
         "",
     ]
     if extra.get("ceilings"):
-        lines += ["## Ceilings (measured)", "", "| what | size | time | rate |", "|---|---|---|---|"]
-        for c in extra["ceilings"]:
-            lines.append(f"| {c['what']} | {c['size']} | {fmt_ms(c['median_ms'])} | {c['rate']} |")
-        lines.append("")
+        measured = [[c["what"], c["size"], fmt_ms(c["median_ms"]), c["rate"]] for c in extra["ceilings"]]
+        lines += ["## Ceilings (measured)", "", *left_aligned_table(["what", "size", "time", "rate"], measured), ""]
     elif extra.get("ceilings_error"):
         lines += ["## Ceilings", "", f"not measured: {extra['ceilings_error']}", ""]
     lines += sections(rows)
@@ -130,7 +127,6 @@ def main(argv=None) -> int:
         parser.error("--budget-s and --row-timeout-s must be positive")
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton, here and in the workers
-    import torch
 
     device = "cpu" if args.dry_run else "cuda"
     if not args.dry_run and not torch.cuda.is_available():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..markdown import table
 from .cases import BASELINE, DTYPES, IMPLS, label
 
 # Time ratios reported under every condition: the fused backend against its plain-PyTorch rivals.
@@ -37,6 +38,11 @@ def fmt_mb(mb: float) -> str:
     return f"{mb:,.0f} MB" if abs(mb) >= 10 else f"{mb:.1f} MB"
 
 
+def left_aligned_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A benchmark table as lines, every column left-aligned as the published results are."""
+    return table(header, rows, align=["l"] * len(header)).splitlines()
+
+
 def _ok(row) -> bool:
     return row is not None and row.get("status") == "ok"
 
@@ -58,21 +64,20 @@ def results_table(rows: list[dict], op: str) -> list[str]:
     """One line per (batch, implementation, dtype): the three timings, memory and speed-up."""
     by = {(r["batch"], r["impl"], r["dtype"]): r for r in rows if r["op"] == op}
     base = BASELINE[op]
-    lines = [
-        f"| B | implementation | dtype | forward | backward | forward+backward | peak memory | vs {label(base)} |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["B", "implementation", "dtype", "forward", "backward", "forward+backward", "peak memory",
+              f"vs {label(base)}"]
+    body = []
     for batch, impl, dtype in _order(rows, op):
         r = by[(batch, impl, dtype)]
         if not _ok(r):
             detail = f": {r['error']}" if r.get("error") else ""
-            lines.append(f"| {batch:,} | {label(impl)} | {dtype} | {r['status']}{detail} | | | | |")
+            body.append([f"{batch:,}", label(impl), dtype, f"{r['status']}{detail}", "", "", "", ""])
             continue
         ref = by.get((batch, base, "fp32"))
         speedup = f"{ref['total']['median_ms'] / r['total']['median_ms']:.2f}×" if _ok(ref) else ""
         cells = [fmt_stat(r[m]) for m in ("forward", "backward", "total")] + [fmt_mb(r["peak_mb"]), speedup]
-        lines.append(f"| {batch:,} | {label(impl)} | {dtype} | " + " | ".join(cells) + " |")
-    return lines
+        body.append([f"{batch:,}", label(impl), dtype, *cells])
+    return left_aligned_table(header, body)
 
 
 def sections(rows: list[dict], heading: str = "##") -> list[str]:
@@ -96,22 +101,20 @@ def load_ratio_table(rows: list[dict], idle: str, loaded: str) -> list[str]:
     def ratio(x, y):
         return f"{x / y:.2f}" if x is not None and y is not None else "n/a"
 
-    lines = [
-        f"| op | B | implementation | idle | {loaded} | {loaded} / idle |",
-        "|---|---|---|---|---|---|",
-    ]
+    per_backend = []
     for op in IMPLS:
         for batch, impl, dtype in _order([r for r in rows if r["condition"] == idle], op):
             t_idle, t_load = total(idle, op, batch, impl, dtype), total(loaded, op, batch, impl, dtype)
             cells = [fmt_ms(t) if t is not None else "n/a" for t in (t_idle, t_load)] + [ratio(t_load, t_idle)]
-            lines.append(f"| {op} | {batch:,} | {label(impl)} | " + " | ".join(cells) + " |")
-    lines += ["", f"| op | B | time ratio | idle | {loaded} |", "|---|---|---|---|---|"]
+            per_backend.append([op, f"{batch:,}", label(impl), *cells])
+    between = []
     for op, pairs in PAIRS.items():
         for batch in sorted({r["batch"] for r in rows if r["op"] == op}):
             for fused, plain in pairs:
                 cells = [ratio(total(c, op, batch, fused), total(c, op, batch, plain)) for c in (idle, loaded)]
-                lines.append(f"| {op} | {batch:,} | {label(fused)} / {label(plain)} | " + " | ".join(cells) + " |")
-    return lines
+                between.append([op, f"{batch:,}", f"{label(fused)} / {label(plain)}", *cells])
+    return [*left_aligned_table(["op", "B", "implementation", "idle", loaded, f"{loaded} / idle"], per_backend), "",
+            *left_aligned_table(["op", "B", "time ratio", "idle", loaded], between)]
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

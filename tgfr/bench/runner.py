@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import gc
 import json
 import os
 import platform
@@ -24,7 +25,11 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 from ..atomic import write_text
+from .cases import available, make_case
+from .measure import Repeats, measure
 
 ROW_PREFIX = "tgfr-bench-row "
 CONTEXT_LOST = 3  # a worker's exit status after a CUDA error that poisons its context
@@ -41,8 +46,6 @@ def _failure(exc: BaseException) -> str:
 
 
 def _cuda_usable() -> bool:
-    import torch
-
     try:
         torch.cuda.synchronize()
         return torch.ones(1, device="cuda").add_(1).item() == 2.0
@@ -52,13 +55,6 @@ def _cuda_usable() -> bool:
 
 def run_one(request: dict) -> dict:
     """Measure one spec in this process; every failure becomes a row."""
-    import gc
-
-    import torch
-
-    from .cases import make_case
-    from .measure import Repeats, measure
-
     spec = request["spec"]
     row = dict(spec)
     device = torch.device(spec["device"])
@@ -206,8 +202,6 @@ class Budget:
 def run_specs(specs, *, repeats: dict, on_row, budget: Budget | None = None, fresh_process_per_spec: bool,
               row_timeout_s: float, slow_s: float = 0.2, env: dict | None = None) -> list[dict]:
     """Measure every spec (in workers), calling ``on_row(row)`` as soon as each row is known."""
-    from .cases import available
-
     budget = budget or Budget()
     rows, worker = [], None
     try:
@@ -243,8 +237,6 @@ def run_specs(specs, *, repeats: dict, on_row, budget: Budget | None = None, fre
 # ---------------------------------------------------------------------------------------------- results
 def environment(device: str) -> dict:
     """Machine, versions and date, for the report's header."""
-    import torch
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -252,7 +244,7 @@ def environment(device: str) -> dict:
     except (OSError, StopIteration):
         pass
     try:
-        import triton
+        import triton  # optional: the report says when it is missing
 
         triton_version = triton.__version__
     except ImportError:

@@ -28,11 +28,11 @@ Evaluation protocols on the test split (:mod:`tgfr.data.protocols`)::
 
 Quality levels (:mod:`tgfr.data.quality`): ``QUALITY_LEVELS = ("normal", "poor", "bad",
 "very_bad")``; ``degrade(image_uint8_hwc, level, rng)`` applies a colour cast and contrast
-loss, blurs, down/up-samples, adds noise and JPEG-compresses. A dataset degrades each item
-on access, reproducibly per (seed, epoch, index, level). As a yardstick, a small CNN trained
-on the train split (mixed quality) identifies unseen test people at rank-1 about 0.68 /
-0.61 / 0.51 / 0.23 from normal to very_bad (60 people, 64 pixels), while one caption alone
-(TF-IDF against the gallery photo's captions) gives about 0.26.
+loss, blurs, down/up-samples, adds noise and JPEG-compresses, in a 112-pixel reference frame
+so that every strength scales with the image. A dataset degrades each item on access,
+reproducibly per (seed, epoch, index, level). The levels are calibrated so that the frozen
+image-only face encoder keeps about the share of its normal-quality TAR@FAR=1e-3 that the
+paper's image-only encoder keeps (``benchmarks/QUALITY_CALIBRATION.md``).
 
 Real datasets (:mod:`tgfr.data.readers`; never downloaded, read from a root you give):
 ``read_mmcelebahq(root)``, ``read_face2text(root)``, ``read_celeba_dialog(root)`` return
@@ -48,18 +48,25 @@ from .captions import CAPTION_STYLES, Caption, CaptionFact, make_caption
 from .dataset import FaceCaptionDataset, FaceRecord, collate_face_captions, image_to_tensor
 from .identities import ATTRIBUTE_VALUES, GEOMETRY_NAMES, IdentityProfile, sample_identity
 from .protocols import IdentificationSplit, VerificationPairs, identification_split, verification_pairs
-from .quality import QUALITY_LEVELS, degrade
+from .quality import QUALITY_LEVELS, degradation_at, degrade
 from .readers import celebahq_identities, read_celeba_dialog, read_celeba_identities, read_face2text, read_mmcelebahq
 from .real_captions import REAL_CAPTION_CORPORA, load_real_captions
 from .render import ImageVariation, render_face, sample_variation
 from .sources import DATASETS, DataError, DataSplit, read_dataset, split_dataset
-from .synthetic import SyntheticConfig, SyntheticFaces, build_synthetic_splits, generate_synthetic, split_identities
+from .synthetic import (
+    SyntheticConfig,
+    SyntheticData,
+    SyntheticFaces,
+    build_synthetic_splits,
+    generate_synthetic,
+    split_identities,
+)
 
 __all__ = [
     "ATTRIBUTE_VALUES", "CAPTION_STYLES", "DATASETS", "DataError", "DataSplit", "read_dataset", "split_dataset", "GEOMETRY_NAMES", "QUALITY_LEVELS", "Caption", "CaptionFact",
     "FaceCaptionDataset", "FaceRecord", "IdentificationSplit", "IdentityProfile", "ImageVariation",
-    "REAL_CAPTION_CORPORA", "SyntheticConfig", "SyntheticFaces", "VerificationPairs", "build_synthetic_splits",
-    "celebahq_identities", "collate_face_captions", "degrade", "generate_synthetic", "identification_split",
+    "REAL_CAPTION_CORPORA", "SyntheticConfig", "SyntheticData", "SyntheticFaces", "VerificationPairs", "build_synthetic_splits",
+    "celebahq_identities", "collate_face_captions", "degradation_at", "degrade", "generate_synthetic", "identification_split",
     "image_to_tensor", "load_real_captions", "make_caption", "read_celeba_dialog",
     "read_celeba_identities", "read_face2text", "read_mmcelebahq", "render_face", "sample_identity",
     "sample_variation", "split_identities", "verification_pairs",

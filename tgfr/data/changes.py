@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .identities import HAIR_RGB, IdentityProfile, _jitter
+from .identities import HAIR_RGB, IdentityProfile, jitter_colour
 from .render import render_face, sample_variation
 
 #: The attributes a change pair may edit, in the order captions name them.
@@ -95,7 +95,7 @@ def change_profile(profile: IdentityProfile, rng: np.random.Generator,
         changes[name] = (attributes[name], value)
         attributes[name] = value
         if name == "hair_color":
-            colours["hair"] = _jitter(rng, HAIR_RGB[value])
+            colours["hair"] = jitter_colour(rng, HAIR_RGB[value])
     after = dataclasses.replace(profile, attributes=MappingProxyType(attributes),
                                 colours=MappingProxyType(colours))
     return after, {k: changes[k] for k in CHANGEABLE if k in changes}

@@ -59,7 +59,7 @@ class FaceRecord:
             return np.asarray(image.convert("RGB"))
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def crop_and_resize(image: np.ndarray, size: int) -> np.ndarray:
     """The centred square crop of ``image`` (aligned faces sit in the middle), resized to ``size``."""
     height, width = image.shape[:2]
     if height == size and width == size:
@@ -155,7 +155,7 @@ class FaceCaptionDataset(Dataset):
         level = self.quality if self.quality != MIXED else QUALITY_LEVELS[int(rng.integers(len(QUALITY_LEVELS)))]
         image = record.load_image(self.image_size)
         if self.image_size is not None:
-            image = _resize(image, self.image_size)
+            image = crop_and_resize(image, self.image_size)
         # The degradation stream depends on the level so that each level of a photo is fixed.
         image = degrade(image, level, np.random.default_rng(
             [self.seed, self.epoch, index, QUALITY_LEVELS.index(level)]))

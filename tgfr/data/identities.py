@@ -85,7 +85,8 @@ def _choice(rng: np.random.Generator, values: tuple, weights: tuple[float, ...])
     return values[int(rng.choice(len(values), p=probabilities / probabilities.sum()))]
 
 
-def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+def jitter_colour(rng: np.random.Generator, rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``rgb`` with each channel shifted by up to ``COLOUR_JITTER`` (one person's shade of a named colour)."""
     shifted = np.asarray(rgb) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
     return tuple(int(c) for c in np.clip(shifted, 0, 255))
 
@@ -130,11 +131,11 @@ def sample_identity(seed: int, identity: int) -> IdentityProfile:
     }
     geometry = rng.uniform(-1.0, 1.0, size=len(GEOMETRY_NAMES)).astype(np.float32)
     colours = {
-        "skin": _jitter(rng, SKIN_RGB[attributes["skin_tone"]]),
-        "hair": _jitter(rng, HAIR_RGB[hair_color]),
-        "eye": _jitter(rng, EYE_RGB[attributes["eye_color"]]),
+        "skin": jitter_colour(rng, SKIN_RGB[attributes["skin_tone"]]),
+        "hair": jitter_colour(rng, HAIR_RGB[hair_color]),
+        "eye": jitter_colour(rng, EYE_RGB[attributes["eye_color"]]),
         "frame": FRAME_RGB[int(rng.integers(len(FRAME_RGB)))],
-        "hat": _jitter(rng, HAT_RGB[int(rng.integers(len(HAT_RGB)))]),
+        "hat": jitter_colour(rng, HAT_RGB[int(rng.integers(len(HAT_RGB)))]),
         "lipstick": LIPSTICK_RGB[int(rng.integers(len(LIPSTICK_RGB)))],
     }
     return IdentityProfile(identity=int(identity), attributes=MappingProxyType(attributes),

@@ -93,6 +93,11 @@ def _read_pairs(path: Path, value_column: int = 1, skip_header: bool = False) ->
     return pairs
 
 
+def read_celebahq_mapping(path: str | Path) -> dict[str, str]:
+    """``CelebA-HQ-to-CelebA-mapping.txt``: CelebA-HQ index -> the CelebA file it was made from."""
+    return _read_pairs(Path(path), value_column=2, skip_header=True)
+
+
 def _image_number(name: str) -> int:
     return int(Path(name).stem)
 
@@ -130,7 +135,7 @@ def celebahq_identities(root: str | Path, identity_file: str | Path | None = Non
             f"and identity_CelebA.txt, in one of {IDENTITY_DIRS}")
     celeba = {_image_number(name): identity for name, identity in read_celeba_identities(celeba_identity_file).items()}
     identities = {}
-    for hq_index, celeba_file in _read_pairs(Path(mapping_file), value_column=2, skip_header=True).items():
+    for hq_index, celeba_file in read_celebahq_mapping(mapping_file).items():
         celeba_number = _image_number(celeba_file)
         if celeba_number in celeba:
             identities[int(hq_index)] = celeba[celeba_number]

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .dataset import FaceRecord
-from .readers import _read_pairs, read_celeba_dialog, read_face2text, read_mmcelebahq
+from .readers import read_celeba_dialog, read_celebahq_mapping, read_face2text, read_mmcelebahq
 
 DATASETS = ("synthetic", "mmcelebahq", "face2text", "celeba-dialog")
 REAL_DATASETS = DATASETS[1:]
@@ -65,7 +66,6 @@ def check_images(records: list[FaceRecord], skip_bad: bool, skipped: list[str], 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes without the GIL
         problems = pool.map(_decode_problem, records, chunksize=64)
         if progress:
-            from tqdm.auto import tqdm
             problems = tqdm(problems, total=len(records), desc="checking images", leave=False)
         problems = list(problems)
     kept = []
@@ -171,7 +171,7 @@ def _official_test_names(name: str, root: Path) -> tuple[set[str] | None, str]:
         for directory in (".", "CelebAMask-HQ", "Anno"):
             mapping = root / directory / "CelebA-HQ-to-CelebA-mapping.txt"
             if mapping.is_file():
-                celeba_file = _read_pairs(mapping, value_column=2, skip_header=True)
+                celeba_file = read_celebahq_mapping(mapping)
                 return {hq for hq, file in celeba_file.items() if int(_stem(file)) >= CELEBA_FIRST_TEST_FILE}, ""
         return None, f"no CelebA-HQ-to-CelebA-mapping.txt under {root}"
     return None, "the release defines no split"

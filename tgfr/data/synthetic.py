@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ConfigError, check, setting
 from .captions import make_caption
 from .dataset import FaceCaptionDataset, FaceRecord
 from .identities import IdentityProfile, sample_identity
@@ -30,8 +31,9 @@ CACHE_FORMAT = 1  # bump when rendering or captions change, to invalidate caches
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
-    """What to generate.
+class SyntheticData:
+    """What to generate, but the photo size and the seed (a training run gives its model's input size
+    and its own seed; see :class:`SyntheticConfig`).
 
     ``split_fractions`` share the identities (not the photos) among train / valid / test.
     ``template_fraction`` of the captions are in the Multi-Modal-CelebA-HQ style, the rest
@@ -40,33 +42,31 @@ class SyntheticConfig:
     the share of photos with an object in front of the face.
     """
 
-    num_identities: int = 200
-    images_per_identity: int = 10
-    image_size: int = 112
-    captions_per_image: int = 5
-    seed: int = 0
-    split_fractions: tuple[float, float, float] = (0.6, 0.1, 0.3)
-    template_fraction: float = 0.5
-    mention_probability: float = 0.4
-    contradiction_probability: float = 0.05
-    occlusion_probability: float = 0.25
+    num_identities: int = setting(200, ge=1)
+    images_per_identity: int = setting(10, ge=1)
+    captions_per_image: int = setting(5, ge=1)
+    split_fractions: tuple[float, float, float] = setting((0.6, 0.1, 0.3), ge=0, le=1)
+    template_fraction: float = setting(0.5, ge=0, le=1)
+    mention_probability: float = setting(0.4, ge=0, le=1)
+    contradiction_probability: float = setting(0.05, ge=0, le=1)
+    occlusion_probability: float = setting(0.25, ge=0, le=1)
+
+    def validate(self) -> None:
+        if not np.isclose(sum(self.split_fractions), 1.0):
+            raise ConfigError(f"must sum to 1; got {list(self.split_fractions)}", "split_fractions")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig(SyntheticData):
+    """What to generate: :class:`SyntheticData` at ``image_size`` pixels from ``seed``."""
+
+    image_size: int = setting(112, ge=16)
+    seed: int = setting(0, ge=0)
 
     def __post_init__(self):
         # Configs read from YAML/JSON give lists; keep the config hashable.
         object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
-        for name in ("num_identities", "images_per_identity", "captions_per_image"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
-        fractions = self.split_fractions
-        if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-            raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, "
-                             f"got {fractions}")
-        for name in ("template_fraction", "mention_probability", "contradiction_probability",
-                     "occlusion_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        check(self)
 
     def cache_key(self) -> str:
         fields = dataclasses.asdict(self) | {"format": CACHE_FORMAT}

@@ -1,4 +1,7 @@
-"""Word -> region attention heat-maps: which face regions each caption word attends to."""
+"""Word -> region attention heat-maps: which face regions each caption word attends to.
+
+matplotlib is imported when a figure is drawn, not with the evaluation package.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +10,7 @@ import numpy as np
 import torch
 
 
-def _image_for_display(image: torch.Tensor) -> np.ndarray:
+def image_for_display(image: torch.Tensor) -> np.ndarray:
     """[3, H, W] (any range, e.g. normalised to [-1, 1]) -> [H, W, 3] in [0, 1]."""
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"images must be [3, H, W] or [1, H, W] tensors, got shape {tuple(image.shape)}")
@@ -55,7 +58,7 @@ def plot_attention_grid(images, words, attention, path, words_per_image: int = 5
                 f"attention[{row}] must be [T, h, w] with T = {len(caption_words)} words, "
                 f"got shape {tuple(word_attention.shape)}"
             )
-        picture = _image_for_display(image)
+        picture = image_for_display(image)
         axes[row][0].imshow(picture)
         axes[row][0].set_title("image", fontsize=9)
         # One colour scale per row, so a word that spreads its attention looks flat next to a focused one.

@@ -73,6 +73,17 @@ def tar_at_far(far: np.ndarray, tar: np.ndarray, target_far: float, num_impostor
     return float(np.interp(target_far, distinct_far, tar[last]))
 
 
+def threshold_at_far(far: np.ndarray, thresholds: np.ndarray, target_far: float, num_impostors: int) -> float | None:
+    """The lowest score threshold whose FAR does not exceed ``target_far`` (accept when score >= it), or None
+    when :func:`min_impostors_for_far` says the ROC cannot resolve that FAR, or only an infinite threshold
+    (accepting nothing) keeps to it."""
+    if num_impostors < min_impostors_for_far(target_far):
+        return None
+    # far is non-decreasing while thresholds decrease: the last point at or below the target
+    threshold = thresholds[int(np.searchsorted(far, target_far, side="right")) - 1]
+    return float(threshold) if np.isfinite(threshold) else None
+
+
 def equal_error_rate(far: np.ndarray, tar: np.ndarray) -> float:
     """The rate where FAR equals the false-reject rate 1 - TAR, on the linearly interpolated ROC."""
     # far + tar rises monotonically along the curve from 0 to 2; the EER is where it crosses 1.
@@ -95,6 +106,7 @@ def area_under_curve(far: np.ndarray, tar: np.ndarray) -> float:
 class VerificationResult:
     far: np.ndarray
     tar: np.ndarray
+    thresholds: np.ndarray  # the score threshold of each ROC point (accept when score >= it)
     tar_at_far: dict[float, float | None]
     eer: float
     auc: float
@@ -104,11 +116,12 @@ class VerificationResult:
 
 def verification_metrics(genuine, impostor, far_targets=FAR_TARGETS) -> VerificationResult:
     """ROC, TAR at each of ``far_targets`` (None where unresolved), EER and AUC of one score set."""
-    far, tar, _ = roc_curve(genuine, impostor)
+    far, tar, thresholds = roc_curve(genuine, impostor)
     num_impostor = len(impostor)
     return VerificationResult(
         far=far,
         tar=tar,
+        thresholds=thresholds,
         tar_at_far={target: tar_at_far(far, tar, target, num_impostor) for target in far_targets},
         eer=equal_error_rate(far, tar),
         auc=area_under_curve(far, tar),

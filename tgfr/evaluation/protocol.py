@@ -21,10 +21,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import QUALITY_LEVELS, collate_face_captions, identification_split
+from ..data import QUALITY_LEVELS, DataError, collate_face_captions, identification_split
+from ..engine import checkpoint_path, resolve_device
 from .attention import plot_attention_grid
 from .metrics import all_pair_scores, rank1_accuracy, verification_metrics
 from .report import Result, write_report
+from .thresholds import CALIBRATION_LEVEL, THRESHOLDS_FILE, calibrate, file_sha256, write_thresholds
 
 EVAL_MODES = ("image", "flf", "tgfr")
 
@@ -164,11 +166,14 @@ def embed_dataset(model, dataset, modes=EVAL_MODES, batch_size: int = 128, num_w
 
 
 def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES, attention_examples: int = 4,
-             metadata: dict | None = None, num_workers: int = 0, progress: bool = False) -> dict[str, Path]:
+             metadata: dict | None = None, num_workers: int = 0, progress: bool = False,
+             calibrates: Path | None = None) -> dict[str, Path]:
     """Evaluate ``model`` on ``test_data`` (a :class:`tgfr.data.FaceCaptionDataset`) and write the report.
 
     Writes report.md, report.json and roc.png into ``out_dir`` and, with ``attention_examples > 0``
     and the "tgfr" mode, attention.png: the word -> region attention of that many gallery photos.
+    With ``calibrates`` (the checkpoint file evaluated) and the normal level, the run's verification
+    thresholds go to ``thresholds.json`` beside that checkpoint (:mod:`tgfr.evaluation.thresholds`).
     Returns the paths written, by kind.
     """
     levels = tuple(levels)
@@ -196,6 +201,10 @@ def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES,
     }
     out_dir = Path(out_dir)
     paths = write_report(results, out_dir, details)
+    if calibrates is not None and CALIBRATION_LEVEL in levels:
+        calibrates = Path(calibrates)
+        paths["thresholds"] = write_thresholds(calibrates.parent / THRESHOLDS_FILE, calibrate(results),
+                                               file_sha256(calibrates), paths["json"].resolve())
     if attention_examples > 0 and "tgfr" in modes:
         normal = test_data.with_quality("normal")
         batch = collate_face_captions([normal[int(i)] for i in protocol.gallery[:attention_examples]])
@@ -214,11 +223,9 @@ def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=EVAL_M
     another root than the one saved (the same dataset, moved); ``dataset``, when given, must be
     the run's dataset.
     """
-    from ..data.sources import DataError
+    # training code imported on use: an exported model is evaluated and served without it
     from ..training import config_from_dict, load_model, read_checkpoint
-    from ..training.checkpoint import checkpoint_path
     from ..training.data import load_test_split
-    from ..training.loop import resolve_device
 
     config = config_from_dict(read_checkpoint(checkpoint)["config"])
     if dataset is not None and dataset != config.dataset:
@@ -228,4 +235,4 @@ def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=EVAL_M
     workers = config.num_workers if num_workers is None else num_workers
     return evaluate(model, test_data, out_dir, levels, modes, attention_examples,
                     metadata={"checkpoint": str(checkpoint), "dataset": config.dataset, **(metadata or {})},
-                    num_workers=workers, progress=config.progress)
+                    num_workers=workers, progress=config.progress, calibrates=checkpoint_path(checkpoint))

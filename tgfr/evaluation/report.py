@@ -1,4 +1,7 @@
-"""Per (mode, quality level) results and the files that report them: Markdown, JSON and a ROC plot."""
+"""Per (mode, quality level) results and the files that report them: Markdown, JSON and a ROC plot.
+
+matplotlib is imported by the plotting functions alone, so the tables and the JSON never wait on it.
+"""
 from __future__ import annotations
 
 import json
@@ -7,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..markdown import table
 from .metrics import FAR_TARGETS, VerificationResult
 
 MODE_LABELS = {"image": "image only", "flf": "feature-level fusion", "tgfr": "TGFR"}
@@ -47,9 +51,8 @@ def markdown_table(results: list[Result]) -> str:
     """One row per mode and level; rates in percent, "n/a" where too few impostors resolve a FAR."""
     far_columns = [f"TAR@FAR={far:g} (%)" for far in FAR_TARGETS]
     header = ["mode", "level", *far_columns, "EER (%)", "AUC", "rank-1 (%)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
-    for result in results:
-        cells = [
+    rows = [
+        [
             MODE_LABELS.get(result.mode, result.mode),
             result.level,
             *(_percent(result.verification.tar_at_far.get(far)) for far in FAR_TARGETS),
@@ -57,8 +60,9 @@ def markdown_table(results: list[Result]) -> str:
             f"{result.verification.auc:.4f}",
             _percent(result.rank1),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for result in results
+    ]
+    return table(header, rows, align=["l", "l"] + ["r"] * (len(header) - 2))
 
 
 def _subsample_roc(far: np.ndarray, tar: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from torch import nn
 from ..losses import WordRegionLoss
 from ..ops import info_nce
 from .heads import ArcFaceHead
+from .precision import float32_island
 
 
 class CaptionIdentityLoss(nn.Module):
@@ -37,7 +38,7 @@ class CMPCLoss(nn.Module):
 
     Each modality's feature is projected on the other's unit vector, ``x~ = (x . y/|y|) y/|y|``,
     and classified by a softmax over L2-normalised, bias-free class weights; the loss is the
-    sum of the image->text and text->image terms.
+    sum of the image->text and text->image terms. A float32 island (``tgfr.models.precision``).
     """
 
     def __init__(self, dim: int, num_classes: int):
@@ -45,6 +46,7 @@ class CMPCLoss(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, dim))
         nn.init.xavier_uniform_(self.weight)
 
+    @float32_island
     def forward(self, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = F.normalize(self.weight, dim=-1)
         text_unit, image_unit = F.normalize(text, dim=-1), F.normalize(image, dim=-1)
@@ -59,6 +61,7 @@ class CGFRLoss(nn.Module):
     The sentence loss is AttnGAN's: cross-entropy over ``gamma3 * cos(caption, image)`` in both
     directions, summed (an InfoNCE at temperature ``1 / gamma3``, twice its symmetric mean).
     Same-identity pairs leave the softmaxes of both DAMSM terms, as AttnGAN's ``class_ids`` do.
+    A float32 island (``tgfr.models.precision``).
     """
 
     trained = ("text_encoder", "word_projection", "global_projection", "imim")
@@ -70,6 +73,7 @@ class CGFRLoss(nn.Module):
         self.cmpc = CMPCLoss(dim, num_classes)
         self.gamma3, self.cmpc_weight, self.backend = gamma3, cmpc_weight, backend
 
+    @float32_island
     def forward(self, image: dict, text: dict, labels: torch.Tensor) -> dict:
         temperature = torch.tensor(1.0 / self.gamma3, device=labels.device)
         terms = {

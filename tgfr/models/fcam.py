@@ -31,16 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import setting
 from ..losses import InfoNCELoss, WordRegionLoss
 from .heads import ArcFaceHead
+from .precision import float32_island
 
 
 @dataclass
 class FCAMWeights:
-    wrcl: float = 1.0
-    id: float = 100.0
-    cicl: float = 2.0
-    imcl: float = 1.0
+    wrcl: float = setting(1.0, ge=0)
+    id: float = setting(100.0, ge=0)
+    cicl: float = setting(2.0, ge=0)
+    imcl: float = setting(1.0, ge=0)
 
 
 IMCL_FORMS = ("views", "local_global")
@@ -48,7 +50,10 @@ LOSS_SCALINGS = ("paper", "mean")
 
 
 class FCAMLoss(nn.Module):
-    """FCAM training objective on the outputs of ``TGFRModel.encode_image`` / ``encode_text``."""
+    """FCAM training objective on the outputs of ``TGFRModel.encode_image`` / ``encode_text``.
+
+    A float32 island (``tgfr.models.precision``): temperatures, margins and the weighted sum in float32.
+    """
 
     trained = ("text_encoder", "word_projection", "global_projection", "imim")
 
@@ -69,6 +74,7 @@ class FCAMLoss(nn.Module):
         self.imcl = InfoNCELoss(temperature, backend=backend)
         self.identity = ArcFaceHead(dim, num_classes, arcface_scale, arcface_margin)
 
+    @float32_island
     def forward(self, image: dict, text: dict, labels: torch.Tensor) -> dict:
         """Weighted total under ``"loss"`` and each enabled unweighted term under its name."""
         w = self.weights

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import float32_island
+
 CNN_KERNEL_SIZES = (2, 3, 4, 5)
 
 
@@ -163,7 +165,11 @@ class FeatureLevelFusion(nn.Module):
 
 
 class ArcFaceHead(nn.Module):
-    """Additive angular margin softmax (ArcFace): ``CE(s * cos(theta_y + m))`` over class centres."""
+    """Additive angular margin softmax (ArcFace): ``CE(s * cos(theta_y + m))`` over class centres.
+
+    A float32 island: the clamp just inside [-1, 1] that keeps ``acos``'s slope finite, the margin
+    and the scale need float32 (in bfloat16 ``1 - 1e-7`` is 1).
+    """
 
     def __init__(self, in_features: int, num_classes: int, scale: float = 64.0, margin: float = 0.5):
         super().__init__()
@@ -173,6 +179,7 @@ class ArcFaceHead(nn.Module):
         nn.init.normal_(self.weight, std=0.01)
         self.scale, self.margin = scale, margin
 
+    @float32_island
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cos = F.linear(F.normalize(embeddings, dim=-1), F.normalize(self.weight, dim=-1)).clamp(-1 + 1e-7, 1 - 1e-7)
         target = cos.gather(1, labels[:, None])

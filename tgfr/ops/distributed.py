@@ -24,7 +24,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .common import FLOAT_DTYPES, masked_cross_entropy
+from .info_nce import check_args as check_info_nce_args
+from .info_nce import info_nce as rectangular_info_nce
+from .word_region import check_loss_args as check_word_region_loss_args
+from .word_region import word_region_scores
+
 _OPS = ("info_nce", "word_region_loss")
 # metadata fields, one int64 each
 _FIELDS = ("ok", "op", "batch", "width", "dtype", "class_ids", "words", "regions")
@@ -93,7 +98,7 @@ def _exchange_metadata(op: str, fields: dict, error: Exception | None, rank: int
         for r, meta in enumerate(everyone):
             if meta[field] != everyone[rank][field]:
                 def show(v, f=field):
-                    return _OPS[v] if f == "op" else str(_DTYPES[v]) if f == "dtype" else v
+                    return _OPS[v] if f == "op" else str(FLOAT_DTYPES[v]) if f == "dtype" else v
                 raise ValueError(f"rank {rank}: {label} differs across ranks: rank {rank} has "
                                  f"{show(everyone[rank][field])}, rank {r} has {show(meta[field])}")
     return everyone
@@ -133,25 +138,11 @@ def _gather_ids(ids: torch.Tensor, sizes: list[int], rank: int, group) -> torch.
 
 
 def _dtype_code(x: torch.Tensor) -> int:
-    return _DTYPES.index(x.dtype) if x.dtype in _DTYPES else -1
-
-
-def _rectangular_cross_entropy(logits: torch.Tensor, offset: int, class_ids: torch.Tensor | None) -> torch.Tensor:
-    """Sum over rows ``i`` of ``CE(logits[i], offset + i)``, same-identity non-positive columns left out."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    positives = offset + rows
-    if class_ids is not None:
-        same = class_ids[positives][:, None] == class_ids[None, :]
-        same[rows, positives] = False
-        logits = logits.masked_fill(same, float("-inf"))
-    return F.cross_entropy(logits, positives, reduction="sum")
+    return FLOAT_DTYPES.index(x.dtype) if x.dtype in FLOAT_DTYPES else -1
 
 
 def info_nce(a, b, temperature, class_ids, backend, symmetric, group) -> torch.Tensor:
     """This rank's share of the InfoNCE of the global batch (see the module docstring)."""
-    from .info_nce import info_nce as rectangular_info_nce
-    from .validation import check_info_nce_args
-
     rank, world = _world(group)
     error = None
     try:
@@ -184,17 +175,11 @@ def info_nce(a, b, temperature, class_ids, backend, symmetric, group) -> torch.T
 def word_region_loss(words, regions, word_mask, class_ids, gamma1, gamma2, gamma3, eps, backend,
                      group) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's ``(image_to_caption, caption_to_image)`` share of the global WRCL."""
-    from .validation import check_class_ids, check_word_region_args
-    from .word_region import word_region_scores
-
     rank, world = _world(group)
     error = None
     try:
-        check_word_region_args(words, regions, word_mask)
-        if words.shape[0] != regions.shape[0]:
-            raise ValueError(f"word_region_loss needs paired batches: words has {words.shape[0]} captions, "
-                             f"regions has {regions.shape[0]} images")
-        check_class_ids(class_ids, words.shape[0], words.device)
+        gamma1, gamma2, gamma3, eps = check_word_region_loss_args(words, regions, word_mask, class_ids, gamma1,
+                                                                  gamma2, gamma3, eps)
     except (TypeError, ValueError) as caught:
         error = caught
     shaped = error is None
@@ -224,6 +209,6 @@ def word_region_loss(words, regions, word_mask, class_ids, gamma1, gamma2, gamma
     image_rows = word_region_scores(words_all, regions, mask_all, gamma1, gamma2, eps, backend)  # [B_l, B_g]
     caption_rows = word_region_scores(words, regions_all, word_mask, gamma1, gamma2, eps, backend).t()
     scale = world / total
-    image_to_caption = scale * _rectangular_cross_entropy(gamma3 * image_rows, offset, ids)
-    caption_to_image = scale * _rectangular_cross_entropy(gamma3 * caption_rows, offset, ids)
+    image_to_caption = scale * masked_cross_entropy(gamma3 * image_rows, ids, offset, reduction="sum")
+    caption_to_image = scale * masked_cross_entropy(gamma3 * caption_rows, ids, offset, reduction="sum")
     return image_to_caption, caption_to_image

@@ -24,8 +24,10 @@ import torch
 
 from ..data.captions import UNSPOKEN
 from ..data.changes import make_change_pair
+from ..data.dataset import crop_and_resize
 from ..data.identities import ATTRIBUTE_VALUES
-from ..data.readers import CELEBA_DIALOG_LEVELS
+from ..data.readers import CELEBA_DIALOG_LEVELS, read_celeba_dialog_levels
+from ..data.sources import DataError, read_dataset, split_dataset
 from ..data.synthetic import SyntheticConfig, generate_synthetic, identity_profiles, split_identities
 
 #: Attributes captions speak of: what a negative may share with the description.
@@ -264,10 +266,6 @@ def build_celeba_dialog_splits(root, image_size: int, pairs_per_identity: int = 
     from the captions (first: the attribute-wise captions joined into one description, the test
     query; then each attribute-wise caption and the overall caption, for training), graded
     negatives by equal attribute levels, change pairs from level differences."""
-    from ..data.dataset import _resize
-    from ..data.readers import read_celeba_dialog_levels
-    from ..data.sources import DataError, read_dataset, split_dataset
-
     name = "celeba-dialog"
     skipped = []
     records = read_dataset(name, root, skip_bad, skipped)
@@ -293,7 +291,7 @@ def build_celeba_dialog_splits(root, image_size: int, pairs_per_identity: int = 
         photo_levels = [levels[r.name] for r in side_records]
         captions = [(" ".join(r.captions[1:]) or r.captions[0],) + r.captions[1:] + r.captions[:1]
                     if len(r.captions) > 1 else r.captions for r in side_records]
-        faces = FaceSet(images=np.stack([_resize(r.load_image(image_size), image_size) for r in side_records]),
+        faces = FaceSet(images=np.stack([crop_and_resize(r.load_image(image_size), image_size) for r in side_records]),
                         identities=np.array([people[r.identity] for r in side_records], dtype=np.int64),
                         captions=captions, attributes=photo_levels)
         changes = _real_changes(faces, photo_levels, pairs_per_identity, rng)

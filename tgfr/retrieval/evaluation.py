@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..markdown import table
 from ..ops import word_region_scores
 from .data import RetrievalSplit, images_to_tensor
 
@@ -118,9 +119,6 @@ def evaluate_model(model, split: RetrievalSplit, text, backend: str = "auto") ->
 
 def format_table(results: dict[str, dict[str, dict]]) -> str:
     """The results as one markdown table (R@K and mAP in percent)."""
-    lines = ["| query | method | " + " | ".join(METRICS) + " |", "|---|---|" + "---:|" * len(METRICS)]
-    for task, methods in results.items():
-        for method, m in methods.items():
-            cells = [f"{100 * m[k]:.1f}" for k in METRICS[:-1]] + [f"{m['median rank']:g}"]
-            lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[task, method, *(f"{100 * m[k]:.1f}" for k in METRICS[:-1]), f"{m['median rank']:g}"]
+            for task, methods in results.items() for method, m in methods.items()]
+    return table(["query", "method", *METRICS], rows, align=["l", "l"] + ["r"] * len(METRICS))

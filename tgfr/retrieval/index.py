@@ -1,57 +1,24 @@
-"""Gallery index and single-query retrieval with a result grid.
+"""X-Modal gallery indexes and the retrieval result grid.
 
 A gallery is the embedded one (the test people's photos and their after-change photos,
-none seen in training) or a directory of images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``,
-searched recursively; a file's identity is its folder below the gallery root, or its
-file stem when it lies in the root). Its embeddings are computed once per (checkpoint,
-gallery contents) and saved under ``RUN/index/``; later queries reuse them.
+none seen in training) or a directory of images (:func:`tgfr.inference.gallery.gallery_entries`).
+Its embeddings are computed once per (checkpoint, gallery contents) and saved under
+``RUN/index/``; later queries reuse them.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..atomic import save_tensors
+from ..data.images import read_pixels
+from ..inference.gallery import INDEX_DIR, GalleryIndex, cached_index, files_fingerprint, gallery_entries
 from .data import images_to_tensor
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 EMBEDDED = "embedded"
-
-
-@dataclass
-class GalleryIndex:
-    embeddings: torch.Tensor  # [G, D], unit norm
-    names: list[str]
-    identities: list[str]
-    images: np.ndarray | None = None  # uint8 thumbnails [G, S, S, 3]
-
-
-def load_image(path, size: int) -> np.ndarray:
-    """An image file as uint8 [size, size, 3]."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
-    except OSError as error:
-        raise ValueError(f"{path} is not a readable image: {error}") from error
-
-
-def _gallery_files(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        raise FileNotFoundError(f"gallery {directory} is not a directory")
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ValueError(f"gallery {directory} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
 
 
 def embedded_gallery(splits) -> tuple[np.ndarray, list[str], list[str]]:
@@ -71,37 +38,24 @@ def _embed(model, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
 
 
 def gallery_index(run_dir, model, config, gallery: str | Path | None, splits_fn) -> tuple[GalleryIndex, Path, bool]:
-    """The index of ``gallery`` (None: the embedded one), read from ``RUN/index`` or built and saved there.
-
-    Returns ``(index, its file, whether it was reused)``.
-    """
+    """The X-Modal index of ``gallery`` (None: the embedded one), read from ``RUN/index`` or built and saved
+    there. Returns ``(index, its file, whether it was reused)``."""
     run_dir = Path(run_dir)
-    checkpoint = run_dir / "checkpoint.pt"
-    stat = checkpoint.stat()
+    stat = (run_dir / "checkpoint.pt").stat()
     if gallery is None:
-        description, files = [EMBEDDED], None
+        description = [EMBEDDED]
+
+        def build():
+            images, names, identities = embedded_gallery(splits_fn())
+            return GalleryIndex(_embed(model.eval(), images), names, identities, images)
     else:
-        files = _gallery_files(Path(gallery))
-        description = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    key = hashlib.sha256(json.dumps([stat.st_size, stat.st_mtime_ns, description]).encode()).hexdigest()[:16]
-    path = run_dir / "index" / f"gallery_{key}.pt"
-    size = config.image_size
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return GalleryIndex(state["embeddings"], state["names"], state["identities"], state["images"].numpy()), \
-            path, True
-    if files is None:
-        images, names, identities = embedded_gallery(splits_fn())
-    else:
-        root = Path(gallery)
-        images = np.stack([load_image(p, size) for p in files])
-        names = [str(p.relative_to(root)) for p in files]
-        identities = [p.parent.name if p.parent != root else p.stem for p in files]
-    index = GalleryIndex(_embed(model.eval(), images), names, identities, images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors({"embeddings": index.embeddings, "names": names, "identities": identities,
-                  "images": torch.from_numpy(np.ascontiguousarray(images))}, path)
-    return index, path, False
+        files, names, identities = gallery_entries(gallery)
+        description = files_fingerprint(files)
+
+        def build():
+            images = np.stack([read_pixels(p, config.image_size) for p in files])
+            return GalleryIndex(_embed(model.eval(), images), names, identities, images)
+    return cached_index(run_dir / INDEX_DIR, [stat.st_size, stat.st_mtime_ns, description], build)
 
 
 def draw_grid(query_text: str, query_image: np.ndarray | None, index: GalleryIndex, ranked: list[int],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.precision import float32_island
 from ..ops import info_nce
 
 GRADES = ("easy", "semi_hard", "hard")
@@ -42,10 +43,12 @@ def active_grades(setting: str, progress: float, starts=(0.0, 0.2, 0.4)) -> tupl
     return tuple(g for g, start in zip(GRADES, starts) if g in NEGATIVE_SETTINGS[setting] and progress >= start)
 
 
+@float32_island
 def graded_mnrl(queries: torch.Tensor, positives: torch.Tensor, positive_ids: torch.Tensor,
                 negatives: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
                 scale: float = DEFAULT_SCALE, backend: str = "auto") -> torch.Tensor:
-    """MNRL of ``queries`` [B, D] against ``positives`` [B, D] plus graded negative columns.
+    """MNRL of ``queries`` [B, D] against ``positives`` [B, D] plus graded negative columns, computed as a
+    float32 island (``tgfr.models.precision``: the temperature ``1 / scale`` in float32, whatever autocast does).
 
     Args:
         queries, positives: unit-norm embeddings; row ``i`` of each is a matching pair.

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import save_tensors
+from ..models.text import HFTextEncoder, minilm_path
 
 
 @dataclass
@@ -51,8 +52,6 @@ class TextFeatures:
 def resolve_text_encoder(name: str) -> Path:
     """``"minilm"`` (the packaged offline MiniLM) or a local Hugging Face model directory."""
     if name == "minilm":
-        from ..models.text import minilm_path
-
         return minilm_path()
     path = Path(name)
     if not path.is_dir():
@@ -64,9 +63,7 @@ class SentenceEncoder:
     """A frozen local Hugging Face text model giving :class:`TextFeatures`."""
 
     def __init__(self, name: str = "minilm", max_tokens: int = 32):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
-        from ..models.text import HFTextEncoder
-
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network (read when transformers loads)
         self.path = resolve_text_encoder(name)
         self.max_tokens = max_tokens
         self.encoder = HFTextEncoder(self.path, max_length=max_tokens + 2).eval()

@@ -1,4 +1,4 @@
-"""X-Modal training: config, presets, the graded-MNRL loop, atomic per-epoch checkpoints.
+"""X-Modal training on the engine: the graded-MNRL stage, its data and model.
 
 One step draws a batch of text queries and a batch of composed queries with their graded
 negatives (:class:`tgfr.retrieval.data.GradedBatches`), runs every face of the step
@@ -8,120 +8,32 @@ through the encoder at once, and minimises
     + baseline_weight * (CLIP-style InfoNCE + TGFR word-region loss)
 
 where the baseline heads see the face features with their gradient cut, so they are
-measured beside the X-Modal model without changing it. The run directory holds
-``checkpoint.pt`` (rewritten atomically after every epoch; ``resume=True`` continues after
-the last finished one), ``config.json``, ``train_log.jsonl`` and the caches of the rendered
-faces and of the frozen sentence features.
+measured beside the X-Modal model without changing it. The learning rate decays along a
+cosine over all steps. The run directory holds what every engine run holds (``config.yaml``,
+``checkpoint.pt``, ``log.jsonl``; ``resume=True`` continues after the last finished epoch) and
+the caches of the rendered faces and of the frozen sentence features.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import copy
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from ..data.synthetic import SyntheticConfig
+from .. import config as configs
+from ..engine import Engine, EngineSettings, Epoch, ResumeError, Stage, Training
+from ..engine import read_checkpoint as read_run_checkpoint
 from ..ops import info_nce, word_region_loss
-from ..training.checkpoint import save_checkpoint
+from .config import XModalConfig
 from .data import GradedBatches, build_celeba_dialog_splits, build_retrieval_splits, images_to_tensor, state_ids
-from .loss import GRADES, NEGATIVE_SETTINGS, active_grades, graded_mnrl
-from .models import FACE_ENCODERS, XModalModel
+from .loss import active_grades, graded_mnrl
+from .models import XModalModel
 
-CHECKPOINT = "checkpoint.pt"
-DATASETS = ("synthetic", "celeba-dialog")
-KIND = "xmodal"
-
-
-@dataclass
-class XModalConfig:
-    """Everything a run depends on (see the README's X-Modal section for the choices)."""
-
-    # data: the embedded synthetic set and its change pairs, or a real dataset (celeba-dialog) under data_root
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    skip_bad: bool = False
-    num_identities: int = 300
-    images_per_identity: int = 6
-    image_size: int = 48
-    captions_per_image: int = 2
-    pairs_per_identity: int = 2
-    seed: int = 0
-    # model
-    face_encoder: str = "iresnet"
-    face_width: int = 16
-    dim: int = 256
-    text_encoder: str = "minilm"
-    max_tokens: int = 32
-    # training
-    epochs: int = 16
-    steps_per_epoch: int = 0  # 0: one pass over the training people per epoch
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    scale: float = 20.0
-    negatives: str = "hard"
-    grade_starts: list = field(default_factory=lambda: [0.0, 0.2, 0.4])
-    composed_weight: float = 1.0
-    baseline_weight: float = 1.0
-    backend: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-
-    def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS} (X-Modal needs attribute levels for change "
-                             f"pairs), got {self.dataset!r}")
-        if self.dataset != "synthetic" and not self.data_root:
-            raise ValueError(f"dataset {self.dataset!r} needs a data root (--data-root ROOT)")
-        if self.face_encoder not in FACE_ENCODERS:
-            raise ValueError(f"face_encoder must be one of {FACE_ENCODERS}, got {self.face_encoder!r}")
-        if self.negatives not in NEGATIVE_SETTINGS:
-            raise ValueError(f"negatives must be one of {sorted(NEGATIVE_SETTINGS)}, got {self.negatives!r}")
-        if len(self.grade_starts) != len(GRADES):
-            raise ValueError(f"grade_starts must give {len(GRADES)} fractions, got {self.grade_starts}")
-        for name in ("epochs", "batch_size", "pairs_per_identity", "face_width", "dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size % 16:
-            raise ValueError(f"image_size must be divisible by 16, got {self.image_size}")
-
-    def synthetic(self) -> SyntheticConfig:
-        return SyntheticConfig(num_identities=self.num_identities, images_per_identity=self.images_per_identity,
-                               image_size=self.image_size, captions_per_image=self.captions_per_image,
-                               seed=self.seed)
-
-
-PRESETS = {
-    # seconds: tests and smoke runs
-    "tiny": dict(num_identities=16, images_per_identity=2, image_size=32, captions_per_image=1,
-                 pairs_per_identity=1, face_width=4, dim=32, epochs=2, batch_size=4, threads=1,
-                 backend="vectorized"),  # pure PyTorch: the smoke run needs no compiled kernel
-    # <= 10 minutes on two idle cores, training and evaluation
-    "quick": dict(),
-    # a longer run on more people
-    "full": dict(num_identities=1000, images_per_identity=8, image_size=64, face_width=32, epochs=40,
-                 batch_size=64),
-}
-
-
-def load_config(preset: str, overrides: list[str] = (), **flags) -> XModalConfig:
-    """A preset with ``key=value`` overrides (values read as YAML), then the ``flags`` that are not None
-    (the command line's --dataset/--data-root); unknown keys are errors."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    values = dict(PRESETS[preset])
-    names = {f.name for f in dataclasses.fields(XModalConfig)}
-    for override in overrides:
-        key, _, text = override.partition("=")
-        if key not in names:
-            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(names))}")
-        values[key] = yaml.safe_load(text)
-    return XModalConfig(**{**values, **{k: v for k, v in flags.items() if v is not None}})  # the flags win
+KIND, COMMAND = "xmodal", "tgfr xmodal train"
+# settings that change how a run is shown, not what it trains: a resumed run may change them
+_DISPLAY_KEYS = ("progress", "log_interval")
 
 
 def all_captions(splits) -> list[str]:
@@ -149,10 +61,10 @@ def build_model(config: XModalConfig, text_size: int) -> XModalModel:
     return XModalModel(config.face_encoder, config.image_size, config.face_width, text_size, config.dim)
 
 
-def _step_loss(model, config, batches: GradedBatches, text, rng, grades) -> dict[str, torch.Tensor]:
-    faces, changes = batches.split.faces, batches.split.changes
-    tb = batches.text_batch(rng, config.batch_size, grades)
-    cb = batches.composed_batch(rng, config.batch_size, grades)
+def _batch_loss(model, config: XModalConfig, split, text, batch: dict) -> dict[str, torch.Tensor]:
+    """The loss terms of one step's text and composed queries (``batch``: their indices and grades)."""
+    faces, changes = split.faces, split.changes
+    tb, cb, grades = batch["text"], batch["composed"], batch["grades"]
     # one encoder pass over every face of the step, in segments
     segments = {"text_pos": faces.images[tb["photos"]], "ref": changes.reference[cb["pairs"]],
                 "target": changes.target[cb["pairs"]]}
@@ -189,77 +101,113 @@ def _step_loss(model, config, batches: GradedBatches, text, rng, grades) -> dict
                                                           class_ids=ids, backend=config.backend)
     loss_word_region = image_to_caption + caption_to_image
     total = loss_text + config.composed_weight * loss_composed + config.baseline_weight * (loss_clip + loss_word_region)
-    return {"total": total, "text": loss_text, "composed": loss_composed, "clip": loss_clip,
+    return {"loss": total, "text": loss_text, "composed": loss_composed, "clip": loss_clip,
             "word_region": loss_word_region}
 
 
+class XModalStage(Stage):
+    """The one stage of an X-Modal run: the whole model, AdamW, a cosine learning rate per step."""
+
+    name = "xmodal"
+
+    def __init__(self, model: XModalModel, config: XModalConfig, split, text):
+        self.model, self.config, self.text = model, config, text
+        self.batches = GradedBatches(split, config.seed)
+        self.epochs = config.epochs
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.steps = config.steps_per_epoch or max(1, len(self.batches.people) // config.batch_size)
+        self.total_steps = max(1, config.epochs * self.steps)
+        self.step, self.grades = 0, ()
+
+    def modules(self):
+        return [self.model]
+
+    def _set_lr(self) -> None:
+        """The learning rate of step ``self.step``: cosine decay from ``lr`` to 0 over the run."""
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(self.step, self.total_steps) / self.total_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * factor
+
+    def start_epoch(self, epoch: Epoch) -> list[dict]:
+        """The epoch's batches: indices drawn from ``(seed, epoch)``, so a resumed run draws the same."""
+        c = self.config
+        self.model.train()
+        self.step = epoch.number * self.steps
+        self._set_lr()
+        rng = np.random.default_rng([c.seed, epoch.number, 11])
+        batches = []
+        for step in range(self.step, self.step + self.steps):
+            grades = active_grades(c.negatives, step / self.total_steps, c.grade_starts)
+            batches.append({"grades": grades, "text": self.batches.text_batch(rng, c.batch_size, grades),
+                            "composed": self.batches.composed_batch(rng, c.batch_size, grades)})
+        return batches
+
+    def loss(self, batch):
+        self.grades = batch["grades"]
+        return _batch_loss(self.model, self.config, self.batches.split, self.text, batch)
+
+    def after_optimizer_step(self) -> None:
+        self.step += 1
+        self._set_lr()
+
+    def count(self, batch) -> int:
+        return len(batch["text"]["photos"])
+
+    def epoch_log(self) -> dict:
+        return {"grades": list(self.grades)}
+
+
+class XModalTraining(Training):
+    """An X-Modal run on the engine: the splits, the frozen sentence features and the model."""
+
+    kind, command, stages = KIND, COMMAND, (XModalStage.name,)
+
+    def __init__(self, config: XModalConfig):
+        self.config = copy.deepcopy(config)
+        self.settings = EngineSettings(seed=config.seed, device="cpu", progress=config.progress,
+                                       log_interval=config.log_interval)
+
+    def check_resumable(self, saved_config: dict) -> None:
+        differing = [key for key in configs.differences(configs.dump(self.config), saved_config)
+                     if key not in _DISPLAY_KEYS]
+        if differing:
+            raise ResumeError(f"the run was trained with another config ({', '.join(differing)} differ); resume it "
+                             "with the same preset and overrides")
+
+    def prepare(self, saved, device, ranks, out_dir: Path) -> None:
+        splits, self.text = prepare(self.config, out_dir)
+        self.split = splits["train"]
+        self.model = build_model(self.config, self.text.sentences.shape[1])
+        if saved is not None:
+            self.model.load_state_dict(saved["model"])
+
+    def build_stage(self, name: str) -> XModalStage:
+        return XModalStage(self.model, self.config, self.split, self.text)
+
+    def state(self) -> dict:
+        return {"text_size": self.text.sentences.shape[1], "model": self.model.state_dict()}
+
+
 def read_run(run_dir) -> dict:
-    path = Path(run_dir) / CHECKPOINT if Path(run_dir).is_dir() else Path(run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"no X-Modal checkpoint at {path} (expected the --out directory of "
-                                f"'tgfr xmodal train' or its {CHECKPOINT})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("kind") != KIND:
-        raise ValueError(f"{path} is not an X-Modal checkpoint")
-    return state
+    """The checkpoint of an X-Modal run directory (or checkpoint file)."""
+    return read_run_checkpoint(run_dir, KIND, COMMAND)
 
 
 def load_run(run_dir) -> tuple[XModalConfig, XModalModel, dict]:
     """The config and trained model (eval mode) of a run directory or checkpoint file."""
     state = read_run(run_dir)
-    config = XModalConfig(**state["config"])
+    config = configs.from_dict(XModalConfig, state["config"])
     model = build_model(config, state["text_size"])
     model.load_state_dict(state["model"])
     return config, model.eval(), state
 
 
 def train_xmodal(config: XModalConfig, out, resume: bool = False, log=print) -> Path:
-    """Train ``config`` into the directory ``out``; returns the checkpoint path."""
-    out = Path(out)
-    path = out / CHECKPOINT
-    if path.exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run")
-    out.mkdir(parents=True, exist_ok=True)
-    splits, text = prepare(config, out)
-    model = build_model(config, text.sentences.shape[1])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    epochs_done = 0
-    if resume and path.exists():
-        state = read_run(path)
-        if state["config"] != dataclasses.asdict(config):
-            raise ValueError(f"{out} was trained with another config; resume it with the same preset and overrides")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epochs_done = state["epochs_done"]
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    batches = GradedBatches(splits["train"], config.seed)
-    steps = config.steps_per_epoch or max(1, len(batches.people) // config.batch_size)
-    total_steps = config.epochs * steps
-    # cosine decay per step; a resumed run continues it at its first unfinished step
-    # (the loaded optimizer's param groups hold the initial learning rate the scheduler needs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)),
-        last_epoch=epochs_done * steps - 1)
-    for epoch in range(epochs_done, config.epochs):
-        model.train()
-        rng = np.random.default_rng([config.seed, epoch, 11])  # per epoch: a resumed run draws the same batches
-        started, sums = time.perf_counter(), {}
-        for step in range(steps):
-            grades = active_grades(config.negatives, (epoch * steps + step) / total_steps, config.grade_starts)
-            losses = _step_loss(model, config, batches, text, rng, grades)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            schedule.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-        record = {"epoch": epoch + 1, "grades": list(grades), "seconds": round(time.perf_counter() - started, 2),
-                  **{k: round(v / steps, 4) for k, v in sums.items()}}
-        save_checkpoint({"kind": KIND, "config": dataclasses.asdict(config), "text_size": text.sentences.shape[1],
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "epochs_done": epoch + 1}, path)
-        with open(out / "train_log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        log(f"epoch {epoch + 1}/{config.epochs}  " + "  ".join(f"{k} {v}" for k, v in record.items()
-                                                               if k not in ("epoch",)))
-    return path
+    """Train ``config`` into the directory ``out``; returns the checkpoint path. ``log`` gets one line
+    per finished epoch."""
+    def report(record: dict) -> None:
+        values = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
+                  if k not in ("step", "epoch", "epochs")}
+        log(f"epoch {record['epoch']}/{record['epochs']}  " + "  ".join(f"{k} {v}" for k, v in values.items()))
+
+    return Engine(XModalTraining(config), out, resume, on_epoch=report).run()

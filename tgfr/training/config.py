@@ -1,48 +1,81 @@
-"""Training configuration: nested dataclasses with defaults, YAML files, ``key=value`` overrides and presets.
+"""TGFR training configuration: nested dataclasses with their allowed values, and the presets.
 
-``load_config("demo", ["align.epochs=3", "model.text_encoder=minilm"])`` starts
-from a preset (or a YAML file, which may itself name a preset), then applies the
-overrides; values are parsed as YAML (``3`` is an int, ``[4, 6]`` a list, ``null`` None).
-Unknown keys are errors.
+``load_config("demo", ["align.epochs=3", "model.text_encoder=minilm"])`` starts from a preset
+(or a YAML file, which may name the preset it starts from with ``preset:``), then applies the
+overrides; values are parsed as YAML (``3`` is an int, ``[4, 6]`` a list, ``null`` None). The
+loader is :mod:`tgfr.config`: unknown keys and bad values are :class:`tgfr.config.ConfigError`.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import types
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Union, get_args, get_origin, get_type_hints  # noqa: UP035
+from typing import ClassVar
 
-import yaml
+from .. import config as configs
+from ..config import ConfigError, setting
+from ..data import QUALITY_LEVELS, SyntheticData
+from ..data.dataset import MIXED
+from ..data.sources import DATASETS
+from ..engine import DistributedConfig
+from ..models.fcam import IMCL_FORMS, LOSS_SCALINGS, FCAMWeights
+from ..models.tgfr import FUSION_MODES, ModelConfig
+from ..ops import BACKENDS
 
-from ..models.fcam import FCAMWeights
-from ..models.tgfr import ModelConfig
+VIEWS = (*QUALITY_LEVELS, MIXED)
+ALIGN_OBJECTIVES = ("fcam", "id", "cgfr")
+ALIGN_OPTIMIZERS = ("adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+# a device named with its index
+CUDA_INDEX = ("'cuda:N'", lambda name: isinstance(name, str) and name.startswith("cuda:") and name[5:].isdigit())
+# past pi/2 the additive angular margin leaves no angle at which the target class wins
+ARCFACE_MARGIN = {"ge": 0, "lt": math.pi / 2}
+
+
+def _views(default: list[str]):
+    return setting(default, choices=VIEWS)
+
+
+def check_data_root(dataset: str, data_root: str | None) -> None:
+    """A real dataset is read from the directory ``data_root`` (the embedded synthetic set needs none)."""
+    if dataset != "synthetic" and not data_root:
+        raise ConfigError(f"must give the directory of dataset {dataset!r} (--data-root ROOT); got {data_root!r}",
+                          "data_root")
+
+
+def _check_views(views: list[str]) -> None:
+    if not views:
+        raise ConfigError("must name at least one view (a quality level or 'mixed'); got []", "qualities")
 
 
 @dataclass
 class SGDStepConfig:
-    """What the two SGD steps share: an ArcFace head, momentum SGD, learning rate /10 at the milestones."""
+    """What the two SGD steps share: an ArcFace head, momentum SGD, learning rate /10 at the milestones.
 
-    qualities: list = field(default_factory=lambda: ["normal"])
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_milestones: list = field(default_factory=lambda: [12, 16])
-    arcface_scale: float = 64.0
-    arcface_margin: float = 0.5
+    ``qualities`` lists the views of the training split a step trains on, each a full copy at a
+    quality level or ``"mixed"`` (a level drawn per photo). A batch needs two samples (BatchNorm,
+    and the contrastive losses' negatives): a last batch of one is dropped.
+    """
+
+    qualities: list[str] = _views(["normal"])
+    epochs: int = setting(20, ge=0)
+    batch_size: int = setting(128, ge=2)
+    lr: float = setting(0.1, gt=0)
+    momentum: float = setting(0.9, ge=0, lt=1)
+    weight_decay: float = setting(5e-4, ge=0)
+    lr_milestones: list[int] = setting([12, 16], ge=0)
+    arcface_scale: float = setting(64.0, gt=0)
+    arcface_margin: float = setting(0.5, **ARCFACE_MARGIN)
+
+    def validate(self) -> None:
+        _check_views(self.qualities)
 
 
 @dataclass
 class ImageStepConfig(SGDStepConfig):
     """Step 0: the face encoder with an ArcFace head (skipped when ``model.image_weights`` is given).
 
-    ``qualities`` lists the views of the training split a step trains on, each a full
-    copy at a quality level or ``"mixed"`` (a level drawn per photo). The face encoder
-    learns from normal photos, like the published ones; the caption steps see degraded
-    photos too, so that the fusion learns to lean on the caption when the face is poor.
+    The face encoder learns from normal photos, like the published ones; the caption steps see
+    degraded photos too, so that the fusion learns to lean on the caption when the face is poor.
     """
 
 
@@ -55,26 +88,39 @@ class AlignStepConfig:
     ``mask_same_identity`` and ``wrcl_exponent`` are the FCAM options of
     ``tgfr.models.FCAMLoss``; ``imcl="views"`` draws batches of two views per subject
     (``tgfr.training.sampler``). ``optimizer``: ``"adam"`` (L2 weight decay) or ``"adamw"``.
+    ``text_lr=0`` freezes the caption encoder (its token features are then computed once).
+    ``grad_cache_chunk`` > 0 embeds captions and regions this many samples at a time (gradient
+    caching: the same gradient, less memory).
     """
 
-    qualities: list = field(default_factory=lambda: ["normal", "mixed"])
-    objective: str = "fcam"
-    imcl: str = "local_global"
-    scaling: str = "mean"
+    qualities: list[str] = _views(["normal", "mixed"])
+    objective: str = setting("fcam", choices=ALIGN_OBJECTIVES)
+    imcl: str = setting("local_global", choices=IMCL_FORMS)
+    scaling: str = setting("mean", choices=LOSS_SCALINGS)
     mask_same_identity: bool = True
     wrcl_exponent: bool = False
-    optimizer: str = "adam"
-    epochs: int = 20
-    batch_size: int = 64
-    text_lr: float = 2e-5
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    optimizer: str = setting("adam", choices=ALIGN_OPTIMIZERS)
+    epochs: int = setting(20, ge=0)
+    batch_size: int = setting(64, ge=2)
+    text_lr: float = setting(2e-5, ge=0)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(0.0, ge=0)
     weights: FCAMWeights = field(default_factory=FCAMWeights)
-    temperature: float = 0.07
-    arcface_scale: float = 64.0
-    arcface_margin: float = 0.5
-    # > 0: embed captions and regions this many samples at a time (gradient caching; same gradient, less memory)
-    grad_cache_chunk: int = 0
+    temperature: float = setting(0.07, gt=0)
+    arcface_scale: float = setting(64.0, gt=0)
+    arcface_margin: float = setting(0.5, **ARCFACE_MARGIN)
+    grad_cache_chunk: int = setting(0, ge=0)
+
+    @property
+    def pairs_views(self) -> bool:
+        """Whether batches must hold two views per subject (the paper's IMCL, eq. 7)."""
+        return self.objective == "fcam" and self.imcl == "views" and self.weights.imcl != 0
+
+    def validate(self) -> None:
+        _check_views(self.qualities)
+        if self.pairs_views and (self.batch_size < 4 or self.batch_size % 2):
+            raise ConfigError(f"must be even and at least 4 with imcl='views' (two views of two subjects); "
+                              f"got {self.batch_size}", "batch_size")
 
 
 @dataclass
@@ -82,81 +128,85 @@ class FusionStepConfig(SGDStepConfig):
     """Step 2: the fusion heads named in ``modes`` (FCFM is ``"tgfr"``), each with its own ArcFace
     head (SGD), everything else frozen."""
 
-    qualities: list = field(default_factory=lambda: ["normal", "mixed"])
-    batch_size: int = 64
-    modes: list = field(default_factory=lambda: ["tgfr", "flf"])
+    qualities: list[str] = _views(["normal", "mixed"])
+    batch_size: int = setting(64, ge=2)
+    modes: list[str] = setting(["tgfr", "flf"], choices=FUSION_MODES)
 
-
-@dataclass
-class DistributedConfig:
-    """Data-parallel training under torchrun (ignored in one process).
-
-    ``backend``: ``"auto"`` (nccl on CUDA, gloo on the CPU), ``"gloo"`` or ``"nccl"``.
-    ``sync_batchnorm`` turns the BatchNorm layers of the trained modules into
-    ``SyncBatchNorm`` (statistics of the global batch; CUDA only). ``timeout_s`` bounds
-    every collective: a rank that stops ends the run with an error, not a hang.
-    """
-
-    backend: str = "auto"
-    sync_batchnorm: bool = False
-    timeout_s: float = 600.0
+    def validate(self) -> None:
+        super().validate()
+        if not self.modes:
+            raise ConfigError("must name at least one fusion head; got []", "modes")
 
 
 @dataclass
 class TrainConfig:
     """Everything ``tgfr.training.train`` needs.
 
-    ``dataset`` is ``"synthetic"`` (the embedded set, whose ``data`` mapping holds the
-    keyword arguments of ``tgfr.data.SyntheticConfig``) or a real dataset read from
-    ``data_root`` (``mmcelebahq``, ``face2text``, ``celeba-dialog``; ``data`` is then
-    unused); ``skip_bad`` skips bad images and identities instead of stopping;
-    ``num_workers`` is the DataLoader's worker count. ``ops_backend`` picks the
-    ``tgfr.ops`` backend of the WRCL/InfoNCE losses. ``cache_frozen_features``
-    runs the frozen face encoder once per view and keeps its outputs memory-mapped on
-    disk in ``feature_cache_dir`` (default: ``features/`` in the run directory) instead
-    of encoding every batch (exact: each view is a fixed set of photos).
+    ``dataset`` is ``"synthetic"`` (the embedded set, generated as ``data`` says, at the model's
+    input size from ``seed``) or a real dataset read from ``data_root`` (``mmcelebahq``,
+    ``face2text``, ``celeba-dialog``; ``data`` is then unused); ``skip_bad`` skips bad images and
+    identities instead of stopping; ``num_workers`` is the DataLoader's worker count.
+    ``ops_backend`` picks the ``tgfr.ops`` backend of the WRCL/InfoNCE losses.
+    ``cache_frozen_features`` runs the frozen face encoder once per view and keeps its outputs
+    memory-mapped on disk in ``feature_cache_dir`` (default: ``features/`` in the run directory)
+    instead of encoding every batch (exact: each view is a fixed set of photos). ``progress``
+    shows a progress bar whose running loss the host reads every ``log_interval`` batches.
     """
 
-    seed: int = 0
-    device: str = "auto"
+    presets: ClassVar[dict[str, dict]]  # PRESETS, below
+
+    seed: int = setting(0, ge=0)
+    device: str = setting("auto", choices=DEVICES, also=CUDA_INDEX)
     amp: bool = True
-    ops_backend: str = "auto"
-    num_threads: int = 0
+    ops_backend: str = setting("auto", choices=("auto", *BACKENDS))
+    num_threads: int = setting(0, ge=0)
     progress: bool = True
+    log_interval: int = setting(50, ge=1)
     cache_frozen_features: bool = True
     feature_cache_dir: str | None = None
-    dataset: str = "synthetic"
+    dataset: str = setting("synthetic", choices=DATASETS)
     data_root: str | None = None
     skip_bad: bool = False
-    num_workers: int = 0
-    data: dict = field(default_factory=dict)
+    num_workers: int = setting(0, ge=0)
+    data: SyntheticData = field(default_factory=SyntheticData)
     model: ModelConfig = field(default_factory=ModelConfig)
     image: ImageStepConfig = field(default_factory=ImageStepConfig)
     align: AlignStepConfig = field(default_factory=AlignStepConfig)
     fusion: FusionStepConfig = field(default_factory=FusionStepConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
+    def validate(self) -> None:
+        check_data_root(self.dataset, self.data_root)
+        if any(mode not in self.model.fusions for mode in self.fusion.modes):
+            raise ConfigError(f"must be among the model's fusions (model.fusions={self.model.fusions}); got "
+                              f"{self.fusion.modes}", "fusion.modes")
 
-# Presets are overrides of the defaults. "demo": the whole pipeline (data, three steps,
-# evaluation) in minutes on a 2-core CPU; "smoke": seconds, for CI. Both run one thread:
-# their small tensors gain little from a second one, and lose much when cores are busy.
+
+# The step schedule that trains in minutes on a 2-core CPU (the demo, the quick study): few epochs,
+# and a softer margin than the paper's (s=64, m=0.5), with which a hundred identities trained for
+# minutes converge.
+CPU_STEPS = {
+    "image": {"epochs": 10, "batch_size": 32, "lr_milestones": [7, 9], "arcface_scale": 32.0, "arcface_margin": 0.3},
+    "align": {"epochs": 4, "batch_size": 32, "text_lr": 2e-3, "lr": 2e-3, "arcface_scale": 32.0,
+              "arcface_margin": 0.3},
+    "fusion": {"batch_size": 64, "lr": 0.02, "arcface_scale": 32.0, "arcface_margin": 0.3},
+}
+
+# Presets: changes to the defaults, or (with "preset") to another preset. "demo": the whole
+# pipeline (data, three steps, evaluation) in minutes on a 2-core CPU; "smoke": seconds, for CI.
+# Both run one thread: their small tensors gain little from a second one, and lose much when
+# cores are busy.
 PRESETS = {
     "default": {},
-    "demo": {
+    "demo": configs.merge(CPU_STEPS, {
         "num_threads": 1,
         "data": {"num_identities": 200, "images_per_identity": 10},
         "model": {"image_size": 48, "image_width": 16, "text_embedding_dim": 64, "text_hidden": 64, "dim": 128,
                   "embedding_size": 256, "max_words": 32},
-        # a softer margin than the paper's (s=64, m=0.5): 120 identities trained for minutes converge with it
-        "image": {"epochs": 10, "batch_size": 32, "lr_milestones": [7, 9], "arcface_scale": 32.0,
-                  "arcface_margin": 0.3},
-        "align": {"epochs": 4, "batch_size": 32, "text_lr": 2e-3, "lr": 2e-3, "arcface_scale": 32.0,
-                  "arcface_margin": 0.3},
         # extra degraded views teach the fusion to lean on the caption when the face is poor
-        "fusion": {"epochs": 6, "batch_size": 64, "lr": 0.02, "lr_milestones": [4, 5], "arcface_scale": 32.0,
-                   "arcface_margin": 0.3,
+        "fusion": {"epochs": 6, "lr_milestones": [4, 5],
                    "qualities": ["normal", "mixed", "mixed", "very_bad", "very_bad", "very_bad"]},
-    },
+    }),
     # The paper's system (§3-§4.2) on the embedded data: eq. 7 IMCL on two views per subject,
     # summed ID/CICL, BatchNorm IMIM, FCFM without the raw face feature, kernels 2-5, eq. 5 as
     # written; §4.2's batch 16 and weight decay 0.01 (step 1), SGD 0.1 / momentum 0.9 / 1e-4,
@@ -181,104 +231,19 @@ PRESETS = {
         "fusion": {"epochs": 1, "batch_size": 32, "lr_milestones": []},
     },
 }
+TrainConfig.presets = PRESETS
 
 
-def _merge(base: dict, update: dict, where: str = "") -> dict:
-    """``base`` updated by ``update`` recursively; every key of ``update`` must exist in
-    ``base``, except inside the free-form ``data`` mapping."""
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        path = f"{where}{key}"
-        if key not in merged:
-            raise KeyError(f"unknown config key {path!r}; known keys here: {sorted(merged)}")
-        if path == "data" and isinstance(value, dict):
-            merged[key] = {**merged[key], **copy.deepcopy(value)}
-        elif isinstance(merged[key], dict) and isinstance(value, dict):
-            merged[key] = _merge(merged[key], value, f"{path}.")
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _check_type(path: str, value, expected):
-    """``value`` as the annotated type ``expected`` (an int is a valid float), or a ValueError naming the key."""
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if get_origin(expected) in (Union, types.UnionType):  # Optional[...], X | None
-        options = get_args(expected)
-        if value is None and type(None) in options:
-            return None
-        expected = next(t for t in options if t is not type(None))
-    origin = get_origin(expected) or expected
-    valid = isinstance(value, origin) and not (isinstance(value, bool) and origin in (int, float))
-    if not valid:
-        raise ValueError(f"config key {path!r} must be {getattr(origin, '__name__', origin)}, got {value!r} "
-                         f"({type(value).__name__})")
-    return value
-
-
-def _from_dict(cls, values: dict, where: str = ""):
-    kwargs = {}
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        value = values[f.name]
-        if dataclasses.is_dataclass(hints[f.name]):
-            if not isinstance(value, dict):
-                raise ValueError(f"config key {where + f.name!r} must be a mapping, got {value!r}")
-            value = _from_dict(hints[f.name], value, f"{where}{f.name}.")
-        else:
-            value = _check_type(where + f.name, value, hints[f.name])
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
-def config_to_dict(config: TrainConfig) -> dict:
-    return dataclasses.asdict(config)
+def load_config(source=None, overrides=()) -> TrainConfig:
+    """A checked ``TrainConfig``: a preset of :data:`PRESETS` (default: ``"default"``) or a YAML file,
+    then the ``key=value`` ``overrides``."""
+    return configs.load(TrainConfig, "default" if source is None else source, overrides)
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    """A ``TrainConfig`` from a (possibly partial) nested dict, checking every key."""
-    return _from_dict(TrainConfig, _merge(config_to_dict(TrainConfig()), values))
+    """A checked ``TrainConfig`` from a (possibly partial) nested dict."""
+    return configs.from_dict(TrainConfig, values)
 
 
-def parse_override(text: str) -> dict:
-    """``"a.b=3"`` -> ``{"a": {"b": 3}}`` with the value parsed as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"override must look like key=value (nested keys with dots), got {text!r}")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    for part in reversed(key.strip().split(".")):
-        value = {part: value}
-    return value
-
-
-def load_config(source: str | Path | None = "default", overrides=()) -> TrainConfig:
-    """A config from a preset name or a YAML file, then ``key=value`` ``overrides``.
-
-    ``source`` is one of ``PRESETS`` or the path of a YAML file; a file may name the
-    preset it starts from with a top-level ``preset:`` key (default: the defaults).
-    """
-    source = "default" if source is None else source
-    if str(source) in PRESETS:
-        values = _merge(config_to_dict(TrainConfig()), PRESETS[str(source)])
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(
-                f"config source must be a preset ({', '.join(PRESETS)}) or a YAML file, got {str(source)!r}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
-        preset = loaded.pop("preset", "default")
-        if preset not in PRESETS:
-            raise ValueError(f"{path}: preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        values = _merge(_merge(config_to_dict(TrainConfig()), PRESETS[preset]), loaded)
-    for text in overrides:
-        values = _merge(values, parse_override(text))
-    return config_from_dict(values)
-
-
-def save_config(config: TrainConfig, path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+config_to_dict = configs.dump
+save_config = configs.save

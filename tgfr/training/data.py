@@ -13,6 +13,7 @@ and the names of the train and test photos), so evaluation uses exactly the held
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import write_text
-from ..data import FaceCaptionDataset, SyntheticConfig, build_synthetic_splits
+from ..data import FaceCaptionDataset, SyntheticConfig, SyntheticData, build_synthetic_splits
 from ..data.sources import (
     SPLIT_RULES,
     DataError,
@@ -38,12 +39,10 @@ SPLIT_FILE = "split.json"
 log = logging.getLogger("tgfr.data")
 
 
-def synthetic_config(data: dict, image_size: int, seed: int) -> SyntheticConfig:
-    """The ``SyntheticConfig`` of a training config's ``data`` mapping.
-
-    The image size defaults to the model's input size and the seed to the training seed.
-    """
-    return SyntheticConfig(**{"image_size": image_size, "seed": seed, **data})
+def synthetic_config(data: SyntheticData, image_size: int, seed: int) -> SyntheticConfig:
+    """The ``SyntheticConfig`` of a training config's ``data``: at the model's input size, from the
+    training seed."""
+    return SyntheticConfig(**dataclasses.asdict(data), image_size=image_size, seed=seed)
 
 
 @dataclass

@@ -102,14 +102,14 @@ def chunked_backward(embed, loss_fn, batch_size: int, chunk: int, device, autoca
     return {k: v.detach() for k, v in terms.items()}
 
 
-def align_loss_and_backward(step, batch: dict, captions: list[str], chunk: int, autocast) -> dict:
+def align_loss_and_backward(step, batch: dict, chunk: int, autocast) -> dict:
     """The align step's loss and its backward with gradient caching.
 
     Chunked: the caption encoder with the word projection, and IMIM when it is per-sample.
     Whole batch: the global projection and a BatchNorm IMIM (BatchNorm couples the samples;
     both are small) and the loss heads.
     """
-    model = step.model
+    model, captions = step.model, batch["text"]
     labels = batch["label"].to(step.device)
     feature, regions = step.frozen_image(batch)
     imim_per_sample = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.imim.modules())

@@ -13,8 +13,7 @@ from torch import nn
 
 from ..models.baselines import CaptionIdentityLoss, CGFRLoss
 from ..models.fcam import FCAMLoss
-
-ALIGN_OBJECTIVES = ("fcam", "id", "cgfr")
+from .config import ALIGN_OBJECTIVES
 
 
 def build_align_loss(settings, dim: int, num_classes: int, backend: str = "auto") -> nn.Module:
@@ -29,12 +28,6 @@ def build_align_loss(settings, dim: int, num_classes: int, backend: str = "auto"
     if s.objective == "cgfr":
         return CGFRLoss(dim, num_classes, backend=backend)
     raise ValueError(f"align.objective must be one of {ALIGN_OBJECTIVES}, got {s.objective!r}")
-
-
-def pairs_views(settings) -> bool:
-    """Whether a step's batches must hold two views per subject."""
-    return getattr(settings, "objective", None) == "fcam" and getattr(settings, "imcl", None) == "views" \
-        and settings.weights.imcl != 0
 
 
 def second_view_captions(captions: list, index: torch.Tensor, generator: torch.Generator) -> list[str]:

@@ -1,18 +1,12 @@
-"""Data-parallel training under ``torchrun``: process group, devices, DDP, data shards.
+"""Data-parallel training under ``torchrun``: the process group, each rank's device and its share of the data.
 
 ``torchrun --nproc_per_node=N -m tgfr train ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous in their environment;
-``Distributed.from_environment`` joins them into one process group (``nccl`` for
-CUDA devices, ``gloo`` for the CPU). Each step then
-
-* trains its modules and loss heads inside one ``DistributedDataParallel`` (the
-  averaged gradients are those of the global batch),
-* hands the process group to the contrastive losses (CICL, IMCL, WRCL), whose
-  negatives are the whole global batch,
-* reads its shard of every epoch through ``DistributedSampler``: a global batch of
-  ``batch_size`` samples is ``ceil(batch_size / world)`` samples per rank,
-
-and only rank 0 writes the log, the config and the checkpoints. Without torchrun
+``Distributed.from_environment`` joins them into one process group (``nccl`` for CUDA
+devices, ``gloo`` for the CPU). The engine (:mod:`tgfr.engine.loop`) then trains each stage
+inside ``DistributedDataParallel``, hands the process group to the stage's contrastive losses,
+and lets rank 0 alone write the run directory; a stage reads its part of every epoch through
+:meth:`Distributed.batch_sampler` or :meth:`Distributed.pair_batches`. Without torchrun
 (``WORLD_SIZE`` unset or 1) all of this is a no-op and training is one process.
 """
 from __future__ import annotations
@@ -20,27 +14,28 @@ from __future__ import annotations
 import datetime
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import BatchSampler, DistributedSampler
 
-from ..losses import InfoNCELoss, WordRegionLoss
-from .config import DistributedConfig
+from ..config import setting
 
 
-class _StepModule(nn.Module):
-    """What DDP wraps: a step's trained modules and loss heads; ``forward`` is the step's batch loss."""
+@dataclass
+class DistributedConfig:
+    """Data-parallel training under torchrun (ignored in one process).
 
-    def __init__(self, step, loss):
-        super().__init__()
-        self.trained = nn.ModuleList(step._trained_modules())
-        self.heads = step.heads
-        self._loss = loss
+    ``backend``: ``"auto"`` (nccl on CUDA, gloo on the CPU), ``"gloo"`` or ``"nccl"``.
+    ``sync_batchnorm`` turns the BatchNorm layers of the trained modules into
+    ``SyncBatchNorm`` (statistics of the global batch; CUDA only). ``timeout_s`` bounds
+    every collective: a rank that stops ends the run with an error, not a hang.
+    """
 
-    def forward(self, *args, **kwargs):
-        return self._loss(*args, **kwargs)
+    backend: str = setting("auto", choices=("auto", "gloo", "nccl"))
+    sync_batchnorm: bool = False
+    timeout_s: float = setting(600.0, gt=0)
 
 
 class _RankBatches(BatchSampler):
@@ -50,15 +45,17 @@ class _RankBatches(BatchSampler):
     def __iter__(self):
         return (b for b in super().__iter__() if len(b) > 1)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.sampler) // self.batch_size + (len(self.sampler) % self.batch_size > 1)
 
 
 class Distributed:
     """The process group of a training run (world size 1 without torchrun)."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, owns_group: bool = False):
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, owns_group: bool = False,
+                 config: DistributedConfig | None = None):
         self.rank, self.world, self.local_rank, self.owns_group = rank, world, local_rank, owns_group
+        self.config = config or DistributedConfig()
 
     @property
     def enabled(self) -> bool:
@@ -73,49 +70,32 @@ class Distributed:
         return dist.group.WORLD if self.enabled else None
 
     @classmethod
-    def from_environment(cls, config: DistributedConfig, device: torch.device) -> Distributed:
+    def from_environment(cls, config: DistributedConfig | None, device: torch.device) -> Distributed:
+        """The process group torchrun set up, joined; one process without torchrun. ``config`` None:
+        the command trains in one process only."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            return cls()
+            return cls(config=config)
+        if config is None:
+            raise ValueError("this command trains in one process: start it without torchrun")
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         backend = config.backend if config.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-        if backend not in ("gloo", "nccl"):
-            raise ValueError(f"distributed.backend must be 'auto', 'gloo' or 'nccl', got {config.backend!r}")
         if backend == "nccl" and device.type != "cuda":
             raise ValueError("distributed.backend='nccl' needs CUDA devices; use 'gloo' (or 'auto') on the CPU")
         if config.sync_batchnorm and device.type != "cuda":
             raise ValueError("distributed.sync_batchnorm needs CUDA devices: SyncBatchNorm has no CPU implementation")
         if dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), local_rank)
+            return cls(dist.get_rank(), dist.get_world_size(), local_rank, config=config)
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.timeout_s))
-        return cls(rank, world, local_rank, owns_group=True)
+        return cls(rank, world, local_rank, owns_group=True, config=config)
 
     def device(self, device: torch.device) -> torch.device:
         """Each rank's own GPU (``LOCAL_RANK``) when training on CUDA."""
         if self.enabled and device.type == "cuda" and device.index is None:
             return torch.device("cuda", self.local_rank)
         return device
-
-    def prepare_step(self, step, config: DistributedConfig) -> None:
-        """Global-batch losses, SyncBatchNorm and DDP for one training step (nothing on one process)."""
-        step.distributed = self
-        if not self.enabled:
-            return
-        for module in step.heads.modules():
-            if isinstance(module, (InfoNCELoss, WordRegionLoss)):
-                module.group = self.group
-        if config.sync_batchnorm:
-            # the parameters stay the same objects, so the step's optimizer still holds them
-            for module in step._trained_modules():
-                nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        wrapped = _StepModule(step, step.loss)
-        device_ids = [step.device.index] if step.device.type == "cuda" else None
-        # unused parameters: loss terms switched off, the unused pooler of a Hugging Face text model
-        step.ddp = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids,
-                                                       find_unused_parameters=True)
-        step.loss = step.ddp  # every batch loss goes through DDP's forward
 
     def batch_sampler(self, count: int, batch_size: int, seed: int) -> _RankBatches:
         """This rank's batches of an epoch (a ``DataLoader`` ``batch_sampler``); the ranks' batches together
@@ -156,17 +136,13 @@ class Distributed:
             dist.all_reduce(p.grad)
             p.grad /= self.world
 
-    def sum_over_ranks(self, totals: dict[str, float], samples: int) -> tuple[dict[str, float], int]:
-        """Epoch totals of all ranks (the log shows the global batch's averages)."""
+    def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of ``values`` over the ranks (itself in one process)."""
         if not self.enabled:
-            return totals, samples
-        keys = sorted(totals)
-        t = torch.tensor([totals[k] for k in keys] + [samples], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            t = t.cuda()
-        dist.all_reduce(t)
-        values = t.tolist()
-        return dict(zip(keys, values[:-1])), int(values[-1])
+            return values
+        on_device = values.cuda() if dist.get_backend() == "nccl" else values.cpu()
+        dist.all_reduce(on_device)
+        return on_device
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():

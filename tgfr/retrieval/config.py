@@ -1,0 +1,98 @@
+"""X-Modal configuration: one flat dataclass with its allowed values, and the presets.
+
+``load_config("quick", ["negatives=easy", "epochs=4"])`` is read by the loader of every command
+(:mod:`tgfr.config`): presets and YAML files are mappings of changes, overrides ``key=value``
+with YAML values, and every mistake a :class:`tgfr.config.ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .. import config as configs
+from ..config import ConfigError, setting
+from ..data.synthetic import SyntheticConfig
+from ..models.tgfr import HF_MODEL_DIRECTORY
+from ..ops import BACKENDS
+from ..training.config import check_data_root
+from .loss import GRADES, NEGATIVE_SETTINGS
+from .models import FACE_ENCODERS
+
+DATASETS = ("synthetic", "celeba-dialog")
+
+
+@dataclass
+class XModalConfig:
+    """Everything an X-Modal run depends on (see the README's X-Modal section for the choices).
+
+    Data: the embedded synthetic set and its change pairs, or CelebA-Dialog (whose attribute levels
+    give the change pairs) under ``data_root``. Training: ``steps_per_epoch`` batches per epoch (0:
+    one pass over the training people), the learning rate decaying along a cosine over all steps;
+    ``negatives`` picks the graded negatives used, each from its fraction of training in
+    ``grade_starts`` (easy, semi-hard, hard). ``threads``: torch CPU threads (0: torch's default).
+    """
+
+    presets: ClassVar[dict[str, dict]]  # PRESETS, below
+
+    dataset: str = setting("synthetic", choices=DATASETS)
+    data_root: str | None = None
+    skip_bad: bool = False
+    num_identities: int = setting(300, ge=1)
+    images_per_identity: int = setting(6, ge=1)
+    image_size: int = setting(48, ge=16)
+    captions_per_image: int = setting(2, ge=1)
+    pairs_per_identity: int = setting(2, ge=1)
+    seed: int = setting(0, ge=0)
+    # model
+    face_encoder: str = setting("iresnet", choices=FACE_ENCODERS)
+    face_width: int = setting(16, ge=1)
+    dim: int = setting(256, ge=1)
+    text_encoder: str = setting("minilm", choices=("minilm",), also=HF_MODEL_DIRECTORY)
+    max_tokens: int = setting(32, ge=1)
+    # training
+    epochs: int = setting(16, ge=0)
+    steps_per_epoch: int = setting(0, ge=0)
+    batch_size: int = setting(32, ge=1)
+    lr: float = setting(2e-3, gt=0)
+    weight_decay: float = setting(1e-4, ge=0)
+    scale: float = setting(20.0, gt=0)
+    negatives: str = setting("hard", choices=NEGATIVE_SETTINGS)
+    grade_starts: list[float] = setting([0.0, 0.2, 0.4], ge=0, le=1)
+    composed_weight: float = setting(1.0, ge=0)
+    baseline_weight: float = setting(1.0, ge=0)
+    backend: str = setting("auto", choices=("auto", *BACKENDS))
+    threads: int = setting(0, ge=0)
+    progress: bool = True
+    log_interval: int = setting(50, ge=1)
+
+    def validate(self) -> None:
+        check_data_root(self.dataset, self.data_root)
+        if len(self.grade_starts) != len(GRADES):
+            raise ConfigError(f"must give {len(GRADES)} fractions, one per grade ({', '.join(GRADES)}); "
+                              f"got {self.grade_starts}", "grade_starts")
+        if self.image_size % 16:
+            raise ConfigError(f"must be divisible by 16; got {self.image_size}", "image_size")
+
+    def synthetic(self) -> SyntheticConfig:
+        return SyntheticConfig(num_identities=self.num_identities, images_per_identity=self.images_per_identity,
+                               image_size=self.image_size, captions_per_image=self.captions_per_image,
+                               seed=self.seed)
+
+
+PRESETS = {
+    # seconds: tests and smoke runs; pure PyTorch ops (no compiled kernel needed)
+    "tiny": {"num_identities": 16, "images_per_identity": 2, "image_size": 32, "captions_per_image": 1,
+             "pairs_per_identity": 1, "face_width": 4, "dim": 32, "epochs": 2, "batch_size": 4, "threads": 1,
+             "backend": "vectorized", "progress": False},
+    # <= 10 minutes on two idle cores, training and evaluation
+    "quick": {},
+    # a longer run on more people
+    "full": {"num_identities": 1000, "images_per_identity": 8, "image_size": 64, "face_width": 32, "epochs": 40,
+             "batch_size": 64},
+}
+XModalConfig.presets = PRESETS
+
+
+def load_config(source="quick", overrides=()) -> XModalConfig:
+    """A checked ``XModalConfig``: a preset of :data:`PRESETS` or a YAML file, then ``key=value`` overrides."""
+    return configs.load(XModalConfig, source, overrides)
