@@ -13,6 +13,8 @@ rows are the packaged MiniLM where ``tgfr[text]`` is installed, else a tiny untr
 (the device machine cannot fetch the MiniLM; the run checks the pipeline, not accuracy).
 
     python benchmarks/app_runs.py --out-dir DIR [--timeout-s 120]
+
+Exit status: 1 when a command failed, else 124 when one ran out of its time, else 0.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def commands(work: Path, text_model: str) -> list[tuple[str, list[str]]]:
     train = work / "train"
     return [
         ("train --preset smoke (AMP)", [*tgfr, "train", "--preset", "smoke", "--out", str(train), "amp=true"]),
-        ("eval of that run", [*tgfr, "eval", "--checkpoint", str(train), "--out", str(work / "eval")]),
+        ("eval of that run", [*tgfr, "eval", "--model", str(train), "--out", str(work / "eval")]),
         ("xmodal train --preset tiny", [*tgfr, "xmodal", "train", "--preset", "tiny", "--out", str(work / "xmodal"),
                                         f"text_encoder={text_model}"]),
         ("study --preset tiny --seeds 0", [*tgfr, "study", "--preset", "tiny", "--seeds", "0",
@@ -92,7 +94,10 @@ def main(argv=None) -> int:
             rows.append(run(name, command, args.timeout_s))
             (args.out_dir / "APP_RUNS.json").write_text(json.dumps({"text_model": text_model, "rows": rows},
                                                                     indent=1))
-    return 0 if all(r["status"] == "finished" for r in rows) else 1
+    if any(r["status"].startswith("failed") for r in rows):
+        return 1
+    # a command out of time is reported as gpu.sh reports a step cut off, not as a failure
+    return 0 if all(r["status"] == "finished" for r in rows) else 124
 
 
 if __name__ == "__main__":

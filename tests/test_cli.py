@@ -91,31 +91,33 @@ def test_a_bad_config_value_stops_the_command_before_any_work(capsys, tmp_path, 
 
 
 def test_train_refuses_to_overwrite_a_run(capsys, tmp_path):
+    """Whatever a run directory's checkpoint holds, a new run does not replace it."""
     from tgfr.engine import CHECKPOINT_NAME
 
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"a run")
     with pytest.raises(SystemExit) as raised:
         cli.main(["train", "--preset", "smoke", "--out", str(tmp_path)])
     assert raised.value.code == 2
-    assert "add --resume" in capsys.readouterr().err
+    assert "is damaged or was not written by tgfr" in capsys.readouterr().err
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == b"a run"
 
 
 def test_eval_arguments(tmp_path):
     args = _parse("eval", "--checkpoint", str(tmp_path), "--out", "o", "--modes", "image", "tgfr",
                   "--levels", "normal", "bad")
-    assert (args.checkpoint, args.modes, args.levels, args.attention_examples) == (
+    assert (args.model, args.modes, args.levels, args.attention_examples) == (
         tmp_path, ["image", "tgfr"], ["normal", "bad"], 4)
+    assert _parse("eval", "--model", str(tmp_path)).model == tmp_path  # --checkpoint is its other name
 
 
 def test_bench_forwards_every_argument(monkeypatch):
     received = []
     fake_bench = types.ModuleType("tgfr.bench")
-    fake_bench.main = lambda argv: received.append(argv) or 3
+    fake_bench.main = lambda argv, prog: received.append((argv, prog)) or 3
     monkeypatch.setitem(sys.modules, "tgfr.bench", fake_bench)
     monkeypatch.setattr("tgfr.bench", fake_bench, raising=False)
     assert cli.main(["bench", "--quick", "--repeats", "2", "-h"]) == 3
-    assert received == [["--quick", "--repeats", "2", "-h"]]
+    assert received == [(["--quick", "--repeats", "2", "-h"], "tgfr bench")]
 
 
 def test_demo_smoke(tmp_path, capsys):

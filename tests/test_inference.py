@@ -255,7 +255,7 @@ def test_export_refuses_a_directory_in_use(tgfr_run, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     err = _cli_error(capsys, ["export", "--model", str(tgfr_run), "--out", str(tmp_path / "taken")])
-    assert "not an empty directory" in err
+    assert "already exists and is not empty" in err
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
 
 
@@ -329,7 +329,7 @@ def test_embed_command_writes_npy_and_safetensors(tgfr_run, face_gallery, model,
     (["embed", "--images", "GALLERY", "--mode", "tgfr", "--out", "x.npy"], "needs a description of every photo"),
     (["embed", "--images", "GALLERY", "--captions", "NOT_AN_IMAGE", "--out", "x.npy"], "is not JSON"),
     (["serve", "--port", "0"], "give --model"),
-    (["serve", "--model", "RUN", "--max-upload-mb", "0"], "--max-upload-mb must be > 0"),
+    (["serve", "--model", "RUN", "--max-upload-mb", "0"], "argument --max-upload-mb: expected a number > 0"),
 ])
 def test_command_mistakes_are_one_line_usage_errors(tgfr_run, face_gallery, tmp_path, capsys, argv, message):
     photo = next(face_gallery.glob("person*/*.png"))

@@ -166,8 +166,8 @@ def test_train_eval_retrieve_smoke(tiny_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--text", "  "], "at least one word"),
-    (["--text", "a beard", "--image", "missing.png"], "no such image file"),
-    (["--text", "a beard", "--gallery", "no_gallery"], "is not a directory"),
+    (["--text", "a beard", "--image", "missing.png"], "no such file"),
+    (["--text", "a beard", "--gallery", "no_gallery"], "no such file or directory"),
     (["--text", "a beard", "--top-k", "100000"], "larger than the gallery"),
 ])
 def test_retrieve_bad_input_is_a_usage_error(tiny_run, tmp_path, capsys, extra, message):
@@ -179,6 +179,31 @@ def test_retrieve_bad_input_is_a_usage_error(tiny_run, tmp_path, capsys, extra, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "tgfr retrieve: error:" in err and message in err and "Traceback" not in err
+
+
+def test_retrieve_leaves_out_undecodable_photos_only_with_skip_bad(tiny_run, tmp_path, capsys):
+    """One damaged gallery photo stops retrieve, naming it; --skip-bad leaves it out and lists it. A --match
+    that names nobody in the gallery is a usage error."""
+    from PIL import Image
+
+    from tgfr.cli import main
+
+    gallery = tmp_path / "gallery"
+    (gallery / "alice").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("alice/1.png", "bob.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(gallery / name)
+    (gallery / "broken.png").write_bytes(b"not a png")
+    query = ["retrieve", "--model", str(tiny_run), "--text", "a beard", "--gallery", str(gallery), "--top-k", "2"]
+    with pytest.raises(SystemExit) as stopped:
+        main(query)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "broken.png" in err and "--skip-bad" in err and len(err.splitlines()) == 1
+    assert main([*query, "--skip-bad"]) == 0
+    assert "skipped 1 photo(s) that do not decode: broken" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        main([*query, "--skip-bad", "--match", "nobody"])
+    assert stopped.value.code == 2 and "'nobody' is neither an identity nor a photo name" in capsys.readouterr().err
 
 
 def test_xmodal_bad_config_and_existing_run_are_usage_errors(tiny_run, capsys):

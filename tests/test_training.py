@@ -184,3 +184,35 @@ def test_pretrained_face_encoder_skips_step_zero_and_stays_frozen(tmp_path):
     assert model.config.image_layers == [1, 1, 1, 1] and model.config.image_embedding == 64
     for key, value in encoder.state_dict().items():
         torch.testing.assert_close(model.image_encoder.state_dict()[key], value)
+
+
+def test_resume_never_rewrites_a_finished_run_and_names_a_finished_step(tmp_path, capsys):
+    """What is on disk describes what ran: resuming a finished run with its config trains and writes nothing;
+    more epochs for a finished step stop with exit 2 naming the step, the run's files untouched."""
+    from tgfr.cli import main
+
+    out = tmp_path / "run"
+    train(_config(), out)
+
+    def files():
+        return {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in out.iterdir() if path.is_file()}
+
+    before, lines = files(), []
+    assert train(_config(), out, resume=True, log=lines.append) == out / "checkpoint.pt"
+    assert len(lines) == 1 and "nothing left to train" in lines[0] and files() == before
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--preset", "smoke", "--out", str(out), "--resume", *TINY, "align.epochs=2"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "step 'align' has finished" in err and "align.epochs (1 -> 2)" in err
+    assert files() == before
+
+
+def test_resume_where_there_is_no_run_is_a_usage_error(tmp_path, capsys):
+    """A mistyped --out with --resume does not start a new run."""
+    from tgfr.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--preset", "smoke", "--out", str(tmp_path / "typo"), "--resume"])
+    assert stopped.value.code == 2 and "holds no run to continue" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()

@@ -279,14 +279,19 @@ def parse_override(text: str) -> dict:
 
 
 def read_yaml(path) -> dict:
-    """The mapping a YAML config file holds."""
+    """The mapping a YAML config file holds; an empty file is an error, not the defaults."""
     path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (a YAML config is)") from None
     except OSError as error:
         raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
+    if loaded is None:  # an empty file would silently stand for the defaults
+        raise ConfigError(f"{path} is empty: a config file names its preset and the keys it changes "
+                          "(e.g. 'preset: demo')")
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
     return loaded

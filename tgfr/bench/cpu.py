@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..arguments import OUTPUT_FILE, ArgumentParser, PathArgument, non_negative_int, positive_float, positive_int
 from .report import load_ratio_table, plot, sections
 from .runner import Budget, ResultsFile, environment, run_specs
 
@@ -99,38 +100,49 @@ def markdown(env: dict, settings: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="tgfr bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+QUICK = {"batches": [4, 8], "info_nce_batches": [256, 512], "target_s": 0.1, "min_repeats": 2, "max_repeats": 3}
+
+
+def build_parser(prog: str = "python benchmarks/bench_ops.py") -> argparse.ArgumentParser:
+    """The benchmark's command line; ``prog`` is the command that runs it, named in usage errors and in the
+    report (``tgfr bench``, or the script that writes RESULTS.md)."""
+    parser = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes (B=4, 8; InfoNCE B=256, 512) and few repeats: a smoke run")
-    parser.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64], help="word-region batch sizes")
-    parser.add_argument("--info-nce-batches", type=int, nargs="+", default=[4096, 16384])
+                        help="a smoke run: small sizes (B=4, 8; InfoNCE B=256, 512) and few repeats, for what the "
+                             "options below do not give")
+    parser.add_argument("--batches", type=positive_int, nargs="+", help="word-region batch sizes (default: 16 32 64)")
+    parser.add_argument("--info-nce-batches", type=positive_int, nargs="+", metavar="B",
+                        help="InfoNCE batch sizes (default: 4096 16384)")
     all_impls = sorted(set(CPU_IMPLS["word_region"] + CPU_IMPLS["info_nce"]))
     parser.add_argument("--implementations", nargs="+", choices=all_impls, default=all_impls, metavar="IMPL",
                         help=f"measure only these ({', '.join(all_impls)}; default all)")
-    parser.add_argument("--background-load", type=int, default=4, metavar="K",
+    parser.add_argument("--background-load", type=non_negative_int, default=4, metavar="K",
                         help="also measure beside K busy processes (0: idle only; default 4)")
-    parser.add_argument("--target-s", type=float, default=2.0, help="timed seconds per row (default 2)")
-    parser.add_argument("--min-repeats", type=int, default=2)
-    parser.add_argument("--max-repeats", type=int, default=15)
-    parser.add_argument("--row-timeout-s", type=float, default=600.0, help="a row that takes longer is an error (default 600)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="Markdown file to write, with .json and .png beside it (default: print only)")
+    parser.add_argument("--target-s", type=positive_float, help="timed seconds per row (default 2)")
+    parser.add_argument("--min-repeats", type=positive_int, help="timed steps per row at least (default 2)")
+    parser.add_argument("--max-repeats", type=positive_int, help="timed steps per row at most (default 15)")
+    parser.add_argument("--row-timeout-s", type=positive_float, default=600.0,
+                        help="a row that takes longer is an error (default 600)")
+    parser.add_argument("--out", type=PathArgument(OUTPUT_FILE, suffixes=(".md",)),
+                        help="Markdown report to write, with .json and .png beside it, in an existing folder "
+                             "(default: print only)")
+    return parser
+
+
+def main(argv=None, prog: str = "python benchmarks/bench_ops.py") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
 
-    if args.background_load < 0:
-        parser.error(f"--background-load must be >= 0, got {args.background_load}")
-    if min(args.batches + args.info_nce_batches) < 1:
-        parser.error("--batches and --info-nce-batches must be positive")
-    if not 1 <= args.min_repeats <= args.max_repeats:
-        parser.error(f"need 1 <= --min-repeats <= --max-repeats, got {args.min_repeats} and {args.max_repeats}")
-    if args.quick:
-        args.batches, args.info_nce_batches = [4, 8], [256, 512]
-        args.target_s, args.min_repeats, args.max_repeats = 0.1, 2, 3
+    defaults = QUICK if args.quick else {"batches": [16, 32, 64], "info_nce_batches": [4096, 16384],
+                                         "target_s": 2.0, "min_repeats": 2, "max_repeats": 15}
+    for option, value in defaults.items():  # what the command line gives wins over --quick
+        if getattr(args, option) is None:
+            setattr(args, option, value)
+    if args.min_repeats > args.max_repeats:
+        parser.error(f"need --min-repeats <= --max-repeats, got {args.min_repeats} and {args.max_repeats}")
     repeats = {"target_s": args.target_s, "minimum": args.min_repeats, "maximum": args.max_repeats}
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
-    settings = {"command": ("python benchmarks/bench_ops.py " + argv_text.replace(f"--out {args.out}", "")).strip(),
+    settings = {"command": f"{prog} {argv_text.replace(f'--out {args.out}', '')}".strip(),
                 "repeats": repeats, "batches": args.batches, "info_nce_batches": args.info_nce_batches,
                 "background_load": args.background_load}
     env = environment("cpu")
@@ -157,7 +169,6 @@ def main(argv=None) -> int:
     print()
     print(report)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
         plot(rows, args.out.with_suffix(".png"), f"tgfr CPU benchmark (float32, {env['cores']} cores)")
         print(f"wrote {args.out}, {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -100,6 +101,12 @@ def markdown(env: dict, settings: dict, rows: list[dict], extra: dict) -> str:
         lines += ["## Ceilings (measured)", "", *left_aligned_table(["what", "size", "time", "rate"], measured), ""]
     elif extra.get("ceilings_error"):
         lines += ["## Ceilings", "", f"not measured: {extra['ceilings_error']}", ""]
+    app = extra.get("app_runs")
+    if app:
+        runs = [[r["name"], r["status"], f"{r['seconds']:g} s", r.get("error", "")] for r in app["rows"]]
+        lines += ["## The application at its smallest size", "",
+                  f"A user's first commands (`benchmarks/app_runs.py`, caption encoder {app['text_model']}):", "",
+                  *left_aligned_table(["command", "status", "time", "error"], runs), ""]
     lines += sections(rows)
     lines += [
         "`unavailable`: the backend cannot run here; `skipped (budget)`: the time extrapolated from the",
@@ -148,6 +155,9 @@ def main(argv=None) -> int:
     md_path, json_path, png_path = out / "RESULTS_GPU.md", out / "RESULTS_GPU.json", out / "RESULTS_GPU.png"
     results = ResultsFile(json_path, env, settings)
     extra = results.data["extra"]
+    app_runs = out / "APP_RUNS.json"  # written before the benchmark by benchmarks/app_runs.py (gpu.sh)
+    if app_runs.is_file():
+        extra["app_runs"] = json.loads(app_runs.read_text())
 
     def save_markdown():
         md_path.write_text(markdown(env, settings, results.rows, extra))

@@ -1,21 +1,31 @@
 """One training engine for every command that trains (TGFR's steps, X-Modal): epochs, checkpoints,
 resume, the log, progress and torchrun. See :mod:`tgfr.engine.loop`."""
-from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, checkpoint_path, read_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    LOG_NAME,
+    CheckpointError,
+    checkpoint_path,
+    load_weights,
+    read_checkpoint,
+)
 from .distributed import Distributed, DistributedConfig
 from .loop import (
     Engine,
     EngineSettings,
     Epoch,
     ResumeError,
+    RunExistsError,
     Stage,
     StageRunner,
     Training,
+    TrainingInterrupted,
     epoch_seed,
     resolve_device,
 )
 
 __all__ = [
-    "CHECKPOINT_NAME", "CONFIG_NAME", "LOG_NAME", "Distributed", "DistributedConfig", "Engine", "EngineSettings",
-    "Epoch", "ResumeError", "Stage", "StageRunner", "Training", "checkpoint_path", "epoch_seed", "read_checkpoint",
-    "resolve_device",
+    "CHECKPOINT_NAME", "CONFIG_NAME", "LOG_NAME", "CheckpointError", "Distributed", "DistributedConfig", "Engine",
+    "EngineSettings", "Epoch", "ResumeError", "RunExistsError", "Stage", "StageRunner", "Training",
+    "TrainingInterrupted", "checkpoint_path", "epoch_seed", "load_weights", "read_checkpoint", "resolve_device",
 ]

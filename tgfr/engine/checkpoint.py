@@ -30,6 +30,11 @@ FORMAT_VERSION = 2
 RUN_KINDS = {"tgfr": "a TGFR training run ('tgfr train')", "xmodal": "an X-Modal retrieval run ('tgfr xmodal train')"}
 
 
+class CheckpointError(ValueError):
+    """A path that holds no checkpoint of the run asked for: no run there, a damaged file, a file tgfr did
+    not write, or a run of another command."""
+
+
 def checkpoint_path(checkpoint_or_run_dir) -> Path:
     path = Path(checkpoint_or_run_dir)
     return path / CHECKPOINT_NAME if path.is_dir() else path
@@ -41,15 +46,33 @@ def save_checkpoint(state: dict, path) -> None:
 
 
 def read_checkpoint(checkpoint_or_run_dir, kind: str, command: str) -> dict:
-    """The checkpoint of a run directory (or checkpoint file) that ``command`` (``tgfr train``) wrote."""
+    """The checkpoint of a run directory (or checkpoint file) that ``command`` (``tgfr train``) wrote; a
+    :class:`CheckpointError` saying why not otherwise. Only plain tensors and containers are unpickled."""
     path = checkpoint_path(checkpoint_or_run_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected the --out directory of '{command}' "
-                                f"or its {CHECKPOINT_NAME})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or (state.get("format"), state.get("kind")) != (FORMAT_VERSION, kind):
-        other = RUN_KINDS.get(state.get("kind")) if isinstance(state, dict) else None
-        if other is not None:
-            raise ValueError(f"{path} is {other}, not a checkpoint of '{command}'")
-        raise ValueError(f"{path} is not a checkpoint of '{command}' (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{checkpoint_or_run_dir} holds no run of '{command}' (no {CHECKPOINT_NAME})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - whatever the bytes are, they are no checkpoint of ours
+        # (the loader's own message would suggest weights_only=False: unsafe for a file of unknown origin)
+        raise CheckpointError(f"{path} is damaged or was not written by tgfr: it does not load as a checkpoint") \
+            from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or \
+            not {"kind", "config", "progress"} <= state.keys():
+        raise CheckpointError(f"{path} was not written by '{command}' (it is no tgfr checkpoint of format "
+                              f"{FORMAT_VERSION})")
+    if state["kind"] != kind:
+        other = RUN_KINDS.get(state["kind"], f"a run of kind {state['kind']!r}")
+        raise CheckpointError(f"{path} is {other}, not a checkpoint of '{command}'")
     return state
+
+
+def load_weights(module: torch.nn.Module, state: dict, where) -> None:
+    """The weights (``state["model"]``) of a checkpoint read from ``where`` into ``module``, built from its
+    config; a :class:`CheckpointError` when they do not fit it."""
+    try:
+        module.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as error:
+        detail = str(error).splitlines()[0][:200]
+        raise CheckpointError(f"{checkpoint_path(where)} is damaged: its weights do not fit its config ({detail})") \
+            from None

@@ -14,14 +14,23 @@ optimizer, its batches and its loss). :class:`Engine` does the rest, the same wa
 * the log: loss terms are summed on the device and read by the host once per ``log_interval``
   batches (for the progress bar, when it shows) and once at the end of the epoch, never per batch.
 
-Where the rules of a run directory go: :meth:`Engine._resume_point` decides what an existing run
-directory means (continue it, refuse it); :meth:`Engine._train_stage` is where an interrupted
-epoch (Ctrl-C) would be caught and named.
+What a run directory holds always describes what ran. :meth:`Engine._resume_point` decides what an
+existing run directory means: a run of another command or a damaged checkpoint is refused, and a
+resumed run may change only what has not trained yet (:meth:`Engine._check_resumable`): the
+settings of the stages it has not started, the epochs of the stage it is in (more epochs train
+them), and the settings that change nothing trained (``Training.run_settings``). A finished run
+with nothing left to train is not touched: no file of it is rewritten. A new run directory is
+created only once the data are read; if reading them fails, what was created is removed again.
+Ctrl-C stops the run with :class:`TrainingInterrupted`, which names where it stopped; the epoch's
+log line and checkpoint are written together or not at all.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +47,39 @@ from .distributed import Distributed, DistributedConfig
 
 class ResumeError(ValueError):
     """A run directory whose run cannot continue under the config given."""
+
+
+class RunExistsError(FileExistsError):
+    """A new run asked for in a directory that already holds one (``out_dir``)."""
+
+    def __init__(self, message: str, out_dir: Path):
+        super().__init__(message)
+        self.out_dir = out_dir
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: ``where`` it stopped (``"in align epoch 3"``) and whether ``saved``, a
+    checkpoint in the run directory keeps its last finished epoch."""
+
+    def __init__(self, where: str, saved: bool):
+        super().__init__(f"interrupted {where}")
+        self.where, self.saved = where, saved
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C during the block takes effect when it ends, so that what it writes is written whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -211,22 +253,35 @@ class EngineSettings:
 
 
 class Training:
-    """What a command trains: its config, data and model, its stages and its checkpoint's contents."""
+    """What a command trains: its config, data and model, its stages and its checkpoint's contents.
+
+    The settings of a stage alone live under the config key :meth:`section` names (TGFR's
+    ``align``); every other key is the whole run's. ``run_settings`` are the keys (or sections) that
+    change how a run is shown or where it reads from, never what it trains: a resumed run may
+    change them.
+    """
 
     kind: str  # the checkpoint's "kind"
     command: str  # the command that trains it, for messages ("tgfr train")
     stages: tuple[str, ...]  # every stage, in order: a stage's position seeds its epochs
     config: object  # the run's config dataclass (config.yaml)
     settings: EngineSettings
+    run_settings: tuple[str, ...] = ()
 
     def first_stage(self) -> str:
         return self.stages[0]
 
-    def check_resumable(self, saved_config: dict) -> None:
-        """Raise :class:`ResumeError` when the run saved with ``saved_config`` cannot continue under ``config``."""
-        differing = configs.differences(configs.dump(self.config), saved_config)
-        if differing:
-            raise ResumeError(f"cannot resume: the config differs from the checkpoint's in {differing}")
+    def section(self, stage: str) -> str | None:
+        """The config key of the settings of ``stage`` alone; None: its settings are the run's."""
+        return None
+
+    def epochs(self, stage: str) -> int:
+        """The epochs ``stage`` trains, by the config."""
+        raise NotImplementedError
+
+    def comparable(self, values: dict) -> dict:
+        """A dumped config as resuming compares it (without what building the model fills in)."""
+        return values
 
     def prepare(self, saved: dict | None, device: torch.device, ranks: Distributed, out_dir: Path) -> None:
         """Read the data and build the model (from the checkpoint ``saved`` when resuming)."""
@@ -240,42 +295,121 @@ class Training:
         raise NotImplementedError
 
 
+def _value(values: dict, key: str):
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
+
+
+def _changes(keys: list[str], before: dict, after: dict) -> str:
+    shown = [f"{key} ({_value(before, key)!r} -> {_value(after, key)!r})" for key in keys[:4]]
+    return ", ".join(shown) + (", ..." if len(keys) > 4 else "")
+
+
 class Engine:
     """Trains a :class:`Training` into a run directory; ``run()`` returns the checkpoint path.
 
     ``resume=True`` continues the run in ``out_dir`` (or starts one when there is none); without
     it an existing checkpoint is an error rather than being overwritten. ``on_epoch(record)`` is
-    called on rank 0 after every epoch is logged and checkpointed.
+    called on rank 0 after every epoch is logged and checkpointed; ``log`` gets a line when a
+    resumed run has nothing left to train.
     """
 
     def __init__(self, training: Training, out_dir, resume: bool = False,
-                 on_epoch: Callable[[dict], None] | None = None):
+                 on_epoch: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = None):
         self.training, self.out_dir, self.resume, self.on_epoch = training, Path(out_dir), resume, on_epoch
+        self.log = log
         self.settings = training.settings
         self.checkpoint = self.out_dir / CHECKPOINT_NAME
         # the config as requested, before building the model may fill in fields (config.yaml)
         self.requested = configs.dump(training.config)
+        self.where = "while preparing the run"
 
     def _resume_point(self) -> dict | None:
         """The checkpoint this run continues, or None for a new run."""
         if not self.checkpoint.exists():
             return None
-        if not self.resume:
-            raise FileExistsError(f"{self.out_dir} already holds a training run; resume it or use another out_dir")
         saved = read_checkpoint(self.checkpoint, self.training.kind, self.training.command)
-        self.training.check_resumable(saved["config"])
+        if not self.resume:
+            raise RunExistsError(f"{self.out_dir} already holds a training run of '{self.training.command}'; "
+                                 "resume it or start a new run in another directory", self.out_dir)
+        self._check_resumable(saved)
         return saved
 
-    def run(self) -> Path:
+    def _check_resumable(self, saved: dict) -> None:
+        """A :class:`ResumeError` when the config asks for another run than the one ``saved`` trained so far:
+        only what has not trained yet may change."""
+        training, stages = self.training, self.training.stages
+        requested, trained = training.comparable(self.requested), training.comparable(saved["config"])
+        step, done = saved["progress"]["step"], saved["progress"]["epochs_done"]
+        first, current = stages.index(training.first_stage()), stages.index(step)
+        sections = {training.section(stage): stage for stage in stages if training.section(stage)}
+        fixed, finished, started, undone = [], [], [], []
+        for key in configs.differences(requested, trained):
+            if any(key == setting or key.startswith(setting + ".") for setting in training.run_settings):
+                continue
+            stage = sections.get(key.split(".")[0])
+            position = stages.index(stage) if stage is not None else None
+            if position is None:
+                fixed.append(key)
+            elif position < first or position > current or (position == current and done == 0):
+                continue  # a stage that has trained nothing yet
+            elif position < current:
+                finished.append(key)
+            elif key != f"{key.split('.')[0]}.epochs":
+                started.append(key)
+            elif _value(requested, key) < done:
+                undone.append(key)
+        where = f"cannot resume {self.out_dir}:"
+        remedy = f"; start a new run in another directory, or resume with the run's config ({CONFIG_NAME})"
+        if fixed:
+            raise ResumeError(f"{where} the config differs from the run's in {_changes(fixed, trained, requested)}, "
+                              f"which are fixed once a run has started{remedy}")
+        if finished:
+            stage = sections[finished[0].split(".")[0]]
+            raise ResumeError(f"{where} step '{stage}' has finished and the steps after it trained on it, so "
+                              f"{_changes(finished, trained, requested)} cannot change{remedy}")
+        if started:
+            raise ResumeError(f"{where} step '{step}' has trained {done} epoch(s) with the run's settings, so "
+                              f"{_changes(started, trained, requested)} cannot change (its epochs may grow)"
+                              f"{remedy}")
+        if undone:
+            raise ResumeError(f"{where} step '{step}' has already trained {done} epoch(s), more than "
+                              f"{_changes(undone, trained, requested)}{remedy}")
+
+    def _left_to_train(self, progress: dict) -> bool:
+        stages = self.training.stages
+        position = stages.index(progress["step"])
+        return progress["epochs_done"] < self.training.epochs(progress["step"]) or \
+            any(self.training.epochs(stage) > 0 for stage in stages[position + 1:])
+
+    @contextlib.contextmanager
+    def _new_directory(self):
+        """``out_dir``, created (with its missing folders) for the block; if the block fails before the run
+        has a checkpoint, what it created is removed again."""
+        missing = [path for path in (self.out_dir, *self.out_dir.parents) if not path.exists()]
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            yield
+        except BaseException:
+            if missing and self.ranks.is_main and not self.checkpoint.exists():
+                shutil.rmtree(missing[-1], ignore_errors=True)
+            raise
+
+    def run(self) -> Path:
         saved = self._resume_point()
+        if saved is not None and not self._left_to_train(saved["progress"]):
+            if self.log is not None:
+                self.log(f"{self.out_dir} has trained every epoch of its config: nothing left to train")
+            return self.checkpoint  # a finished run: nothing is read, trained or rewritten
         device = resolve_device(self.settings.device)
         self.ranks = Distributed.from_environment(self.settings.distributed, device)  # torchrun: one process per rank
         self.device = self.ranks.device(device)
         try:
-            self.training.prepare(saved, self.device, self.ranks, self.out_dir)
-            if self.ranks.is_main:
-                configs.save(self.requested, self.out_dir / CONFIG_NAME)
+            with self._new_directory():
+                self.training.prepare(saved, self.device, self.ranks, self.out_dir)
+                if self.ranks.is_main:
+                    configs.save(self.requested, self.out_dir / CONFIG_NAME)
             progress = saved["progress"] if saved else {"step": self.training.first_stage(), "epochs_done": 0}
             stages = self.training.stages
             for position, name in enumerate(stages[stages.index(progress["step"]):]):
@@ -284,6 +418,8 @@ class Engine:
                                   saved["trainer"] if resuming else None)
             if self.ranks.is_main and not self.checkpoint.exists():  # nothing to train: the model as built
                 self._save(self.training.first_stage(), 0, None)
+        except KeyboardInterrupt as interrupt:
+            raise TrainingInterrupted(self.where, self.checkpoint.is_file()) from interrupt
         finally:
             self.ranks.close()
         return self.checkpoint
@@ -306,14 +442,17 @@ class Engine:
         if trainer is not None:
             stage.load_state_dict(trainer)
         if epochs_done < stage.epochs:
+            self.where = f"while preparing {name}"
             self.ranks.main_first(stage.prepare)
         for number in range(epochs_done, stage.epochs):
+            self.where = f"in {name} epoch {number + 1}"
             record = self._train_epoch(stage, runner, position, number)
             if not self.ranks.is_main:
                 continue
-            with open(self.out_dir / LOG_NAME, "a") as log:
-                log.write(json.dumps(record) + "\n")
-            self._save(name, number + 1, stage.state_dict())
+            with _interrupts_deferred():  # the log and the checkpoint agree on the epochs done
+                with open(self.out_dir / LOG_NAME, "a") as log:
+                    log.write(json.dumps(record) + "\n")
+                self._save(name, number + 1, stage.state_dict())
             if self.on_epoch is not None:
                 self.on_epoch(record)
 

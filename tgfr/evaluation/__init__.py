@@ -16,7 +16,6 @@ from .metrics import (
                       verification_metrics,
 )
 from .protocol import (
-                      EVAL_MODES,
                       FaceSet,
                       TestProtocol,
                       embed_dataset,
@@ -29,7 +28,7 @@ from .protocol import (
 from .report import Result, markdown_table, plot_roc, write_report
 
 __all__ = [
-    "EVAL_MODES", "FAR_TARGETS", "FaceSet", "Result", "TestProtocol", "VerificationResult", "area_under_curve",
+    "FAR_TARGETS", "FaceSet", "Result", "TestProtocol", "VerificationResult", "area_under_curve",
     "embed_faces", "equal_error_rate", "evaluate", "evaluate_checkpoint", "evaluate_face_sets", "markdown_table",
     "min_impostors_for_far", "pair_scores", "plot_attention_grid", "plot_roc", "rank1_accuracy", "roc_curve",
     "score_embeddings", "tar_at_far", "verification_metrics", "write_report",

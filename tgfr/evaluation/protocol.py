@@ -23,12 +23,20 @@ from tqdm.auto import tqdm
 
 from ..data import QUALITY_LEVELS, DataError, collate_face_captions, identification_split
 from ..engine import checkpoint_path, resolve_device
+from ..models import EMBED_MODES
 from .attention import plot_attention_grid
 from .metrics import all_pair_scores, rank1_accuracy, verification_metrics
 from .report import Result, write_report
 from .thresholds import CALIBRATION_LEVEL, THRESHOLDS_FILE, calibrate, file_sha256, write_thresholds
 
-EVAL_MODES = ("image", "flf", "tgfr")
+
+def _modes(model, modes) -> tuple[str, ...]:
+    """``modes`` (None: every mode ``model`` was built for), checked."""
+    modes = model.modes if modes is None else tuple(modes)
+    unknown = [mode for mode in modes if mode not in EMBED_MODES]
+    if unknown or not modes:
+        raise ValueError(f"modes must be a non-empty subset of {EMBED_MODES}, got {modes}")
+    return modes
 
 
 @dataclass(frozen=True)
@@ -115,16 +123,15 @@ def embed_faces(model, faces: FaceSet, mode: str, batch_size: int = 128) -> torc
 
 
 def evaluate_face_sets(model, reference: FaceSet, probes: dict[str, FaceSet], protocol: TestProtocol,
-                       modes=EVAL_MODES, batch_size: int = 128) -> list[Result]:
-    """Score each level's probes (the reference photos at that quality) for each mode; rows mode-major.
+                       modes=None, batch_size: int = 128) -> list[Result]:
+    """Score each level's probes (the reference photos at that quality) for each mode (None: every mode
+    of the model); rows mode-major.
 
     A level whose probe set *is* ``reference`` (normal quality) reuses the reference embeddings.
     """
-    unknown = [mode for mode in modes if mode not in EVAL_MODES]
-    if unknown or not modes:
-        raise ValueError(f"modes must be a non-empty subset of {EVAL_MODES}, got {tuple(modes)}")
     if not probes:
         raise ValueError("probes must hold at least one quality level")
+    modes = _modes(model, modes)
     results = []
     for mode in modes:
         reference_embeddings = embed_faces(model, reference, mode, batch_size)
@@ -145,10 +152,12 @@ def plot_word_attention(model, faces: FaceSet, indices, path) -> Path:
 
 
 @torch.no_grad()
-def embed_dataset(model, dataset, modes=EVAL_MODES, batch_size: int = 128, num_workers: int = 0,
+def embed_dataset(model, dataset, modes=None, batch_size: int = 128, num_workers: int = 0,
                   progress: bool = False) -> dict[str, torch.Tensor]:
     """Embeddings of every photo of ``dataset`` (with the caption the dataset draws for it) in each
-    of ``modes``: the photos are decoded batch by batch and only the embeddings are kept (on the CPU)."""
+    of ``modes`` (None: every mode of the model): the photos are decoded batch by batch and only the
+    embeddings are kept (on the CPU)."""
+    modes = _modes(model, modes)
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_face_captions,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
@@ -165,10 +174,11 @@ def embed_dataset(model, dataset, modes=EVAL_MODES, batch_size: int = 128, num_w
     return {mode: torch.cat(parts) for mode, parts in chunks.items()}
 
 
-def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES, attention_examples: int = 4,
+def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=None, attention_examples: int = 4,
              metadata: dict | None = None, num_workers: int = 0, progress: bool = False,
              calibrates: Path | None = None) -> dict[str, Path]:
-    """Evaluate ``model`` on ``test_data`` (a :class:`tgfr.data.FaceCaptionDataset`) and write the report.
+    """Evaluate ``model`` on ``test_data`` (a :class:`tgfr.data.FaceCaptionDataset`) in ``modes`` (None:
+    every mode of the model) and write the report.
 
     Writes report.md, report.json and roc.png into ``out_dir`` and, with ``attention_examples > 0``
     and the "tgfr" mode, attention.png: the word -> region attention of that many gallery photos.
@@ -180,9 +190,7 @@ def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES,
     unknown = [level for level in levels if level not in QUALITY_LEVELS]
     if unknown or not levels:
         raise ValueError(f"levels must be a non-empty subset of {QUALITY_LEVELS}, got {levels}")
-    unknown = [mode for mode in modes if mode not in EVAL_MODES]
-    if unknown or not modes:
-        raise ValueError(f"modes must be a non-empty subset of {EVAL_MODES}, got {tuple(modes)}")
+    modes = _modes(model, modes)
     started = time.perf_counter()
     protocol = TestProtocol.for_labels(test_data.labels)
     reference = embed_dataset(model, test_data.with_quality("normal"), modes, num_workers=num_workers,
@@ -214,24 +222,36 @@ def evaluate(model, test_data, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES,
     return paths
 
 
-def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=EVAL_MODES, attention_examples: int = 4,
+def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=None, attention_examples: int = 4,
                         device: str = "auto", metadata: dict | None = None, dataset: str | None = None,
                         data_root=None, num_workers: int | None = None) -> dict[str, Path]:
-    """Evaluate a checkpoint of :func:`tgfr.training.train` on the test split its run held out.
+    """Evaluate a checkpoint of :func:`tgfr.training.train` on the test split its run held out, in
+    ``modes`` (None: every mode the run trained, ``TrainConfig.embedding_modes``).
 
     The split comes from the run directory's ``split.json``; ``data_root`` reads the photos from
     another root than the one saved (the same dataset, moved); ``dataset``, when given, must be
-    the run's dataset.
+    the run's dataset. A mode the run did not train is a ValueError.
     """
     # training code imported on use: an exported model is evaluated and served without it
-    from ..training import config_from_dict, load_model, read_checkpoint
+    from ..training import config_from_dict, read_checkpoint
+    from ..training.checkpoint import model_from_checkpoint
     from ..training.data import load_test_split
 
-    config = config_from_dict(read_checkpoint(checkpoint)["config"])
+    state = read_checkpoint(checkpoint)
+    config = config_from_dict(state["config"])
+    trained = config.embedding_modes
+    modes = trained if modes is None else tuple(modes)
+    untrained = [mode for mode in modes if mode not in trained]
+    if untrained:
+        raise ValueError(f"the run in {checkpoint_path(checkpoint).parent} did not train mode(s) "
+                         f"{', '.join(untrained)}: its modes are {', '.join(trained)}")
     if dataset is not None and dataset != config.dataset:
         raise DataError(f"the checkpoint was trained on dataset {config.dataset!r}, not {dataset!r}")
+    if data_root is not None and config.dataset == "synthetic":
+        raise DataError("the run was trained on the embedded synthetic set, which reads no files: a data root "
+                        "(--data-root) is not used")
     test_data = load_test_split(config, checkpoint_path(checkpoint).parent, data_root)
-    model = load_model(checkpoint, device=resolve_device(device))
+    model = model_from_checkpoint(state, checkpoint).to(resolve_device(device)).eval()
     workers = config.num_workers if num_workers is None else num_workers
     return evaluate(model, test_data, out_dir, levels, modes, attention_examples,
                     metadata={"checkpoint": str(checkpoint), "dataset": config.dataset, **(metadata or {})},

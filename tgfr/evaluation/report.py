@@ -13,7 +13,7 @@ import numpy as np
 from ..markdown import table
 from .metrics import FAR_TARGETS, VerificationResult
 
-MODE_LABELS = {"image": "image only", "flf": "feature-level fusion", "tgfr": "TGFR"}
+MODE_LABELS = {"image": "image only", "flf": "feature-level fusion", "tgfr": "TGFR", "cgfr": "CGFR-style fusion"}
 # Enough points to draw a ROC faithfully (the full curve can hold a million), and to keep one in report.json.
 ROC_PLOT_POINTS = 2000
 ROC_JSON_POINTS = 200

@@ -184,15 +184,11 @@ class FaceRecognizer:
         return words, attention.cpu(), pixels
 
 
-def run_modes(config) -> tuple[str, ...]:
-    """The modes a training config trains: the image-only one and the fusion step's heads."""
-    return ("image", *(mode for mode in config.fusion.modes if mode in config.model.fusions))
-
-
 def load_run(path, device="auto") -> FaceRecognizer:
     """The finished training run in ``path`` (its directory or checkpoint file), with its thresholds."""
     from ..engine import checkpoint_path
-    from ..training import config_from_dict, load_model, read_checkpoint
+    from ..training import config_from_dict, read_checkpoint
+    from ..training.checkpoint import model_from_checkpoint
     from .export import run_provenance
 
     checkpoint = checkpoint_path(path)
@@ -212,8 +208,8 @@ def load_run(path, device="auto") -> FaceRecognizer:
         else:
             warnings.warn(f"{calibration} calibrates another checkpoint than {checkpoint} (trained further "
                           f"since?): no thresholds; run tgfr eval again", stacklevel=2)
-    model = load_model(checkpoint, device=resolve_device(device))
-    return FaceRecognizer(model, run_modes(config), thresholds, checkpoint.parent, digest,
+    model = model_from_checkpoint(state, checkpoint).to(resolve_device(device))
+    return FaceRecognizer(model, config.embedding_modes, thresholds, checkpoint.parent, digest,
                           run_provenance(state, checkpoint, digest, calibration if thresholds else None))
 
 

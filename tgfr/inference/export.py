@@ -158,12 +158,16 @@ def load_export(directory, device="auto"):
     from .api import FaceRecognizer, resolve_device
 
     directory = Path(directory)
+    damaged = f"{directory} is a damaged exported model"
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{directory / CONFIG_FILE} is not JSON: {error}") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{damaged}: {CONFIG_FILE} is not readable JSON ({error})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory / CONFIG_FILE} does not describe a {FORMAT} (version {FORMAT_VERSION}) model")
+    missing = [key for key in ("model", "vocabulary", "modes", "provenance") if key not in config]
+    if missing:
+        raise ValueError(f"{damaged}: {CONFIG_FILE} lacks {', '.join(missing)}")
     try:
         model_config = ModelConfig(**config["model"])
     except TypeError as error:
@@ -173,7 +177,15 @@ def load_export(directory, device="auto"):
         model_config.text_encoder = str(directory / TEXT_ENCODER_DIR)
     vocabulary = Vocabulary(config["vocabulary"]) if config["vocabulary"] is not None else None
     model = TGFRModel(model_config, vocabulary)
-    missing, unexpected = model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
+    try:
+        weights = load_file(str(directory / WEIGHTS_FILE))
+    except Exception:  # noqa: BLE001 - safetensors raises its own error types for files it cannot read
+        raise ValueError(f"{damaged}: {WEIGHTS_FILE} does not load as safetensors") from None
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        raise ValueError(f"{directory / WEIGHTS_FILE} does not fit {directory / CONFIG_FILE}: "
+                         f"{str(error).splitlines()[-1].strip()[:200]}") from None
     missing = [key for key in missing if not (hugging_face and key.startswith(TEXT_ENCODER_PREFIX))]
     if missing or unexpected:
         raise ValueError(f"{directory / WEIGHTS_FILE} does not fit {directory / CONFIG_FILE}: missing "

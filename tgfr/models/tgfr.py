@@ -142,6 +142,11 @@ class TGFRModel(nn.Module):
             self.cgfr = CrossModalFusion(config.dim, image_features, config.fusion_heads, config.embedding_size,
                                          config.dropout)
 
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The embedding modes of this model: the image-only one and each fusion head it was built with."""
+        return tuple(mode for mode in EMBED_MODES if mode == "image" or mode in self.config.fusions)
+
     def fusion_module(self, mode: str) -> nn.Module:
         """The head that fuses in ``mode`` (``"tgfr"`` is the FCFM)."""
         if mode not in FUSION_MODES:

@@ -35,13 +35,21 @@ def evaluate_run(run_dir, out=None) -> tuple[str, dict[str, Path]]:
 
 
 def retrieve(run_dir, text: str, image=None, gallery=None, top_k: int = 10, out=None, match=None,
-             log=print) -> list[tuple[str, str, float]]:
-    """Rank the gallery for one query; returns ``[(identity, name, score)]`` best first and draws ``out``."""
-    retriever = load(run_dir, gallery)
+             skip_bad: bool = False, log=print) -> list[tuple[str, str, float]]:
+    """Rank the gallery for one query; returns ``[(identity, name, score)]`` best first and draws ``out``.
+    ``match`` (the identity or photo name of the correct answer) must be in the gallery; ``skip_bad``
+    leaves out gallery photos that do not decode."""
+    retriever = load(run_dir, gallery, skip_bad)
     query_image = retriever.query_pixels(image) if image is not None else None
     index = retriever.index
     log(f"gallery: {len(index.names)} faces, index {retriever.index_path} "
         f"({'reused' if retriever.index_reused else 'built and saved'})")
+    if retriever.skipped:
+        log(f"skipped {len(retriever.skipped)} photo(s) that do not decode: {', '.join(retriever.skipped[:5])}"
+            + (", ..." if len(retriever.skipped) > 5 else ""))
+    if match is not None and match not in index.identities and match not in index.names:
+        raise ValueError(f"--match {match!r} is neither an identity nor a photo name of the gallery (such as "
+                         f"{index.identities[0]!r} or {index.names[0]!r})")
     matches = retriever.search(text, query_image, top_k)
     if out is not None:
         draw_grid(text, query_image, index, [m.index for m in matches], [m.score for m in matches], match, out)

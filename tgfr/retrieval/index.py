@@ -37,9 +37,28 @@ def _embed(model, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
                       for i in range(0, len(images), batch_size)])
 
 
-def gallery_index(run_dir, model, config, gallery: str | Path | None, splits_fn) -> tuple[GalleryIndex, Path, bool]:
+def _read_gallery(files, names, identities, size: int, skip_bad: bool, skipped: list[str]):
+    """The photos of a gallery folder that decode (with their names and identities); an undecodable one is
+    a ValueError naming it, or with ``skip_bad`` left out and listed in ``skipped``."""
+    kept = []
+    for path, name, identity in zip(files, names, identities):
+        try:
+            kept.append((read_pixels(path, size), name, identity))
+        except ValueError as error:
+            if not skip_bad:
+                raise ValueError(f"gallery photo {error} (--skip-bad leaves such photos out)") from None
+            skipped.append(name)
+    if not kept:
+        raise ValueError(f"no photo of the gallery could be read (skipped {len(skipped)})")
+    images, names, identities = zip(*kept)
+    return np.stack(images), list(names), list(identities)
+
+
+def gallery_index(run_dir, model, config, gallery: str | Path | None, splits_fn, skip_bad: bool = False,
+                  skipped: list[str] | None = None) -> tuple[GalleryIndex, Path, bool]:
     """The X-Modal index of ``gallery`` (None: the embedded one), read from ``RUN/index`` or built and saved
-    there. Returns ``(index, its file, whether it was reused)``."""
+    there. Returns ``(index, its file, whether it was reused)``. A gallery photo that does not decode is a
+    ValueError, or with ``skip_bad`` left out of the index and its name added to ``skipped``."""
     run_dir = Path(run_dir)
     stat = (run_dir / "checkpoint.pt").stat()
     if gallery is None:
@@ -50,11 +69,12 @@ def gallery_index(run_dir, model, config, gallery: str | Path | None, splits_fn)
             return GalleryIndex(_embed(model.eval(), images), names, identities, images)
     else:
         files, names, identities = gallery_entries(gallery)
-        description = files_fingerprint(files)
+        description = [*files_fingerprint(files), *(["skip_bad"] if skip_bad else [])]
 
         def build():
-            images = np.stack([read_pixels(p, config.image_size) for p in files])
-            return GalleryIndex(_embed(model.eval(), images), names, identities, images)
+            images, kept, kept_identities = _read_gallery(files, names, identities, config.image_size, skip_bad,
+                                                          skipped if skipped is not None else [])
+            return GalleryIndex(_embed(model.eval(), images), kept, kept_identities, images)
     return cached_index(run_dir / INDEX_DIR, [stat.st_size, stat.st_mtime_ns, description], build)
 
 
@@ -81,6 +101,5 @@ def draw_grid(query_text: str, query_image: np.ndarray | None, index: GalleryInd
         label = f"#{rank}  id {index.identities[item]}\n{score:.3f}" + (" match" if correct else "")
         draw.multiline_text((x, tile + 14), label, fill=(0, 0, 0), spacing=1)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     return out

@@ -25,12 +25,13 @@ def run_directory(run) -> Path:
 
 
 class Retriever:
-    """An X-Modal run and one gallery; queries are thread-safe (one at a time through the model)."""
+    """An X-Modal run and one gallery; queries are thread-safe (one at a time through the model). With
+    ``skip_bad``, gallery photos that do not decode are left out (their names in ``skipped``)."""
 
-    def __init__(self, run, gallery=None):
+    def __init__(self, run, gallery=None, skip_bad: bool = False):
         self.run_dir = run_directory(run)
         self.config, self.model, self.state = load_run(self.run_dir)
-        self.gallery = gallery
+        self.gallery, self.skip_bad, self.skipped = gallery, skip_bad, []
         self._lock = threading.Lock()
         self._encoder = None
         self._index = None
@@ -44,7 +45,7 @@ class Retriever:
             if self._index is None:
                 self._index, self.index_path, self.index_reused = gallery_index(
                     self.run_dir, self.model, self.config, self.gallery,
-                    lambda: prepare(self.config, self.run_dir)[0])
+                    lambda: prepare(self.config, self.run_dir)[0], self.skip_bad, self.skipped)
             return self._index
 
     def query_pixels(self, image) -> np.ndarray:
@@ -72,7 +73,7 @@ class Retriever:
         return rank_gallery(index, query, top_k)
 
 
-def load(run, gallery=None) -> Retriever:
+def load(run, gallery=None, skip_bad: bool = False) -> Retriever:
     """The X-Modal run in ``run`` (its directory or checkpoint) searching ``gallery`` (a folder of faces;
-    None: the run's embedded test people)."""
-    return Retriever(run, gallery)
+    None: the run's embedded test people); ``skip_bad`` leaves out gallery photos that do not decode."""
+    return Retriever(run, gallery, skip_bad)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import config as configs
-from ..engine import Engine, EngineSettings, Epoch, ResumeError, Stage, Training
+from ..engine import CheckpointError, Engine, EngineSettings, Epoch, Stage, Training, checkpoint_path, load_weights
 from ..engine import read_checkpoint as read_run_checkpoint
 from ..ops import info_nce, word_region_loss
 from .config import XModalConfig
@@ -32,8 +32,9 @@ from .loss import active_grades, graded_mnrl
 from .models import XModalModel
 
 KIND, COMMAND = "xmodal", "tgfr xmodal train"
-# settings that change how a run is shown, not what it trains: a resumed run may change them
-_DISPLAY_KEYS = ("progress", "log_interval")
+# what a resumed run may change: how it is shown, where it reads from, its threads and op backend (the
+# backends compute the same function); its epochs may not, since the learning rate decays over all of them
+RUN_SETTINGS = ("progress", "log_interval", "threads", "backend", "data_root", "skip_bad")
 
 
 def all_captions(splits) -> list[str]:
@@ -161,25 +162,22 @@ class XModalTraining(Training):
     """An X-Modal run on the engine: the splits, the frozen sentence features and the model."""
 
     kind, command, stages = KIND, COMMAND, (XModalStage.name,)
+    run_settings = RUN_SETTINGS
 
     def __init__(self, config: XModalConfig):
         self.config = copy.deepcopy(config)
         self.settings = EngineSettings(seed=config.seed, device="cpu", progress=config.progress,
                                        log_interval=config.log_interval)
 
-    def check_resumable(self, saved_config: dict) -> None:
-        differing = [key for key in configs.differences(configs.dump(self.config), saved_config)
-                     if key not in _DISPLAY_KEYS]
-        if differing:
-            raise ResumeError(f"the run was trained with another config ({', '.join(differing)} differ); resume it "
-                             "with the same preset and overrides")
+    def epochs(self, stage: str) -> int:
+        return self.config.epochs
 
     def prepare(self, saved, device, ranks, out_dir: Path) -> None:
         splits, self.text = prepare(self.config, out_dir)
         self.split = splits["train"]
         self.model = build_model(self.config, self.text.sentences.shape[1])
         if saved is not None:
-            self.model.load_state_dict(saved["model"])
+            load_weights(self.model, saved, out_dir)
 
     def build_stage(self, name: str) -> XModalStage:
         return XModalStage(self.model, self.config, self.split, self.text)
@@ -197,17 +195,20 @@ def load_run(run_dir) -> tuple[XModalConfig, XModalModel, dict]:
     """The config and trained model (eval mode) of a run directory or checkpoint file."""
     state = read_run(run_dir)
     config = configs.from_dict(XModalConfig, state["config"])
+    if "text_size" not in state:
+        raise CheckpointError(f"{checkpoint_path(run_dir)} is damaged: it holds no text_size")
     model = build_model(config, state["text_size"])
-    model.load_state_dict(state["model"])
+    load_weights(model, state, run_dir)
     return config, model.eval(), state
 
 
 def train_xmodal(config: XModalConfig, out, resume: bool = False, log=print) -> Path:
     """Train ``config`` into the directory ``out``; returns the checkpoint path. ``log`` gets one line
-    per finished epoch."""
+    per finished epoch. A resumed run may change only :data:`RUN_SETTINGS` (its learning rate decays over
+    all its epochs, so more epochs would make another run)."""
     def report(record: dict) -> None:
         values = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
                   if k not in ("step", "epoch", "epochs")}
         log(f"epoch {record['epoch']}/{record['epochs']}  " + "  ".join(f"{k} {v}" for k, v in values.items()))
 
-    return Engine(XModalTraining(config), out, resume, on_epoch=report).run()
+    return Engine(XModalTraining(config), out, resume, on_epoch=report, log=log).run()

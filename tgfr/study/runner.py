@@ -143,13 +143,14 @@ def run_study(out_dir, study: StudyConfig, name: str = "quick", log=print) -> di
     faces, planned, runs = plan(study, out_dir)  # every config checked before anything trains
     check_reusable(out_dir, faces, planned)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    configs.save(study, out_dir / CONFIG_NAME)
     results: dict = {}
     started, study_cpu_started = time.perf_counter(), time.process_time()
     for seed in study.seeds:
         seed_dir = out_dir / f"seed{seed}"
+        # the first seed's face encoder reads the data: a dataset that cannot be used stops the study there,
+        # and its run directory (the study's too, when new) is removed again
         _face_encoder(faces[seed], seed_dir, log)
+        configs.save(study, out_dir / CONFIG_NAME)
         test = load_test_split(faces[seed], seed_dir / "face")
         protocol = TestProtocol.for_labels(test.labels)
         for run in (p for p in planned if p.seed == seed):

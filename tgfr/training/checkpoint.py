@@ -7,6 +7,9 @@ alone rebuilds the model.
 """
 from __future__ import annotations
 
+import dataclasses
+
+from ..engine import load_weights
 from ..engine import read_checkpoint as read_run_checkpoint
 from ..models.text import Vocabulary
 from ..models.tgfr import TGFRModel
@@ -20,13 +23,18 @@ def read_checkpoint(checkpoint_or_out_dir) -> dict:
     return read_run_checkpoint(checkpoint_or_out_dir, KIND, COMMAND)
 
 
+def model_from_checkpoint(state: dict, where) -> TGFRModel:
+    """The ``TGFRModel`` of the checkpoint ``state`` (read from ``where``) with its weights; a
+    :class:`tgfr.engine.CheckpointError` when they do not fit the model its config describes."""
+    config = config_from_dict(state["config"])
+    vocabulary = Vocabulary(state["vocabulary"]) if state.get("vocabulary") is not None else None
+    # the trained weights replace the pretrained ones: do not read the original image checkpoint again
+    model = TGFRModel(dataclasses.replace(config.model, image_weights=None), vocabulary)
+    load_weights(model, state, where)
+    return model
+
+
 def load_model(checkpoint_or_out_dir, device="cpu") -> TGFRModel:
     """The trained ``TGFRModel`` of a checkpoint (or training output directory), in eval mode."""
-    state = read_checkpoint(checkpoint_or_out_dir)
-    config = config_from_dict(state["config"])
-    # the trained weights replace the pretrained ones: do not read the original image checkpoint again
-    config.model.image_weights = None
-    vocabulary = Vocabulary(state["vocabulary"]) if state["vocabulary"] is not None else None
-    model = TGFRModel(config.model, vocabulary)
-    model.load_state_dict(state["model"])
+    model = model_from_checkpoint(read_checkpoint(checkpoint_or_out_dir), checkpoint_or_out_dir)
     return model.to(device).eval()

@@ -36,10 +36,14 @@ def _views(default: list[str]):
 
 
 def check_data_root(dataset: str, data_root: str | None) -> None:
-    """A real dataset is read from the directory ``data_root`` (the embedded synthetic set needs none)."""
+    """A real dataset is read from the directory ``data_root``; the embedded synthetic set reads no files,
+    so a ``data_root`` given with it is a mistake (it would be silently ignored)."""
     if dataset != "synthetic" and not data_root:
         raise ConfigError(f"must give the directory of dataset {dataset!r} (--data-root ROOT); got {data_root!r}",
                           "data_root")
+    if dataset == "synthetic" and data_root is not None:
+        raise ConfigError(f"is not used by the embedded synthetic set, which reads no files (name the real dataset "
+                          f"with --dataset); got {data_root!r}", "data_root")
 
 
 def _check_views(views: list[str]) -> None:
@@ -174,6 +178,12 @@ class TrainConfig:
     align: AlignStepConfig = field(default_factory=AlignStepConfig)
     fusion: FusionStepConfig = field(default_factory=FusionStepConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    @property
+    def embedding_modes(self) -> tuple[str, ...]:
+        """The embedding modes a run of this config trains: the image-only one and the heads the fusion
+        step trains, in its order (none when it trains no epoch)."""
+        return ("image", *(self.fusion.modes if self.fusion.epochs > 0 else ()))
 
     def validate(self) -> None:
         check_data_root(self.dataset, self.data_root)

@@ -10,29 +10,34 @@ of the unfinished step, with the weights an uninterrupted run would have had.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .. import config as configs
-from ..engine import Engine, EngineSettings, ResumeError, Training
+from ..engine import Engine, EngineSettings, Training
 from ..models.text import Vocabulary
 from ..models.tgfr import TGFRModel
-from .checkpoint import COMMAND, KIND
+from .checkpoint import COMMAND, KIND, model_from_checkpoint
 from .config import TrainConfig, config_from_dict
 from .data import build_splits, check_same_split, write_split
 from .steps import STEPS
 
 # architecture fields written into the config from a pretrained face-encoder checkpoint
-_IMAGE_FIELDS_FROM_WEIGHTS = ("image_layers", "image_width", "image_embedding", "image_variant", "image_weights")
-# what must stay the same for a run to continue; step settings (epochs, learning rates, ...) may change
-_FIXED_KEYS = ("model", "seed", "data", "dataset")
+_IMAGE_FIELDS_FROM_WEIGHTS = ("image_layers", "image_width", "image_embedding", "image_variant")
+# what a resumed run may change: how it is shown, where it reads from and with which threads, workers
+# and backend (the backends compute the same function), never what it trains
+RUN_SETTINGS = ("device", "progress", "log_interval", "num_threads", "num_workers", "ops_backend",
+                "cache_frozen_features", "feature_cache_dir", "data_root", "skip_bad", "distributed.backend",
+                "distributed.timeout_s")
 
 
 class TGFRTraining(Training):
     """TGFR's run on the engine: the split, the model and its steps."""
 
     kind, command, stages = KIND, COMMAND, tuple(STEPS)
+    run_settings = RUN_SETTINGS
 
     def __init__(self, config: TrainConfig):
         # a private copy: resuming and pretrained weights fill in fields of the model config
@@ -44,15 +49,17 @@ class TGFRTraining(Training):
     def first_stage(self) -> str:
         return self.stages[1] if self.config.model.image_weights else self.stages[0]
 
-    def check_resumable(self, saved_config: dict) -> None:
-        def fixed(values: dict) -> dict:
-            model = {k: v for k, v in values["model"].items() if k not in _IMAGE_FIELDS_FROM_WEIGHTS}
-            return {**{key: values[key] for key in _FIXED_KEYS}, "model": model}
+    def section(self, stage: str) -> str:
+        return stage  # image., align., fusion.
 
-        differing = configs.differences(fixed(configs.dump(self.config)), fixed(saved_config))
-        if differing:
-            raise ResumeError(f"cannot resume: the config differs from the checkpoint's in {differing}; "
-                             "only step settings (epochs, learning rates, ...) may change between runs")
+    def epochs(self, stage: str) -> int:
+        return getattr(self.config, stage).epochs
+
+    def comparable(self, values: dict) -> dict:
+        if not values["model"]["image_weights"]:
+            return values
+        model = {k: v for k, v in values["model"].items() if k not in _IMAGE_FIELDS_FROM_WEIGHTS}
+        return {**values, "model": model}
 
     def prepare(self, saved, device, ranks, out_dir: Path) -> None:
         config = self.config
@@ -70,10 +77,8 @@ class TGFRTraining(Training):
         self.feature_cache = (cache_dir, dataset_key) if config.cache_frozen_features else None
         if saved is not None:
             config.model = config_from_dict(saved["config"]).model  # with the face-encoder architecture of its weights
-            config.model.image_weights = None  # the checkpoint holds the weights
-            self.vocabulary = Vocabulary(saved["vocabulary"]) if saved["vocabulary"] is not None else None
-            self.model = TGFRModel(config.model, self.vocabulary)
-            self.model.load_state_dict(saved["model"])
+            self.model = model_from_checkpoint(saved, out_dir)
+            self.vocabulary = self.model.vocabulary
         else:
             self.vocabulary = Vocabulary.from_captions(c for record in self.split.records for c in record.captions) \
                 if config.model.text_encoder == "bilstm" else None
@@ -91,12 +96,15 @@ class TGFRTraining(Training):
                 "num_classes": self.split.num_identities, "model": self.model.state_dict()}
 
 
-def train(config: TrainConfig, out_dir, resume: bool = False) -> Path:
+def train(config: TrainConfig, out_dir, resume: bool = False, log: Callable[[str], None] | None = None) -> Path:
     """Train (or resume training) a TGFR model into ``out_dir``; returns the checkpoint path.
 
-    ``resume=True`` continues the run in ``out_dir`` (its model, data and seed must match
-    ``config``) and starts a new one if there is none; without it an existing checkpoint in
-    ``out_dir`` is an error rather than being overwritten.
+    ``resume=True`` continues the run in ``out_dir`` and starts a new one if there is none; without
+    it an existing checkpoint in ``out_dir`` is an error rather than being overwritten. A resumed
+    run may change only what has not trained yet: the settings of the steps it has not started,
+    the epochs of the step it is in (more epochs train them, fewer than it has done are an error),
+    and :data:`RUN_SETTINGS`; anything else is a :class:`tgfr.engine.ResumeError` naming the keys.
+    ``log`` gets a line when the run has nothing left to train.
     """
     config = config_from_dict(config) if isinstance(config, dict) else config
-    return Engine(TGFRTraining(config), out_dir, resume).run()
+    return Engine(TGFRTraining(config), out_dir, resume, log=log).run()
