@@ -2,7 +2,8 @@
 change (another source tree with its extension built in place, e.g. ``git archive main`` then
 ``python setup.py build_ext --inplace``) and this checkout. On a shared machine the load moves between
 minutes, so the builds take turns round after round, and the table gives each build's median over the rounds
-of the per-run forward+backward medians, with the load average at the start of every run.
+of the per-run forward+backward medians, with the load average at the start of every run. Each build runs
+with its own tgfr package, the benchmark's harness (tgfr.bench) included.
 
     python benchmarks/ab_ops.py --before /tmp/tgfr-main --rounds 3 --out /tmp/ab.md -- \\
         --batches 64 --info-nce-batches 4096 --implementations cpp --background-load 4
@@ -17,33 +18,35 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tgfr.arguments import DIRECTORY, OUTPUT_FILE, ArgumentParser, PathArgument, positive_int
 from tgfr.markdown import table
 
 HERE = Path(__file__).resolve().parent
 
 
-def run_bench(tree: Path | None, bench_args: list[str], out: Path) -> dict:
-    """One bench_ops.py run with ``tree`` first on the import path (None: the installed tgfr)."""
+def run_bench(tree: Path | None, bench_args: list[str], out: Path) -> dict | int:
+    """One bench_ops.py run with ``tree`` first on the import path (None: the installed tgfr): its results,
+    or its exit status where it failed (it has said why on stderr)."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
-    subprocess.run([sys.executable, str(HERE / "bench_ops.py"), *bench_args, "--out", str(out)], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.with_suffix(".json").read_text())
+    run = subprocess.run([sys.executable, str(HERE / "bench_ops.py"), *bench_args, "--out", str(out)], env=env,
+                         stdout=subprocess.DEVNULL)
+    return run.returncode or json.loads(out.with_suffix(".json").read_text())
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, required=True, help="source tree of the build before the change")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, required=True, help="Markdown file to write (.json beside it)")
+    parser = ArgumentParser(prog="python benchmarks/ab_ops.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", type=PathArgument(DIRECTORY), required=True,
+                        help="source tree of the build before the change, its extension built in place")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="turns of each build (default 3)")
+    parser.add_argument("--out", type=PathArgument(OUTPUT_FILE, suffixes=(".md",)), required=True,
+                        help="Markdown file to write, with .json beside it, in an existing folder")
     parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="after --: bench_ops.py's options")
     args = parser.parse_args(argv)
     if not (args.before / "tgfr" / "__init__.py").is_file():
         parser.error(f"--before: {args.before} is not a source tree of tgfr (no tgfr/__init__.py)")
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     bench_args = [a for a in args.bench_args if a != "--"]
     builds = {"before": args.before.resolve(), "after": None}
     runs = []  # (round, build, load average, rows)
@@ -52,6 +55,8 @@ def main(argv=None) -> int:
             for build, tree in builds.items():
                 load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "n/a"
                 result = run_bench(tree, bench_args, Path(scratch) / f"{build}_{round_}.md")
+                if isinstance(result, int):
+                    return result
                 runs.append((round_, build, load, result["rows"]))
                 print(f"round {round_} {build}: done (load average {load} at the start)", file=sys.stderr)
 
