@@ -24,7 +24,10 @@ accumulation without races:
   buffers are summed at the end. Atomics here would cost ``N * D`` per caption block.
 * ``d_words[k]`` sums over every image and is added with float32 (float64) atomics,
   ``M * D`` per (image, caption block): the smaller of the two, since ``T < N``.
-  The order of the additions varies, so ``d_words`` is not bitwise deterministic.
+  The order of the additions varies, so ``d_words`` is not bitwise deterministic, except
+  under ``torch.use_deterministic_algorithms(True)``: the images then go one launch each,
+  whose programs own disjoint caption blocks, so every element of ``d_words`` gets one
+  addition per launch, in image order.
 
 16-bit inputs use tensor cores with float32 accumulation: ``A`` and the gradient
 tiles ``dC``/``dS`` are rounded to the input dtype for the products, as in
@@ -405,14 +408,23 @@ def word_region_scores_backward(grad_scores, words, regions, word_mask, gamma1, 
     (B_t, T, D), (B_v, N, _) = words.shape, regions.shape
     config = _launch_config(words, regions, "backward", caps, block_d, gpu)
     caption_blocks = triton.cdiv(B_t, config["CAPS"])
-    blocks_per_group = triton.cdiv(caption_blocks, caption_groups or _caption_groups(regions, caption_blocks))
-    groups = triton.cdiv(caption_blocks, blocks_per_group)
     acc_dtype = accumulation_dtype(words.dtype)
     grad_words = torch.zeros(words.shape, dtype=acc_dtype, device=words.device)
-    grad_regions = torch.zeros((groups,) + tuple(regions.shape), dtype=acc_dtype, device=regions.device)
-    with device_of(words):
-        _scores_backward_kernel[(B_v, groups)](grad_scores, words, regions, word_mask.view(torch.uint8), grad_words,
-                                               grad_regions, B_t, T, N, D, blocks_per_group,
-                                               GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
-    grad_regions = grad_regions[0] if groups == 1 else grad_regions.sum(0)
+    grad_regions = torch.empty(regions.shape, dtype=acc_dtype, device=regions.device)
+    # the images of one launch add into grad_words in no fixed order (see the module docstring)
+    images_per_launch = 1 if torch.are_deterministic_algorithms_enabled() else max(B_v, 1)
+    for first in range(0, B_v, images_per_launch):
+        images = slice(first, first + images_per_launch)
+        launch_regions = regions[images]
+        blocks_per_group = triton.cdiv(caption_blocks,
+                                       caption_groups or _caption_groups(launch_regions, caption_blocks))
+        groups = triton.cdiv(caption_blocks, blocks_per_group)
+        group_grad_regions = torch.zeros((groups,) + tuple(launch_regions.shape), dtype=acc_dtype,
+                                         device=regions.device)
+        with device_of(words):
+            _scores_backward_kernel[(launch_regions.shape[0], groups)](
+                grad_scores[images], words, launch_regions, word_mask.view(torch.uint8), grad_words,
+                group_grad_regions, B_t, T, N, D, blocks_per_group,
+                GAMMA1=float(gamma1), GAMMA2=float(gamma2), EPS=float(eps), **config)
+        grad_regions[images] = group_grad_regions[0] if groups == 1 else group_grad_regions.sum(0)
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)

@@ -1,5 +1,7 @@
-"""How the cpp backend's CPU kernels use threads: the same values on one thread or several, and
-no deadlock or wrong value when called from several Python threads at once."""
+"""How the cpp backend's CPU kernels use threads: the same values on one thread or several, the same
+bits run to run, and no deadlock or wrong value when called from several Python threads at once."""
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -13,7 +15,7 @@ from tgfr.ops.word_region import word_region_scores_loop
 pytestmark = pytest.mark.skipif(not backends.is_available("cpp", "cpu"), reason="tgfr._C not built")
 
 # Large enough for several work items per call: 5 images, and 40 captions of up to 12 words, so
-# more than one caption block of 256 words; InfoNCE B=200 gives 4 row blocks of 64 on 2 threads.
+# more than one caption block of 256 words; InfoNCE B=200 gives 2 row blocks of 112 on 2 threads.
 WORD_REGION_SHAPE = (5, 40, 12, 7, 10)
 INFO_NCE_SHAPE = (200, 16)
 
@@ -58,12 +60,12 @@ def test_one_thread_and_two_threads_agree():
         two = values_and_grads(torch.Generator().manual_seed(11))
     finally:
         torch.set_num_threads(threads)
-    # every score and every region gradient has one writer whatever the thread count; the word
-    # gradients are sums of per-thread parts, and InfoNCE's tile side follows the thread count
-    # (so its log-sum-exps merge other column blocks), so those may differ in rounding only
-    for name in ("scores", "grad_regions"):
+    # every score and every region gradient has one writer whatever the thread count, and the
+    # images' parts of the word gradients are summed in image order; InfoNCE's tile side follows
+    # the thread count (so its log-sum-exps merge other column blocks): rounding only
+    for name in ("scores", "grad_regions", "grad_words"):
         assert torch.equal(one[name], two[name]), name
-    for name in ("grad_words", "loss", "grad_a", "grad_b"):
+    for name in ("loss", "grad_a", "grad_b"):
         assert_close(two[name], one[name], rtol=1e-12, atol=1e-14, msg=name)
 
 
@@ -130,12 +132,56 @@ assert all(torch.equal(x, scores) for x in out[6:]), "word_region_scores"
 
 
 def test_calls_on_the_inter_op_pool_do_not_deadlock(tmp_path):
-    import subprocess
-    import sys
-
     # in a child process, so that a deadlock fails this test instead of hanging the suite; from a
     # file, which TorchScript needs for the source
     script = tmp_path / "forked_calls.py"
     script.write_text(FORKED_CALLS)
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# Both ops, forward and backward, called again and again in a fresh process at a fixed thread count.
+# float32, ragged captions whose 60 x up to 11 words fill two caption blocks of 256 (the second one
+# partly), 13 images; InfoNCE with 1000 rows against 1100 columns, some of one class, in tiles of 256
+# (the last ones partial). The first call counts too: the pool's threads run their first items then.
+REPEATED_CALLS = """
+import sys
+import torch
+from tgfr.ops import info_nce, word_region_scores
+
+threads, calls = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+gen = torch.Generator().manual_seed(15)
+words, regions = torch.randn(60, 11, 24, generator=gen), torch.randn(13, 49, 24, generator=gen)
+mask = torch.arange(11)[None, :] < torch.randint(1, 12, (60,), generator=gen)[:, None]
+upstream = torch.randn(13, 60, generator=gen)
+a = torch.nn.functional.normalize(torch.randn(1000, 16, generator=gen), dim=1)
+b = torch.nn.functional.normalize(torch.randn(1100, 16, generator=gen), dim=1)
+temperature, class_ids = torch.tensor(0.1), torch.randint(0, 900, (1100,), generator=gen)
+
+
+def outputs():
+    w, r = words.clone().requires_grad_(), regions.clone().requires_grad_()
+    scores = word_region_scores(w, r, mask, backend="cpp")
+    scores.backward(upstream)
+    aa, bb, t = a.clone().requires_grad_(), b.clone().requires_grad_(), temperature.clone().requires_grad_()
+    loss = info_nce(aa, bb, t, class_ids, offset=50, backend="cpp")
+    loss.backward()
+    return {"scores": scores, "grad_words": w.grad, "grad_regions": r.grad, "loss": loss, "grad_a": aa.grad,
+            "grad_b": bb.grad, "grad_temperature": t.grad}
+
+
+first = outputs()
+differing = {name for _ in range(calls - 1) for name, value in outputs().items() if not torch.equal(value, first[name])}
+print(sorted(differing))
+"""
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_repeated_calls_give_the_same_bits(tmp_path, threads):
+    script = tmp_path / "repeated_calls.py"
+    script.write_text(REPEATED_CALLS)
+    result = subprocess.run([sys.executable, str(script), str(threads), "8"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", f"outputs that differ between calls on {threads} threads: {result.stdout}"

@@ -102,6 +102,36 @@ def test_cuda_sources_exist():
     assert {"word_region_cuda.cu", "info_nce_cuda.cu"} <= names
 
 
+# an atomic read-modify-write (atomicAdd, ATen's gpuAtomicAdd / fastAtomicAdd, atomicCAS, ...)
+ATOMIC_CALL = re.compile(r"\b\w*[aA]tomic[A-Z]\w*\s*\(")
+COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+ALERT = "alertNotDeterministic("
+
+
+def atomics_without_alert(source_text: str) -> list[str]:
+    """The atomic calls of a CUDA source that never calls at::globalContext().alertNotDeterministic:
+    their additions land in the order the threads run, so the results vary run to run, and PyTorch's
+    convention is an error under torch.use_deterministic_algorithms(True)."""
+    code = COMMENT.sub("", source_text)
+    return [] if ALERT in code else ATOMIC_CALL.findall(code)
+
+
+def test_atomics_without_alert_are_found():
+    atomic = "__global__ void k(float* x) { atomicAdd(x, 1.f); gpuAtomicAdd(x + 1, 2.f); }\n"
+    assert atomics_without_alert(atomic) == ["atomicAdd(", "gpuAtomicAdd("]
+    alerted = 'void launch() { at::globalContext().alertNotDeterministic("k"); }\n' + atomic
+    assert atomics_without_alert(alerted) == []
+    assert atomics_without_alert("// no atomicAdd(x) here\nstd::atomic<int> n; /* atomicCAS( */\n") == []
+
+
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
+def test_cuda_sources_follow_the_determinism_convention(source):
+    # the kernels sum in a fixed order (outputs owned by one thread block, GEMMs through ATen, whose
+    # cuBLAS calls check CUBLAS_WORKSPACE_CONFIG under use_deterministic_algorithms); atomics would
+    # need the alert
+    assert atomics_without_alert(source.read_text()) == [], source.name
+
+
 def test_setup_embeds_ptx_of_the_newest_arch():
     flags = SETUP.gencode_flags(["80", "90a"])
     pairs = [flags[i + 1] for i in range(0, len(flags), 2)]

@@ -154,6 +154,44 @@ def test_word_region_rejects_bad_tiles():
         kernels.word_region_scores_forward(words, regions, mask, 4.0, 5.0, 1e-8, block_d=6)
 
 
+class _LaunchRecorder:
+    """Stands in for a Triton kernel: records the grid of every launch, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+def test_word_region_backward_under_deterministic_algorithms(monkeypatch):
+    # grad_words takes atomic adds from every image's programs, in whatever order they run; under
+    # torch.use_deterministic_algorithms(True) each image gets a launch of its own, whose programs own
+    # disjoint caption blocks, so the adds come in image order. Otherwise one launch for all images.
+    from tgfr.kernels import word_region as module
+
+    shape = (3, 5, 4, 7, 16)
+    gen = torch.Generator().manual_seed(17)
+    words, regions, mask = _word_region_inputs(shape, gen)
+    upstream = torch.randn(shape[0], shape[1], generator=gen, dtype=torch.float64)
+    expected = _reference_word_region(words, regions, mask, upstream)
+    launches = _LaunchRecorder(module._scores_backward_kernel)
+    monkeypatch.setattr(module, "_scores_backward_kernel", launches)
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        deterministic = _run_word_region(words, regions, mask, upstream, caps=2, block_d=8, caption_groups=2)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    assert launches.grids == [(1, 2)] * 3
+    for got, want in zip(deterministic, expected):
+        _close(got, want, rtol=1e-10, atol=1e-12)
+    launches.grids.clear()
+    _run_word_region(words, regions, mask, upstream, caps=2, block_d=8, caption_groups=2)
+    assert launches.grids == [(3, 2)]
+
+
 # --------------------------------------------------------------------------- InfoNCE
 
 

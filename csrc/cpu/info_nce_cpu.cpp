@@ -5,8 +5,9 @@
 // kBlock x kBlock, each one GEMM into a per-worker buffer (parallel.h: one parallel region,
 // blocks handed out one at a time, single-threaded GEMMs).
 //  - Forward: an item is a row block with all its column tiles, so its rows' online
-//    (running max, running sum) log-sum-exps have one writer; the positives' column statistics
-//    are kept per worker and merged after the region.
+//    (running max, running sum) log-sum-exps have one writer; its part of the positives' column
+//    statistics is a partial result, merged into the total in row-block order
+//    (for_each_item_in_order), so that the loss does not follow the threads' timing.
 //  - Backward: the tiles are recomputed from the saved log-sum-exps (as Inf-CL does), twice: once
 //    by row blocks for grad_a, once by column blocks for grad_b, so that every gradient row has
 //    one writer without per-worker copies of grad_b or a barrier between tiles.
@@ -133,16 +134,28 @@ Problem<scalar_t> make_problem(const Workers& threads, const at::Tensor& a, cons
           tile_side(B, threads.count(B))};
 }
 
-// Running (max, sum of exp(x - max)) of a log-sum-exp.
+// Running (max, sum of exp(x - max)) of n log-sum-exps.
 template <typename scalar_t>
 struct RunningLse {
   std::vector<scalar_t> max, sum;
-  explicit RunningLse(int64_t n) : max(n, -std::numeric_limits<scalar_t>::infinity()), sum(n, 0) {}
+  explicit RunningLse(int64_t n) : max(n), sum(n) { clear(); }
+  // every log-sum-exp back to that of no value
+  void clear() {
+    std::fill(max.begin(), max.end(), -std::numeric_limits<scalar_t>::infinity());
+    std::fill(sum.begin(), sum.end(), scalar_t(0));
+  }
   // new_max >= max[i] is the running max with the part included; part_sum is the part's sum of
   // exp(x - shift), shift = finite_shift(new_max)
   void add(int64_t i, scalar_t new_max, scalar_t shift, scalar_t part_sum) {
     sum[i] = sum[i] * std::exp(max[i] - shift) + part_sum;
     max[i] = new_max;
+  }
+  // includes the values of other's log-sum-exps
+  void merge(const RunningLse& other) {
+    for (size_t i = 0; i < max.size(); ++i) {
+      const scalar_t new_max = max_of(max[i], other.max[i]), shift = finite_shift(new_max);
+      add(i, new_max, shift, other.sum[i] * std::exp(other.max[i] - shift));
+    }
   }
 };
 
@@ -163,14 +176,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor
     const int64_t M = problem.M, n_row_blocks = problem.blocks(B), n_col_blocks = problem.blocks(M);
     const int64_t n_workers = threads.count(n_row_blocks);
     RunningLse<scalar_t> rows_lse(B);
-    // the positives' column statistics, one copy per worker (index k = column offset + k)
-    std::vector<RunningLse<scalar_t>> cols_lse(n_workers, RunningLse<scalar_t>(symmetric ? B : 0));
+    // the positives' column statistics (index k = column offset + k): the total, and a row block's part
+    RunningLse<scalar_t> cols_lse(symmetric ? B : 0);
+    auto make_part = [&] { return RunningLse<scalar_t>(symmetric ? B : 0); };
+    auto fold_part = [&](const RunningLse<scalar_t>& part) { cols_lse.merge(part); };
     std::vector<TileBuffers> worker_buffers;
     for (int64_t w = 0; w < n_workers; ++w) worker_buffers.emplace_back(lse_rows.options());
 
-    threads.for_each_item(n_row_blocks, [&](int64_t worker, int64_t row_block) {
+    threads.for_each_item_in_order(n_row_blocks, make_part, [&](int64_t worker, int64_t row_block,
+                                                                RunningLse<scalar_t>& col_lse) {
       auto& buf = worker_buffers[worker];
-      auto& col_lse = cols_lse[worker];
+      col_lse.clear();
       const int64_t i0 = row_block * problem.block, rows = std::min(problem.block, B - i0);
       std::vector<scalar_t> new_row_max(rows), row_shift(rows), new_col_max, col_shift;
       for (int64_t col_block = 0; col_block < n_col_blocks; ++col_block) {
@@ -204,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor
           for (int64_t c = c0; c < c1; ++c) tile_col_sum[c] += by_col[r * kBlock + c];
         for (int64_t c = c0; c < c1; ++c) col_lse.add(j0 + c - offset, new_col_max[c], col_shift[c], tile_col_sum[c]);
       }
-    });
+    }, fold_part);
 
     // loss = mean over rows (and the positives' columns) of (lse - positive logit)
     const scalar_t* pa = problem.a.data_ptr<scalar_t>();
@@ -217,12 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward(const at::Tensor
       const scalar_t positive = array_dot(pa + i * D, pb + (offset + i) * D, D) * problem.inv_temperature;
       total += lr[i] - positive;
       if (!symmetric) continue;
-      // merge the workers' statistics of column offset + i
-      scalar_t max = -std::numeric_limits<scalar_t>::infinity(), sum = 0;
-      for (const auto& part : cols_lse) max = max_of(max, part.max[i]);
-      const scalar_t shift = finite_shift(max);
-      for (const auto& part : cols_lse) sum += part.sum[i] * std::exp(part.max[i] - shift);
-      const scalar_t lse = shift + std::log(sum);
+      const scalar_t lse = finite_shift(cols_lse.max[i]) + std::log(cols_lse.sum[i]);
       lse_cols.data_ptr<scalar_t>()[i] = lse;
       total += lse - positive;
     }

@@ -26,6 +26,10 @@
 // against F.cross_entropy 5.5 s; in an A/B before this change, 31 s against 14 s at B=64. CPU
 // time per B=64 step is about 1 s, busy or not (before: 2.4-7.9 s, mostly spinning), of which
 // the GEMMs alone are 0.67 s (benchmarks/gemm_floor.py).
+//
+// Which thread runs an item, and when, must not change a result: an item writes outputs of its own
+// only, or a partial result that for_each_item_in_order folds into a total in item order. So a
+// kernel gives the same bits run to run at a given thread count.
 
 #pragma once
 
@@ -38,6 +42,10 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 // MKL's per-thread thread count, the C entry point behind mkl_service.h's mkl_set_num_threads_local
 // (the lower-case symbol itself is the Fortran one, taking a pointer), and OpenMP's per-thread
@@ -53,9 +61,14 @@ namespace tgfr::cpu {
 // calls on this thread use this thread alone.
 class SingleThreadedOps {
  public:
-  SingleThreadedOps()
-      : previous_blas_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0),
-        previous_omp_(omp_get_max_threads ? omp_get_max_threads() : 0) {
+  SingleThreadedOps() {
+    // ATen sets a thread's OpenMP and MKL thread counts to its own on the thread's first parallel
+    // op (at::internal::lazy_init_num_threads, with its flag in libtorch, where get_num_threads
+    // runs it). Done here first: on a pool thread's first item it undid the settings below
+    // halfway through, and the item's later GEMMs forked teams and summed in another order.
+    at::get_num_threads();
+    previous_blas_ = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+    previous_omp_ = omp_get_max_threads ? omp_get_max_threads() : 0;
     if (omp_set_num_threads) omp_set_num_threads(1);
   }
   ~SingleThreadedOps() {
@@ -110,6 +123,62 @@ struct ItemQueue {
   }
 };
 
+// The partial results of items, folded into a total in item order whatever order the items finish
+// in. A worker takes a partial (a free one, or a new one from make), fills it for its item and hands
+// it back with finish; the thread that hands back the item next due folds it, and after it every
+// later item already handed back, while the other threads go on with new items. A partial is reused
+// once folded, so there are about as many as items in flight, plus those finished ahead of one that
+// is slow (on a loaded machine; all n_items at worst).
+template <typename Partial>
+class InOrderFold {
+ public:
+  explicit InOrderFold(int64_t n_items) : finished_(static_cast<size_t>(n_items)) {}
+
+  template <typename Make>
+  Partial take(const Make& make) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        Partial partial = std::move(free_.back());
+        free_.pop_back();
+        return partial;
+      }
+    }
+    return make();
+  }
+
+  template <typename Fold>
+  void finish(int64_t item, Partial partial, const Fold& fold) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    finished_[item] = std::move(partial);
+    if (folding_) return;  // the thread folding reaches this item, or stops at an earlier one not yet back
+    folding_ = true;
+    while (next_ < static_cast<int64_t>(finished_.size()) && finished_[next_]) {
+      Partial due = std::move(*finished_[next_]);
+      finished_[next_].reset();
+      lock.unlock();
+      try {
+        fold(due);
+      } catch (...) {  // the call fails; items after this one are never folded
+        lock.lock();
+        folding_ = false;
+        throw;
+      }
+      lock.lock();
+      free_.push_back(std::move(due));
+      ++next_;
+    }
+    folding_ = false;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::optional<Partial>> finished_;  // handed back, not yet folded
+  std::vector<Partial> free_;
+  int64_t next_ = 0;      // the item due to be folded
+  bool folding_ = false;  // a thread is folding
+};
+
 }  // namespace detail
 
 // The threads of one kernel call. Constructed at the kernel's entry, it remembers how many
@@ -155,6 +224,26 @@ class Workers {
       queue->all_done.wait(lock, [&] { return queue->done == n_items; });
     }
     if (queue->error) std::rethrow_exception(queue->error);
+  }
+
+  // for_each_item for items that each contribute to a sum (a gradient several items add to, a
+  // log-sum-exp over all of them): work(worker, item, partial) fills a partial result of the item,
+  // overwriting all of it (it may hold an earlier item's), and fold(partial) adds one to the total.
+  // fold sees the partials in item order, one at a time, whichever threads ran the items: summing
+  // them as they arrived would make the result follow the threads' timing, since floating-point
+  // addition is not associative, and differ run to run. make_partial() makes a partial when none
+  // is free (detail::InOrderFold). The total is the same whichever workers ran the items, and
+  // however many there were.
+  template <typename MakePartial, typename Work, typename Fold>
+  void for_each_item_in_order(int64_t n_items, const MakePartial& make_partial, const Work& work,
+                              const Fold& fold) const {
+    using Partial = std::invoke_result_t<MakePartial>;
+    detail::InOrderFold<Partial> partials(n_items);
+    for_each_item(n_items, [&](int64_t worker, int64_t item) {
+      Partial partial = partials.take(make_partial);
+      work(worker, item, partial);
+      partials.finish(item, std::move(partial), fold);
+    });
   }
 
  private:

@@ -8,9 +8,10 @@
 // tile's forward. The attended region features C = A R are never formed: everything the
 // cosines and their gradients need from C goes through the image's Gram matrix G = R R^T
 // ([N, N], computed once per image), which makes those products N/D as large and saves the
-// backward's dA = dC R^T product altogether (see backward_tile). In the backward a thread
-// takes whole images, so it alone writes their region gradients, and keeps a private word
-// gradient, summed at the end. Threads: see parallel.h.
+// backward's dA = dC R^T product altogether (see backward_tile). In the backward an item is a
+// whole image, so one thread alone writes its region gradient; its share of the word gradient
+// is a partial result, folded into the total in image order (parallel.h: for_each_item_in_order).
+// Threads: see parallel.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -90,7 +91,6 @@ struct TileBuffers {
   at::Tensor attention_gram;  // [rows, N]: H = A G, then diag(beta) A in the backward
   at::Tensor grad_logits;     // [rows, N], backward only: dA, then dP, then dS, then dS + diag(alpha) A
   at::Tensor region_gram_grad;  // [N, N], backward only: sum over the image's tiles of A^T diag(beta) A
-  at::Tensor grad_words;        // [valid words, D], backward only: this worker's share of the word gradient
   std::vector<scalar_t> column;  // [N]: a per-caption column statistic
   std::vector<scalar_t> cosine;  // [rows]
   std::vector<scalar_t> context_norm;
@@ -107,7 +107,6 @@ struct TileBuffers {
     if (backward) {
       grad_logits = at::empty({rows, N}, options);
       region_gram_grad = at::empty({N, N}, options);
-      grad_words = at::zeros_like(problem.packed.words);
       grad_cross.resize(rows);
       grad_context.resize(rows);
       image_scores.resize(problem.packed.first_row.size() - 1);
@@ -195,8 +194,9 @@ void forward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf, 
 }
 
 // Backward of the tile forward_tile just filled: adds the tile's share to grad_region [N, D]
-// (all but the part through |c|, which buf.region_gram_grad collects for the whole image),
-// and to the packed word gradient grad_words [valid words, D].
+// (all but the part through |c|, which buf.region_gram_grad collects for the whole image), and
+// writes the image's share of the gradient of the block's words into their rows of grad_words
+// [valid words, D].
 //
 // With dcos_t from eq. 5, alpha_t = dcos_t / (|w_t||c_t|), beta_t = dcos_t cos_t / |c_t|^2 and
 // delta_t = dcos_t cos_t / |w_t|^2 (alpha_t = dcos_t / eps, beta_t = delta_t = 0 where the eps
@@ -238,10 +238,11 @@ void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf,
         buf.grad_cross[r] = grad_cos / norms;
         buf.grad_context[r] = grad_cos * cosine / (context_norm * context_norm);
         const scalar_t grad_word = grad_cos * cosine / (word_norm * word_norm);
-        for (int64_t d = 0; d < D; ++d) dw[r * D + d] -= grad_word * w[r * D + d];
+        for (int64_t d = 0; d < D; ++d) dw[r * D + d] = -grad_word * w[r * D + d];
       } else {  // the clamp max(|w||c|, eps) is active: cos = <w, c> / eps
         buf.grad_cross[r] = grad_cos / problem.eps;
         buf.grad_context[r] = 0;
+        std::fill(dw + r * D, dw + (r + 1) * D, scalar_t(0));
       }
     }
   }
@@ -279,21 +280,24 @@ void backward_tile(const Problem<scalar_t>& problem, TileBuffers<scalar_t>& buf,
   grad_region.addmm_(grad_logits.t(), words);
 }
 
-// Calls work(item, buffers) for every item in [0, n_items) as Workers::for_each_item does,
-// each worker with its own buffers, made on its first item. Returns the workers' buffers.
-template <typename scalar_t, typename Work>
-std::vector<std::unique_ptr<TileBuffers<scalar_t>>> for_each_tile_item(const Workers& threads,
-                                                                        const Problem<scalar_t>& problem,
-                                                                        int64_t n_items, bool backward,
-                                                                        const Work& work) {
-  std::vector<std::unique_ptr<TileBuffers<scalar_t>>> workers(threads.count(n_items));
-  threads.for_each_item(n_items, [&](int64_t worker, int64_t item) {
-    auto& buf = workers[worker];
-    if (!buf) buf = std::make_unique<TileBuffers<scalar_t>>(problem, backward);
-    work(item, *buf);
-  });
-  return workers;
-}
+// The tile buffers of the workers of a call over n_items items, each made on its worker's first item.
+template <typename scalar_t>
+class WorkerBuffers {
+ public:
+  WorkerBuffers(const Workers& threads, const Problem<scalar_t>& problem, int64_t n_items, bool backward)
+      : problem_(problem), backward_(backward), buffers_(threads.count(n_items)) {}
+
+  TileBuffers<scalar_t>& operator[](int64_t worker) {
+    auto& buf = buffers_[worker];
+    if (!buf) buf = std::make_unique<TileBuffers<scalar_t>>(problem_, backward_);
+    return *buf;
+  }
+
+ private:
+  const Problem<scalar_t>& problem_;
+  const bool backward_;
+  std::vector<std::unique_ptr<TileBuffers<scalar_t>>> buffers_;
+};
 
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const Workers& threads, const PackedCaptions& packed, const at::Tensor& regions,
@@ -332,9 +336,10 @@ at::Tensor word_region_scores_forward(const at::Tensor& words, const at::Tensor&
     const auto problem = make_problem<scalar_t>(threads, packed, regions, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     scalar_t* out = scores.data_ptr<scalar_t>();
-    for_each_tile_item(threads, problem, B_v * n_blocks, /*backward=*/false, [&](int64_t item, TileBuffers<scalar_t>& buf) {
+    WorkerBuffers<scalar_t> buffers(threads, problem, B_v * n_blocks, /*backward=*/false);
+    threads.for_each_item(B_v * n_blocks, [&](int64_t worker, int64_t item) {
       const int64_t image = item / n_blocks;
-      forward_tile(problem, buf, image, item % n_blocks, out + image * B_t);
+      forward_tile(problem, buffers[worker], image, item % n_blocks, out + image * B_t);
     });
   });
   return scores.to(words.scalar_type());
@@ -351,30 +356,28 @@ std::tuple<at::Tensor, at::Tensor> word_region_scores_backward(
   const auto packed = pack_captions(words, word_mask);
   const auto grad_scores_acc = grad_scores.to(packed.words.scalar_type()).contiguous();
   auto grad_regions = at::empty({B_v, N, D}, packed.words.options());  // zeroed image by image
-  at::Tensor grad_packed_words;
+  const auto grad_packed_words = at::zeros_like(packed.words);
   AT_DISPATCH_FLOATING_TYPES(packed.words.scalar_type(), "word_region_scores_backward_cpu", [&] {
     const auto problem = make_problem<scalar_t>(threads, packed, regions, gamma1, gamma2, eps);
     const int64_t n_blocks = static_cast<int64_t>(packed.block_start.size()) - 1;
     const scalar_t* grad_out = grad_scores_acc.data_ptr<scalar_t>();
-    // an item is one image with all its caption blocks, so that its region gradient has one writer
-    const auto workers = for_each_tile_item(threads, problem, B_v, /*backward=*/true, [&](int64_t image, TileBuffers<scalar_t>& buf) {
-      const auto grad_region = grad_regions[image].zero_();
-      buf.region_gram_grad.zero_();
-      for (int64_t block = 0; block < n_blocks; ++block) {
-        forward_tile(problem, buf, image, block, buf.image_scores.data());
-        backward_tile(problem, buf, image, block, buf.image_scores.data(), grad_out + image * B_t, grad_region,
-                      buf.grad_words);
-      }
-      grad_region.addmm_(buf.region_gram_grad, problem.regions[image], 1, -1);
-    });
-    for (const auto& worker : workers) {
-      if (!worker) continue;
-      if (grad_packed_words.defined()) {
-        grad_packed_words.add_(worker->grad_words);
-      } else {
-        grad_packed_words = worker->grad_words;
-      }
-    }
+    WorkerBuffers<scalar_t> buffers(threads, problem, B_v, /*backward=*/true);
+    // an item is one image with all its caption blocks, so that its region gradient has one writer;
+    // its share of the word gradient, which every image adds to, is its partial result
+    threads.for_each_item_in_order(
+        B_v, [&] { return at::empty_like(packed.words); },
+        [&](int64_t worker, int64_t image, at::Tensor& image_grad_words) {
+          auto& buf = buffers[worker];
+          const auto grad_region = grad_regions[image].zero_();
+          buf.region_gram_grad.zero_();
+          for (int64_t block = 0; block < n_blocks; ++block) {
+            forward_tile(problem, buf, image, block, buf.image_scores.data());
+            backward_tile(problem, buf, image, block, buf.image_scores.data(), grad_out + image * B_t, grad_region,
+                          image_grad_words);
+          }
+          grad_region.addmm_(buf.region_gram_grad, problem.regions[image], 1, -1);
+        },
+        [&](const at::Tensor& image_grad_words) { grad_packed_words.add_(image_grad_words); });
   });
   auto grad_words = packed.all_valid
                         ? grad_packed_words
