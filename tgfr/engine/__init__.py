@@ -14,6 +14,7 @@ from .loop import (
     Engine,
     EngineSettings,
     Epoch,
+    Optimizers,
     ResumeError,
     RunExistsError,
     Stage,
@@ -26,6 +27,6 @@ from .loop import (
 
 __all__ = [
     "CHECKPOINT_NAME", "CONFIG_NAME", "LOG_NAME", "CheckpointError", "Distributed", "DistributedConfig", "Engine",
-    "EngineSettings", "Epoch", "ResumeError", "RunExistsError", "Stage", "StageRunner", "Training",
+    "EngineSettings", "Epoch", "Optimizers", "ResumeError", "RunExistsError", "Stage", "StageRunner", "Training",
     "TrainingInterrupted", "checkpoint_path", "epoch_seed", "load_weights", "read_checkpoint", "resolve_device",
 ]

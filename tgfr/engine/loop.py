@@ -104,6 +104,33 @@ class Epoch:
     ranks: Distributed
 
 
+class Optimizers:
+    """Several optimizers stepped as one, for a stage whose parameters train under different rules
+    (Adam for a fusion module, SGD for its ArcFace head); what the engine uses of an optimizer."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+
+
 class Stage:
     """One stage of a run: what it trains, with which optimizer, its batches and its loss.
 
@@ -113,7 +140,7 @@ class Stage:
 
     name: str
     epochs: int
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | Optimizers
 
     def modules(self) -> list[nn.Module]:
         """Every module whose parameters this stage trains (what DDP wraps)."""

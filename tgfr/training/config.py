@@ -23,6 +23,7 @@ from ..ops import BACKENDS
 
 VIEWS = (*QUALITY_LEVELS, MIXED)
 ALIGN_OBJECTIVES = ("fcam", "id", "cgfr")
+FUSION_OPTIMIZERS = ("adam", "sgd")
 ALIGN_OPTIMIZERS = ("adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 # a device named with its index
@@ -145,11 +146,21 @@ class AlignStepConfig:
 @dataclass
 class FusionStepConfig(SGDStepConfig):
     """Step 2: the fusion heads named in ``modes`` (FCFM is ``"tgfr"``), each with its own ArcFace
-    head (SGD), everything else frozen."""
+    head, everything else frozen.
+
+    The ArcFace heads train with the step's SGD (``lr``, ``momentum``, ``weight_decay``). The fusion
+    heads train with ``fusion_optimizer``: ``"adam"`` (the authors' code) at ``fusion_lr`` with L2
+    decay ``fusion_weight_decay``, or ``"sgd"``, the ArcFace heads' SGD. Both are divided by 10 at
+    ``lr_milestones``. At SGD 0.1 with momentum 0.9 the FCFM collapses (every fused embedding
+    along one direction, docs/training.md); under Adam it does not.
+    """
 
     qualities: list[str] = _views(["normal", "mixed"])
     batch_size: int = setting(64, ge=2)
     modes: list[str] = setting(["tgfr", "flf"], choices=FUSION_MODES)
+    fusion_optimizer: str = setting("adam", choices=FUSION_OPTIMIZERS)
+    fusion_lr: float = setting(1e-3, gt=0)
+    fusion_weight_decay: float = setting(5e-5, ge=0)
 
     def validate(self) -> None:
         super().validate()

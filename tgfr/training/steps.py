@@ -6,7 +6,8 @@
   the caption encoder has its own learning rate), or a baseline's caption objective
   (:mod:`tgfr.training.objectives`); gradient caching with ``align.grad_cache_chunk``.
 * :class:`FusionStep`: the fusion heads of ``fusion.modes`` (FCFM, FLF, CGFR-style), each with its
-  own ArcFace head (SGD, learning rate divided by 10 at the configured epochs).
+  own ArcFace head; the heads on Adam (or SGD), the ArcFace heads on SGD, learning rates divided by 10
+  at the configured epochs.
 
 The caption steps read the frozen face encoder's outputs from the on-disk cache when
 ``cache_frozen_features`` is set (:mod:`tgfr.training.features`), and draw one caption per
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine import Epoch, Stage, StageRunner
+from ..engine import Epoch, Optimizers, Stage, StageRunner
 from ..losses import InfoNCELoss, WordRegionLoss
 from ..models.heads import ArcFaceHead
 from ..models.tgfr import TGFRModel
@@ -256,7 +257,8 @@ class AlignStep(CaptionStep):
 
 
 class FusionStep(CaptionStep):
-    """Step 2: the fusion heads of ``fusion.modes``, each under its own ArcFace head, SGD."""
+    """Step 2: the fusion heads of ``fusion.modes``, each under its own ArcFace head (SGD); the fusion
+    heads on ``fusion.fusion_optimizer``."""
 
     name = "fusion"
 
@@ -272,7 +274,12 @@ class FusionStep(CaptionStep):
         return [self.model.fusion_module(mode) for mode in self.settings.modes]
 
     def build_optimizer(self):
-        return _sgd(self.trained_parameters() + list(self.heads.parameters()), self.settings)
+        s = self.settings
+        if s.fusion_optimizer == "sgd":
+            return _sgd(self.trained_parameters() + list(self.heads.parameters()), s)
+        fusion = torch.optim.Adam([{"params": self.trained_parameters(), "lr": s.fusion_lr, "base_lr": s.fusion_lr}],
+                                  weight_decay=s.fusion_weight_decay)
+        return Optimizers(fusion, _sgd(list(self.heads.parameters()), s))
 
     def loss(self, batch):
         feature, regions = self.frozen_image(batch)
