@@ -169,6 +169,19 @@ def test_study_smoke_writes_tables_and_figures_and_reuses_finished_runs(tmp_path
     assert not (out / "seed1").exists()
 
 
+def test_seeds_trained_in_parallel_processes_score_as_one_at_a_time(tmp_path, capsys):
+    # each worker is a spawned process; the runs are deterministic, so a seed scores the same either way
+    both = ["study", "--preset", "tiny", "--out", str(tmp_path / "both"), "runs=[tgfr]", "text_model=none", "jobs=2"]
+    assert cli.main([*both, "--seeds", "0", "1"]) == 0
+    alone = ["study", "--preset", "tiny", "--out", str(tmp_path / "alone"), "runs=[tgfr]", "text_model=none"]
+    assert cli.main([*alone, "--seeds", "1"]) == 0
+    capsys.readouterr()
+    for seed in (0, 1):
+        assert (tmp_path / "both" / f"seed{seed}" / "tgfr" / "timing.json").is_file()
+    assert json.loads((tmp_path / "both" / "seed1" / "tgfr" / "results.json").read_text()) == \
+        json.loads((tmp_path / "alone" / "seed1" / "tgfr" / "results.json").read_text())
+
+
 def test_study_usage_errors(capsys):
     with pytest.raises(SystemExit) as error:
         cli.main(["study", "--text-model", "/no/such/model"])

@@ -4,7 +4,7 @@
     tgfr train (--config FILE | --preset NAME) --out RUN [--dataset NAME --data-root ROOT] [--skip-bad]
                [--workers N] [--resume] [key=value ...]
     tgfr eval --model RUN [--out DIR] [--dataset NAME --data-root ROOT] [--levels LEVEL ...] [--modes MODE ...]
-    tgfr study [--preset quick|paper|tiny | --config FILE] [--out DIR] [--seeds N ...]
+    tgfr study [--preset quick|paper|tiny | --config FILE] [--out DIR] [--seeds N ...] [--jobs N]
                [--text-model PATH|minilm|none|auto] [--dataset NAME --data-root ROOT] [key=value ...]
     tgfr bench [args ...]
     tgfr xmodal train [--preset NAME | --config FILE] --out RUN [--dataset celeba-dialog --data-root ROOT]
@@ -129,7 +129,7 @@ def _add_config_source(command: argparse.ArgumentParser, presets, default: str |
 
 # The options that set config keys: option -> key (of the command's config)
 DATA_OPTIONS = {"dataset": "dataset", "data_root": "data_root", "workers": "num_workers", "skip_bad": "skip_bad"}
-STUDY_OPTIONS = {"seeds": "seeds", "text_model": "text_model",
+STUDY_OPTIONS = {"seeds": "seeds", "jobs": "jobs", "text_model": "text_model",
                  **{option: f"training.{key}" for option, key in DATA_OPTIONS.items()}}
 XMODAL_OPTIONS = {"dataset": "dataset", "data_root": "data_root", "skip_bad": "skip_bad"}
 
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", nargs="+", type=non_negative_int, metavar="N",
                        help="seeds (config key 'seeds'; default: the preset's; give key=value overrides before "
                             "--seeds)")
+    study.add_argument("--jobs", type=non_negative_int, metavar="N",
+                       help="seeds trained at once, each in a process of its own (config key 'jobs'; 0: one per "
+                            "CPU core; default: the preset's, quick 0, paper and tiny 1)")
     study.add_argument("--text-model", metavar="PATH",
                        help="transformer caption encoder of the BERT-FLF and CGFR rows (config key 'text_model'): "
                             "a local Hugging Face model directory, 'minilm', 'none' to skip those rows, or 'auto' "

@@ -1,6 +1,7 @@
 """What sizes of study exist: the study's config and its presets (data: a base training preset and changes)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -34,12 +35,14 @@ class StudyConfig:
     :data:`~tgfr.study.runs.RUN_NAMES` that the caption encoders allow; ``tgfr`` always, since the
     image-only and TGFR rows come from it), so that a study short of time trains what decides most first
     and adds the others later, reusing what finished. ``deviations`` from the paper's training are stated
-    in ``study.md``.
+    in ``study.md``. ``jobs`` seeds train at once, each in a process of its own (0: one per CPU core);
+    a run's training uses ``training.num_threads`` threads.
     """
 
     presets: ClassVar[dict[str, dict]]  # PRESETS, below
 
     seeds: list[int] = setting([0, 1, 2], ge=0)
+    jobs: int = setting(1, ge=0)
     text_model: str = setting("auto", choices=("auto", "minilm", "none"), also=HF_MODEL_DIRECTORY)
     transformer_text_lr: float | None = setting(None, ge=0)
     runs: list[str] = setting([], choices=RUN_NAMES)
@@ -59,6 +62,12 @@ class StudyConfig:
             raise ConfigError(f"is chosen per run by the study (text_model, or the BiLSTM); set text_model "
                               f"instead; got {self.training.model.text_encoder!r}", "training.model.text_encoder")
 
+    def resolved_jobs(self) -> int:
+        """How many seeds train at once: ``jobs``, or with 0 one per CPU core this process may use."""
+        if self.jobs:
+            return self.jobs
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
     def resolved_text_model(self) -> str | None:
         """The transformer the main runs share, or None when they share the BiLSTM."""
         if self.text_model == "auto":
@@ -77,6 +86,7 @@ PRESETS = {
     # fine-tunes it, which a CPU cannot do in minutes
     "quick": {
         "seeds": [0, 1, 2, 3, 4, 5],
+        "jobs": 0,
         "training": configs.merge(PAPER_TRAINING, CPU_STEPS, {
             "num_threads": 1, "progress": False,
             "data": {"num_identities": 250, "split_fractions": [0.24, 0.0, 0.76], "images_per_identity": 8,

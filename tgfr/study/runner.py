@@ -16,6 +16,8 @@ before training anything and names the runs and the keys that differ.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,32 +167,75 @@ def _score_run(checkpoint, modes, test, protocol) -> dict:
     return scored
 
 
-def run_study(out_dir, study: StudyConfig, name: str = "quick", log=print) -> dict[str, Path]:
-    """Train and score every run of ``study`` (called ``name`` in the report) for every seed, then write
-    the tables and figures."""
+def _train_seed(seed: int, face: TrainConfig, planned: list[PlannedRun], log=print) -> None:
+    """Train and score every run of one seed that has no result yet (its face encoder first)."""
     from ..evaluation import TestProtocol
     from ..training import train
+    from ..training.data import load_test_split
+
+    seed_dir = planned[0].directory.parent
+    _face_encoder(face, seed_dir, log)
+    test = load_test_split(face, seed_dir / "face")
+    protocol = TestProtocol.for_labels(test.labels)
+    for run in planned:
+        if not run.result_file.exists():
+            with _Timer(run.directory, f"seed {seed} {run.run.name}", log):
+                checkpoint = train(run.config, run.train_dir, resume=True)
+                scored = _score_run(checkpoint, run.run.modes, test, protocol)
+            write_text(run.result_file, json.dumps(scored) + "\n")  # its existence marks the run done
+
+
+def _train_seed_star(item) -> None:
+    _train_seed(*item)
+
+
+def _ignore_interrupts() -> None:
+    """A worker leaves Ctrl-C to the study, which stops every worker at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _train_seeds(seeds: list[int], faces: dict, planned: list[PlannedRun], jobs: int, log) -> None:
+    """Every seed's runs, ``jobs`` seeds at a time (each worker a process of its own). On Ctrl-C the
+    workers are stopped; what they finished (runs, and epochs: checkpoints are atomic) is kept."""
+    work = [(seed, faces[seed], [p for p in planned if p.seed == seed], log) for seed in seeds]
+    if jobs == 1 or len(work) == 1:
+        for item in work:
+            _train_seed(*item)
+        return
+    # spawned, not forked: a forked child would inherit the parent's thread pools and locks
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(work)), initializer=_ignore_interrupts)
+    try:
+        for _ in pool.imap_unordered(_train_seed_star, work):
+            pass
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        del pool  # its queues' semaphores are released now, not reported as leaked at exit
+
+
+def run_study(out_dir, study: StudyConfig, name: str = "quick", log=print) -> dict[str, Path]:
+    """Train and score every run of ``study`` (called ``name`` in the report) for every seed, ``study.jobs``
+    seeds at a time, then write the tables and figures."""
+    from ..evaluation import TestProtocol
     from ..training.data import load_test_split
 
     faces, planned, runs = plan(study, out_dir)  # every config checked before anything trains
     check_reusable(out_dir, faces, planned)
     out_dir = Path(out_dir)
+    first = study.seeds[0]
+    # the first seed's face encoder reads the data, alone: a dataset that cannot be used stops the study
+    # there, and its run directory (the study's too, when new) is removed again
+    _face_encoder(faces[first], out_dir / f"seed{first}", log)
+    configs.save(study, out_dir / CONFIG_NAME)
+    _train_seeds(list(study.seeds), faces, planned, study.resolved_jobs(), log)
     results: dict = {}
-    for seed in study.seeds:
-        seed_dir = out_dir / f"seed{seed}"
-        # the first seed's face encoder reads the data: a dataset that cannot be used stops the study there,
-        # and its run directory (the study's too, when new) is removed again
-        _face_encoder(faces[seed], seed_dir, log)
-        configs.save(study, out_dir / CONFIG_NAME)
-        test = load_test_split(faces[seed], seed_dir / "face")
-        protocol = TestProtocol.for_labels(test.labels)
-        for run in (p for p in planned if p.seed == seed):
-            if not run.result_file.exists():
-                with _Timer(run.directory, f"seed {seed} {run.run.name}", log):
-                    checkpoint = train(run.config, run.train_dir, resume=True)
-                    scored = _score_run(checkpoint, run.run.modes, test, protocol)
-                write_text(run.result_file, json.dumps(scored) + "\n")  # its existence marks the run done
-            results.setdefault(run.run.name, {})[seed] = json.loads(run.result_file.read_text())
+    for run in planned:
+        results.setdefault(run.run.name, {})[run.seed] = json.loads(run.result_file.read_text())
+    test = load_test_split(faces[first], out_dir / f"seed{first}" / "face")  # every seed's test set is as large
+    protocol = TestProtocol.for_labels(test.labels)
     main_lr = next(p.config.caption_lr for p in planned if p.run.name == "tgfr")
     encoder = f"{encoder_name(study.resolved_text_model())}, " + ("frozen" if main_lr == 0 else f"trained at {main_lr:g}")
     details = {"preset": name, **({"deviations": study.deviations} if study.deviations else {}),
