@@ -7,7 +7,7 @@ import multiprocessing
 import pytest
 import torch
 
-from tgfr.atomic import save_tensors, write_file, write_text
+from tgfr.atomic import read_cache, save_tensors, write_file, write_text
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
@@ -52,3 +52,13 @@ def test_processes_writing_one_path_at_once_all_succeed(tmp_path):
     final = json.loads(open(path).read())  # one writer's whole last file
     assert final["i"] == 99 and final["writer"] in (0, 1, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]
+
+
+def test_a_cache_that_cannot_be_used_reads_as_none(tmp_path):
+    path = tmp_path / "cache.pt"
+    assert read_cache(path, ["x"]) is None  # none yet
+    save_tensors({"x": torch.arange(3)}, path)
+    assert torch.equal(read_cache(path, ["x"])["x"], torch.arange(3))
+    assert read_cache(path, ["x", "y"]) is None  # written by another version: a key is missing
+    path.write_bytes(path.read_bytes()[:50])
+    assert read_cache(path, ["x"]) is None  # damaged

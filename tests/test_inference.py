@@ -166,6 +166,11 @@ def test_identify_ranks_the_gallery_and_caches_it(model, face_gallery):
     gallery = model.gallery(face_gallery)
     assert torch.equal(gallery.index("image").embeddings, model.embed(gallery.files, mode="image"))
     assert sorted((model.directory / "index").glob("gallery_*.pt")) == index_files  # reused, not rebuilt
+    # a damaged index file is rebuilt, not fatal: half of it, or bytes that are no index at all
+    for damaged in (index_files[0].read_bytes()[:100], b"not an index"):
+        index_files[0].write_bytes(damaged)
+        assert [m.name for m in model.identify(probe, face_gallery, top_k=3)] == [m.name for m in matches]
+        assert torch.load(index_files[0], weights_only=True).keys() >= {"embeddings", "names"}  # rewritten whole
     with pytest.raises(ValueError, match="larger than the gallery"):
         model.identify(probe, gallery, top_k=len(gallery) + 1)
 

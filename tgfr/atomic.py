@@ -40,3 +40,17 @@ def write_text(path, text: str) -> Path:
 def save_tensors(obj, path) -> Path:
     """Atomically replace ``path`` with ``torch.save(obj)`` (read back with ``weights_only=True``)."""
     return write_file(path, lambda f: torch.save(obj, f))
+
+
+def read_cache(path, keys) -> dict | None:
+    """What ``save_tensors`` wrote to the cache file ``path``, or None when there is none or it cannot be
+    used (damaged, or without one of ``keys``): a cache is rebuilt then, never trusted or fatal."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - whatever is wrong with the bytes, recomputing replaces them
+        return None
+    return state if isinstance(state, dict) and set(keys) <= state.keys() else None
+

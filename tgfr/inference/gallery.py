@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import save_tensors
+from ..atomic import read_cache, save_tensors
 from ..data.images import image_files, read_pixels
 from .captions import CAPTIONS_FILE, read_captions, require_captions
 
@@ -74,8 +74,8 @@ def cached_index(cache_dir, fingerprint, build: Callable[[], GalleryIndex]) -> t
     from ``cache_dir`` or built by ``build()`` and saved there. Returns ``(index, its file, whether reused)``."""
     key = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"gallery_{key}.pt"
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_cache(path, ("embeddings", "names", "identities", "images"))
+    if state is not None:
         return GalleryIndex(state["embeddings"], state["names"], state["identities"], state["images"].numpy()), \
             path, True
     index = build()

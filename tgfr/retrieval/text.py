@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..atomic import save_tensors
+from ..atomic import read_cache, save_tensors
 from ..models.text import HFTextEncoder, minilm_path
 
 
@@ -101,8 +101,8 @@ def cached_text_features(encoder_name: str, captions, cache_dir, max_tokens: int
     key = hashlib.sha256(json.dumps([str(resolve_text_encoder(encoder_name)), max_tokens, captions])
                          .encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"text_features_{key}.pt"
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_cache(path, ("sentences", "tokens", "mask", "captions"))
+    if state is not None:
         return TextFeatures(state["sentences"], state["tokens"], state["mask"],
                             {c: i for i, c in enumerate(state["captions"])})
     features = SentenceEncoder(encoder_name, max_tokens)(captions)
