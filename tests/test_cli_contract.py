@@ -378,3 +378,18 @@ def test_ctrl_c_in_a_training_keeps_its_last_checkpoint(tmp_path, argv, stops_in
     assert state["progress"]["epochs_done"] >= 1
     done = len((run / "log.jsonl").read_text().splitlines())
     assert done == state["progress"]["epochs_done"]  # the log and the checkpoint agree
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--preset", "smoke"],  # the parser's own error: --out is missing
+    ["train", "--preset", "smoke", "--out", "run", "align.optimizer=sgdd"],  # a config value
+])
+def test_under_torchrun_rank_0_alone_reports_a_mistake(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for rank, says in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert (err.count("error:") == 1) if says else err == "", (rank, err)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,18 @@ OUTPUT_FILE = "output file"  # a file the command writes, in an existing folder
 PATH_KINDS = (FILE, DIRECTORY, RUN, OUTPUT_DIRECTORY, NEW_DIRECTORY, OUTPUT_FILE)
 
 
+def first_rank() -> bool:
+    """Whether this process reports: under torchrun every rank runs the command, and rank 0 alone prints
+    (the others exit the same way, silently)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are one line on stderr and exit status 2 (its
     sub-command parsers are of this class too)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n" if first_rank() else None)
 
 
 @dataclass(frozen=True)

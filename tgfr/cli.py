@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -50,6 +49,7 @@ from .arguments import (
     RUN,
     ArgumentParser,
     PathArgument,
+    first_rank,
     non_negative_int,
     positive_float,
     positive_int,
@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _usage_error(command: str, message: str) -> SystemExit:
-    print(f"tgfr {command}: error: {message}", file=sys.stderr)
+    if first_rank():
+        print(f"tgfr {command}: error: {message}", file=sys.stderr)
     return SystemExit(2)
 
 
@@ -331,9 +332,8 @@ def _run_train(args) -> int:
     config = command_config(args)
     if args.resume:
         _require_run("train", args.out)
-    first_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone prints
-    checkpoint = train(config, args.out, resume=args.resume, log=print if first_rank else None)
-    if first_rank:
+    checkpoint = train(config, args.out, resume=args.resume, log=print if first_rank() else None)
+    if first_rank():
         print(f"checkpoint: {checkpoint}")
     return 0
 
@@ -599,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command + (f" {args.xmodal_command}" if args.command == "xmodal" else "")
         return COMMANDS[args.command](args)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, in any command: one line, exit status 130
-        print(f"{' '.join(['tgfr', command]).strip()}: {_interrupted(command, interrupt)}", file=sys.stderr)
+        if first_rank():
+            print(f"{' '.join(['tgfr', command]).strip()}: {_interrupted(command, interrupt)}", file=sys.stderr)
         raise SystemExit(130) from None
     except RunExistsError as error:
         raise _usage_error(command, f"{error.out_dir} already holds a run: add --resume to continue it, or choose "
