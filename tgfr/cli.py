@@ -350,8 +350,8 @@ def _run_eval(args) -> int:
         paths = evaluate_checkpoint(args.model, out, levels=args.levels, modes=args.modes,
                                     attention_examples=args.attention_examples, dataset=args.dataset,
                                     data_root=args.data_root, num_workers=args.workers)
-    except ValueError as error:  # a mode the run did not train, a damaged run, its data (DataError)
-        raise _usage_error("eval", str(error)) from error
+    except ConfigError as error:  # a mode the run did not train (a damaged run or its data: USER_ERRORS)
+        raise _config_error("eval", error, {"modes": "--modes"}) from error
     _print_report(paths)
     return 0
 

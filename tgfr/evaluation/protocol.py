@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..config import ConfigError
 from ..data import QUALITY_LEVELS, DataError, collate_face_captions, identification_split
 from ..engine import checkpoint_path, resolve_device
 from ..models import EMBED_MODES
@@ -230,7 +231,7 @@ def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=None, 
 
     The split comes from the run directory's ``split.json``; ``data_root`` reads the photos from
     another root than the one saved (the same dataset, moved); ``dataset``, when given, must be
-    the run's dataset. A mode the run did not train is a ValueError.
+    the run's dataset. A mode the run did not train is a :class:`~tgfr.config.ConfigError` (key ``modes``).
     """
     # training code imported on use: an exported model is evaluated and served without it
     from ..training import config_from_dict, read_checkpoint
@@ -243,8 +244,8 @@ def evaluate_checkpoint(checkpoint, out_dir, levels=QUALITY_LEVELS, modes=None, 
     modes = trained if modes is None else tuple(modes)
     untrained = [mode for mode in modes if mode not in trained]
     if untrained:
-        raise ValueError(f"the run in {checkpoint_path(checkpoint).parent} did not train mode(s) "
-                         f"{', '.join(untrained)}: its modes are {', '.join(trained)}")
+        raise ConfigError(f"names mode(s) {', '.join(untrained)} that the run in {checkpoint_path(checkpoint).parent} "
+                          f"did not train: its modes are {', '.join(trained)}", "modes")
     if dataset is not None and dataset != config.dataset:
         raise DataError(f"the checkpoint was trained on dataset {config.dataset!r}, not {dataset!r}")
     if data_root is not None and config.dataset == "synthetic":
