@@ -393,3 +393,46 @@ def test_under_torchrun_rank_0_alone_reports_a_mistake(argv, tmp_path, monkeypat
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert (err.count("error:") == 1) if says else err == "", (rank, err)
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"PPid:\t{pid}\n" in status.read_text():
+                found.add(int(status.parent.name))
+        except OSError:  # ended while listed
+            pass
+    return found
+
+
+@pytest.mark.parametrize("command", ["serve", "study"])
+def test_ctrl_c_stops_a_server_and_a_study_with_its_workers(command, tgfr_run, tmp_path):
+    """serve (uvicorn handles the signal first) and a study training two seeds in worker processes: one line,
+    exit 130, no worker left behind."""
+    if command == "serve":
+        argv, ready = ["serve", "--model", str(tgfr_run), "--port", "0"], lambda: "Ctrl-C stops it" in out.read_text()
+    else:
+        argv = ["study", "--preset", "tiny", "--out", str(tmp_path / "study"), "runs=[tgfr]", "text_model=none",
+                "--jobs", "2", "--seeds", "0", "1"]
+        ready = lambda: len(_children(process.pid)) >= 2 and (tmp_path / "study" / "seed1").is_dir()  # noqa: E731
+    out = tmp_path / "stdout"
+    with out.open("w") as stdout:
+        process = subprocess.Popen([sys.executable, "-m", "tgfr", *argv], stdout=stdout, stderr=subprocess.PIPE,
+                                   text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, preexec_fn=_default_sigint)
+        deadline = time.monotonic() + 240
+        while not ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None, process.stderr.read()
+        workers = _children(process.pid)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    lines = [line for line in err.strip().splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
+    assert process.returncode == 130 and len(lines) == 1 and f"tgfr {command}: interrupted" in lines[0], err
+    # the workers (and multiprocessing's resource tracker, which ends once its parent has) are gone within seconds
+    deadline = time.monotonic() + 20
+    while {pid for pid in workers if Path(f"/proc/{pid}").exists()} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in workers if Path(f"/proc/{pid}").exists()}
+    assert not left, f"outlived the study: {left}"

@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import config as configs
 from ..atomic import save_tensors, write_text
@@ -189,9 +191,11 @@ def _train_seed_star(item) -> None:
     _train_seed(*item)
 
 
-def _ignore_interrupts() -> None:
-    """A worker leaves Ctrl-C to the study, which stops every worker at once."""
+def _start_worker() -> None:
+    """A worker leaves Ctrl-C to the study, which stops every worker at once; its progress bars take a
+    thread lock, not tqdm's default process lock, whose semaphore a stopped worker would leave behind."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
 
 
 def _train_seeds(seeds: list[int], faces: dict, planned: list[PlannedRun], jobs: int, log) -> None:
@@ -203,7 +207,7 @@ def _train_seeds(seeds: list[int], faces: dict, planned: list[PlannedRun], jobs:
             _train_seed(*item)
         return
     # spawned, not forked: a forked child would inherit the parent's thread pools and locks
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(work)), initializer=_ignore_interrupts)
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(work)), initializer=_start_worker)
     try:
         for _ in pool.imap_unordered(_train_seed_star, work):
             pass
