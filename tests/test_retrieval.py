@@ -17,7 +17,7 @@ from tgfr.retrieval.evaluation import (
     expected_metrics,
     retrieval_metrics,
 )
-from tgfr.retrieval.loss import GRADES, active_grades, graded_mnrl
+from tgfr.retrieval.loss import GRADES, AttributeLoss, active_grades, graded_mnrl
 
 
 def _direct_mnrl(queries, columns, column_ids, scale):
@@ -406,3 +406,47 @@ def test_split_fractions_reach_the_synthetic_set_and_are_checked():
     assert load_config("tiny", ["split_fractions=[0.5, 0.2, 0.3]"]).synthetic().split_fractions == (0.5, 0.2, 0.3)
     with pytest.raises(ConfigError, match="split_fractions"):
         load_config("tiny", ["split_fractions=[0.5, 0.1, 0.1]"])
+
+
+def test_attribute_loss_is_the_mean_cross_entropy_of_the_attributes_each_photo_has():
+    seen = [{"beard": "full", "glasses": True, "hat": False}, {"beard": "none", "glasses": False, "hat": False},
+            {"beard": "goatee", "glasses": True, "hat": False}]
+    loss = AttributeLoss(seen, dim=6).double()
+    assert list(loss.classes) == ["beard", "glasses"]  # hat has one value: nothing to read
+    photos = [{"beard": "none", "glasses": True}, {"beard": "stubble", "glasses": False}, {"glasses": True}]
+    # an unseen value and a missing attribute leave that attribute out for that photo
+    assert loss.targets(photos).tolist() == [[loss.classes["beard"]["none"], 1], [-100, 0], [-100, 1]]
+    embeddings = torch.nn.functional.normalize(torch.randn(3, 6, dtype=torch.float64), dim=1).requires_grad_()
+    beard, glasses = (head(embeddings) for head in loss.heads)
+    expected = (torch.nn.functional.cross_entropy(beard[:1], torch.tensor([loss.classes["beard"]["none"]]))
+                + torch.nn.functional.cross_entropy(glasses, torch.tensor([1, 0, 1]))) / 2
+    value = loss(embeddings, photos)
+    torch.testing.assert_close(value, expected.to(value.dtype), rtol=1e-6, atol=1e-9)
+    value.backward()
+    assert embeddings.grad.abs().sum() > 0
+
+
+def test_a_run_with_the_attribute_loss_resumes_exactly(xmodal_run, tmp_path):
+    import shutil
+
+    from tgfr.retrieval.config import load_config
+    from tgfr.retrieval.train import read_run, train_xmodal
+
+    config = load_config("tiny", ["attribute_weight=1"])
+    runs = {name: tmp_path / name for name in ("killed", "straight")}
+    for run in runs.values():
+        run.mkdir()
+        for cache in [*xmodal_run.glob("tgfr_synthetic_*.npz"), *xmodal_run.glob("text_features_*.pt")]:
+            shutil.copy(cache, run / cache.name)
+
+    def killed_after_first_epoch(message):
+        raise KeyboardInterrupt(message)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_xmodal(config, runs["killed"], log=killed_after_first_epoch)
+    train_xmodal(config, runs["killed"], resume=True, log=lambda message: None)
+    train_xmodal(config, runs["straight"], log=lambda message: None)
+    resumed, straight = read_run(runs["killed"]), read_run(runs["straight"])
+    assert "attributes" in json.loads((runs["straight"] / "log.jsonl").read_text().splitlines()[-1])
+    for name, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -67,6 +67,8 @@ class XModalConfig:
     grade_starts: list[float] = setting([0.0, 0.2, 0.4], ge=0, le=1)
     composed_weight: float = setting(1.0, ge=0)
     baseline_weight: float = setting(1.0, ge=0)
+    # the true attributes read back from the face embedding (retrieval.loss.AttributeLoss); 0: off
+    attribute_weight: float = setting(0.0, ge=0)
     backend: str = setting("auto", choices=("auto", *BACKENDS))
     threads: int = setting(0, ge=0)
     progress: bool = True

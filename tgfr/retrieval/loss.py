@@ -24,6 +24,8 @@ the fine distinctions that in-batch negatives of random people rarely pose.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..models.precision import float32_island
 from ..ops import info_nce
@@ -71,3 +73,36 @@ def graded_mnrl(queries: torch.Tensor, positives: torch.Tensor, positive_ids: to
     temperature = torch.tensor(1.0 / scale, dtype=queries.dtype, device=queries.device)
     return info_nce(queries, torch.cat(columns), temperature, class_ids=torch.cat(ids), backend=backend,
                     offset=0, symmetric=False)
+
+
+class AttributeLoss(nn.Module):
+    """Read the true attributes of a face back from its unit retrieval embedding: one linear classifier per
+    attribute (every attribute with two values or more among ``attributes``), cross-entropy averaged over the
+    attributes, a photo without an attribute (or with a value not seen here) leaving it out.
+
+    An auxiliary signal (our option, ``attribute_weight``; the abstract is silent): MNRL alone lets the face
+    space keep whatever tells people apart, and what captions and change texts speak of (glasses, a beard, the
+    hair) need not be among it; the attribute read-outs ask the space to hold it.
+    """
+
+    def __init__(self, attributes: list[dict], dim: int):
+        super().__init__()
+        values: dict[str, set] = {}
+        for photo in attributes:
+            for name, value in photo.items():
+                values.setdefault(name, set()).add(value)
+        self.classes = {name: {v: i for i, v in enumerate(sorted(found, key=repr))}
+                        for name, found in sorted(values.items()) if len(found) > 1}
+        self.heads = nn.ModuleList(nn.Linear(dim, len(c)) for c in self.classes.values())
+
+    def targets(self, attributes: list[dict]) -> torch.Tensor:
+        """``[N, A]`` class indices of each photo's attributes, -100 where unknown."""
+        return torch.tensor([[classes.get(photo.get(name), -100) for name, classes in self.classes.items()]
+                             for photo in attributes], dtype=torch.long)
+
+    @float32_island
+    def forward(self, embeddings: torch.Tensor, attributes: list[dict]) -> torch.Tensor:
+        targets = self.targets(attributes).to(embeddings.device)
+        losses = [F.cross_entropy(head(embeddings), targets[:, a], ignore_index=-100)
+                  for a, head in enumerate(self.heads) if (targets[:, a] >= 0).any()]
+        return torch.stack(losses).mean() if losses else embeddings.sum() * 0

@@ -5,6 +5,7 @@ negatives (:class:`tgfr.retrieval.data.GradedBatches`), runs every face of the s
 through the encoder at once, and minimises
 
     MNRL(text -> face) + composed_weight * MNRL(reference + change -> face)
+    + attribute_weight * (true attributes read from the face embeddings)
     + baseline_weight * (CLIP-style InfoNCE + TGFR word-region loss)
 
 where the baseline heads see the face features with their gradient cut, so they are
@@ -28,7 +29,7 @@ from ..engine import read_checkpoint as read_run_checkpoint
 from ..ops import info_nce, word_region_loss
 from .config import XModalConfig
 from .data import GradedBatches, build_celeba_dialog_splits, build_retrieval_splits, images_to_tensor, state_ids
-from .loss import active_grades, graded_mnrl
+from .loss import AttributeLoss, active_grades, graded_mnrl
 from .models import XModalModel
 
 KIND, COMMAND = "xmodal", "tgfr xmodal train"
@@ -63,7 +64,8 @@ def build_model(config: XModalConfig, text_size: int) -> XModalModel:
                        text_head=config.text_head)
 
 
-def _batch_loss(model, config: XModalConfig, split, text, batch: dict) -> dict[str, torch.Tensor]:
+def _batch_loss(model, config: XModalConfig, split, text, batch: dict, attributes: AttributeLoss | None = None
+                ) -> dict[str, torch.Tensor]:
     """The loss terms of one step's text and composed queries (``batch``: their indices and negatives)."""
     faces, changes = split.faces, split.changes
     tb, cb = batch["text"], batch["composed"]
@@ -104,12 +106,18 @@ def _batch_loss(model, config: XModalConfig, split, text, batch: dict) -> dict[s
                                                           class_ids=ids, backend=config.backend)
     loss_word_region = image_to_caption + caption_to_image
     total = loss_text + config.composed_weight * loss_composed + config.baseline_weight * (loss_clip + loss_word_region)
-    return {"loss": total, "text": loss_text, "composed": loss_composed, "clip": loss_clip,
-            "word_region": loss_word_region}
+    terms = {"text": loss_text, "composed": loss_composed, "clip": loss_clip, "word_region": loss_word_region}
+    if attributes is not None:  # the text positives' and the change targets' true attributes
+        terms["attributes"] = attributes(torch.cat([embedded["text_pos"], embedded["target"]]),
+                                         [faces.attributes[i] for i in tb["photos"]] +
+                                         [changes.after_attributes[p] for p in cb["pairs"]])
+        total = total + config.attribute_weight * terms["attributes"]
+    return {"loss": total, **terms}
 
 
 class XModalStage(Stage):
-    """The one stage of an X-Modal run: the whole model, AdamW, a cosine learning rate per step."""
+    """The one stage of an X-Modal run: the whole model (and the attribute read-outs, when weighted), AdamW,
+    a cosine learning rate per step."""
 
     name = "xmodal"
 
@@ -117,13 +125,27 @@ class XModalStage(Stage):
         self.model, self.config, self.text = model, config, text
         self.batches = GradedBatches(split, config.seed)
         self.epochs = config.epochs
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.attributes = AttributeLoss(split.faces.attributes + split.changes.after_attributes, config.dim) \
+            if config.attribute_weight > 0 else None
+        self.optimizer = torch.optim.AdamW([p for m in self.modules() for p in m.parameters()], lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.steps = config.steps_per_epoch or max(1, len(self.batches.people) // config.batch_size)
         self.total_steps = max(1, config.epochs * self.steps)
         self.step, self.grades = 0, ()
 
     def modules(self):
-        return [self.model]
+        return [self.model] + ([self.attributes] if self.attributes is not None else [])
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.attributes is not None:
+            state["attributes"] = self.attributes.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.attributes is not None:
+            self.attributes.load_state_dict(state["attributes"])
 
     def _set_lr(self) -> None:
         """The learning rate of step ``self.step``: cosine decay from ``lr`` to 0 over the run."""
@@ -149,7 +171,7 @@ class XModalStage(Stage):
 
     def loss(self, batch):
         self.grades = batch["grades"]
-        return _batch_loss(self.model, self.config, self.batches.split, self.text, batch)
+        return _batch_loss(self.model, self.config, self.batches.split, self.text, batch, self.attributes)
 
     def after_optimizer_step(self) -> None:
         self.step += 1
