@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from tgfr import config as configs
-from tgfr.retrieval.config import load_config
+from tgfr.retrieval.config import XModalConfig, load_config
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "XMODAL_RESULTS.json"
@@ -87,7 +87,9 @@ def run_row(name: str, preset: str, overrides: list[str], work: Path, cold: bool
     if name in load_results():
         return load_results()[name]
     config = configs.dump(load_config(preset, [*overrides, "threads=1"]))
-    same = [row for row in load_results().values() if row["config"] == config and not cold]
+    # a row written before a config key existed ran with that key's default
+    defaults = configs.dump(XModalConfig())
+    same = [row for row in load_results().values() if {**defaults, **row["config"]} == config and not cold]
     if same:  # the same run under another name (the last change row is seed 0 of the preset)
         save_row(name, same[0])
         return same[0]
