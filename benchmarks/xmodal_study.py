@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from tgfr import config as configs
+from tgfr.atomic import write_text
 from tgfr.retrieval.config import XModalConfig, load_config
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +71,7 @@ def load_results() -> dict:
 def save_row(name: str, row: dict) -> None:
     results = load_results()  # reread: parallel rows finish in any order
     results[name] = row
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    write_text(RESULTS, json.dumps(results, indent=1) + "\n")  # whole or not at all: another process may read it
 
 
 def _child(argv: list[str], log) -> float:
