@@ -53,4 +53,3 @@ def read_cache(path, keys) -> dict | None:
     except Exception:  # noqa: BLE001 - whatever is wrong with the bytes, recomputing replaces them
         return None
     return state if isinstance(state, dict) and set(keys) <= state.keys() else None
-

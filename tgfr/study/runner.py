@@ -217,7 +217,6 @@ def _train_seeds(seeds: list[int], faces: dict, planned: list[PlannedRun], jobs:
         raise
     finally:
         pool.join()
-        del pool  # its queues' semaphores are released now, not reported as leaked at exit
 
 
 def run_study(out_dir, study: StudyConfig, name: str = "quick", log=print) -> dict[str, Path]:
