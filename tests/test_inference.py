@@ -154,6 +154,7 @@ def test_identify_ranks_the_gallery_and_caches_it(model, face_gallery):
     assert (matches[0].name, matches[0].identity) == (name, probe.parent.name)
     assert matches[0].score == pytest.approx(1.0, abs=1e-5)
     assert matches[0].score >= matches[1].score >= matches[2].score
+    (image_index,) = (model.directory / "index").glob("gallery_*.pt")  # the image mode's, before any other mode's
     caption = next(json.loads(line)["caption"] for line in (face_gallery / "captions.jsonl").read_text().splitlines()
                    if json.loads(line)["image"] == name)
     # the probe's own photo with its own caption: score 1, and nothing above it (a briefly trained fusion
@@ -167,10 +168,10 @@ def test_identify_ranks_the_gallery_and_caches_it(model, face_gallery):
     assert torch.equal(gallery.index("image").embeddings, model.embed(gallery.files, mode="image"))
     assert sorted((model.directory / "index").glob("gallery_*.pt")) == index_files  # reused, not rebuilt
     # a damaged index file is rebuilt, not fatal: half of it, or bytes that are no index at all
-    for damaged in (index_files[0].read_bytes()[:100], b"not an index"):
-        index_files[0].write_bytes(damaged)
+    for damaged in (image_index.read_bytes()[:100], b"not an index"):
+        image_index.write_bytes(damaged)
         assert [m.name for m in model.identify(probe, face_gallery, top_k=3)] == [m.name for m in matches]
-        assert torch.load(index_files[0], weights_only=True).keys() >= {"embeddings", "names"}  # rewritten whole
+        assert torch.load(image_index, weights_only=True).keys() >= {"embeddings", "names"}  # rewritten whole
     with pytest.raises(ValueError, match="larger than the gallery"):
         model.identify(probe, gallery, top_k=len(gallery) + 1)
 
