@@ -11,6 +11,7 @@ from data_trees import LAYOUTS, make_tree
 
 from tgfr.cli import main
 from tgfr.data import FaceCaptionDataset, build_synthetic_splits, sources, verification_pairs
+from tgfr.data.dataset import FixedItems
 from tgfr.evaluation.metrics import all_pair_scores, pair_scores
 from tgfr.models.tgfr import ModelConfig, build_image_encoder
 from tgfr.training import TrainingViews, load_config
@@ -164,6 +165,15 @@ def test_loader_gives_the_in_memory_samples_on_the_synthetic_set():
     assert seen == len(views) == 3 * len(split)
     # the two mixed views are different draws
     assert not torch.equal(views[len(split)]["image"], views[2 * len(split)]["image"])
+
+
+def test_fixed_items_are_the_datasets_items_made_once():
+    degraded = _synthetic_train().subset(range(12)).with_quality("very_bad")
+    fixed = FixedItems(degraded)
+    assert len(fixed) == 12 and fixed.quality == "very_bad" and np.array_equal(fixed.labels, degraded.labels)
+    for k in range(12):
+        assert torch.equal(fixed[k]["image"], degraded[k]["image"]) and fixed[k]["caption"] == degraded[k]["caption"]
+    assert fixed[3] is fixed[3]  # kept, not made again
 
 
 def _encoder():

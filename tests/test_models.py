@@ -242,27 +242,43 @@ def test_hf_text_encoder_loads_local_models(tmp_path, save, model_type):
     assert mask.sum(1).tolist() == [len(tokenize(CAPTIONS[0])) + 1, 2]  # "." is a word piece
 
 
-def test_frozen_hf_text_encoder_reuses_each_captions_features(tmp_path):
+def test_frozen_hf_text_encoder_reuses_each_captions_features(tmp_path, monkeypatch):
+    import tgfr.models.text as text_module
+
+    monkeypatch.setattr(text_module, "_FROZEN_FEATURES", {})  # not another test's features
     _save_tiny_bert(tmp_path)
     encoder = HFTextEncoder(tmp_path, max_length=32).eval()
+    encoded = []
+    original_encode = HFTextEncoder._encode
+    monkeypatch.setattr(HFTextEncoder, "_encode",
+                        lambda self, captions: encoded.extend(captions) or original_encode(self, captions))
     captions = [CAPTIONS[0], "a man", CAPTIONS[1]]
     expected, expected_mask = encoder(captions)  # trainable: computed every call, never kept
     assert not encoder._frozen_features
     encoder.requires_grad_(False)
     encoder(["a man"])
     tokens, mask = encoder(captions)  # one caption from the first call, two new ones
-    assert len(encoder._frozen_features) == 3
+    assert len(encoder._frozen_features) == 3 and len(encoded) == 3 + 1 + 2
     encoder.eval()  # every training epoch sets eval mode again: the features stay
     assert len(encoder._frozen_features) == 3
     assert torch.equal(mask, expected_mask) and tokens.shape == expected.shape
     words = mask.unsqueeze(-1)
     torch.testing.assert_close(tokens * words, expected * words, atol=1e-5, rtol=1e-5)
-    encoder.train()  # weights may change: the kept features are dropped
-    assert not encoder._frozen_features
+    # another encoder with the same weights (the next model a study scores) reuses them: nothing encoded
+    again = HFTextEncoder(tmp_path, max_length=32).eval().requires_grad_(False)
+    encoded.clear()
+    assert torch.equal(again(captions)[0], tokens) and not encoded
+    # weights changed in training, or loaded: other features
+    encoder.train()
+    with torch.no_grad():
+        next(encoder.parameters()).add_(0.5)
     encoder.eval()
-    encoder(["a man"])
-    encoder.load_state_dict(encoder.state_dict())
     assert not encoder._frozen_features
+    assert not torch.equal(encoder(captions)[0] * words, tokens * words) and len(encoded) == 3
+    encoder.load_state_dict(again.state_dict())
+    assert len(encoder._frozen_features) == 3  # the first weights again
+    # another word limit is another cache
+    assert not HFTextEncoder(tmp_path, max_length=8).eval()._frozen_features
 
 
 def test_minilm_named_option_loads_the_packaged_model(vocabulary):

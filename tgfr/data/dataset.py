@@ -165,6 +165,21 @@ class FaceCaptionDataset(Dataset):
                 "captions": captions, "quality": level, "index": index}
 
 
+class FixedItems(Dataset):
+    """Every item of ``dataset`` computed once and kept: a test set at one quality (its degradations are
+    fixed per photo) that many models are scored on, as in a study, is decoded and degraded once."""
+
+    def __init__(self, dataset: FaceCaptionDataset):
+        self.quality, self.labels = dataset.quality, dataset.labels
+        self.items = [dataset[i] for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
 def collate_face_captions(items: Sequence[dict]) -> dict:
     """Batch items of :class:`FaceCaptionDataset`: ``image`` [B, 3, H, W], ``identity`` and
     ``index`` int64 [B]; ``caption``, ``captions`` and ``quality`` stay lists."""

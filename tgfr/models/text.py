@@ -7,6 +7,7 @@ word-region attention). Every caption must have at least one word.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -101,6 +102,10 @@ def _text_tower_class(model_type: str):
     return getattr(transformers, _TEXT_TOWERS[model_type]) if model_type in _TEXT_TOWERS else transformers.AutoModel
 
 
+# token features of frozen transformers: {(digest of the weights, device): {caption: (features, mask)}}
+_FROZEN_FEATURES: dict[tuple[str, str], dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
 class HFTextEncoder(nn.Module):
     """A Hugging Face text model (BERT-like, or the text tower of CLIP/ALIGN/BLIP/GroupViT/FLAVA).
 
@@ -125,14 +130,31 @@ class HFTextEncoder(nn.Module):
         limit = getattr(text_config, "max_position_embeddings", max_length)
         self.max_length = min(max_length, limit)
 
-        # frozen and in eval mode the token features of a caption never change: computed once each
-        self._frozen_features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._frozen_features.clear())
+        # frozen and in eval mode the token features of a caption never change: computed once each, and
+        # shared by every encoder with the same weights in this process (a study scores many models that
+        # share one frozen transformer)
+        self._weights_key: str | None = None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._forget_weights())
+
+    def _forget_weights(self) -> None:
+        self._weights_key = None
 
     def train(self, mode: bool = True):
         if mode:  # weights change in training mode only
-            self._frozen_features.clear()
+            self._forget_weights()
         return super().train(mode)
+
+    @property
+    def _frozen_features(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The cache of the current weights: keyed by a digest of every weight and of the word limit, and by
+        the device the features are on."""
+        if self._weights_key is None:
+            digest = hashlib.blake2b(str(self.max_length).encode(), digest_size=16)
+            for name, tensor in self.model.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            self._weights_key = digest.hexdigest()
+        return _FROZEN_FEATURES.setdefault((self._weights_key, str(next(self.model.parameters()).device)), {})
 
     def _frozen(self) -> bool:
         return not self.training and not (torch.is_grad_enabled()
@@ -142,12 +164,13 @@ class HFTextEncoder(nn.Module):
         captions = list(captions)
         if not self._frozen():
             return self._encode(captions)[:2]
-        missing = list(dict.fromkeys(c for c in captions if c not in self._frozen_features))
+        cache = self._frozen_features
+        missing = list(dict.fromkeys(c for c in captions if c not in cache))
         if missing:
             hidden, mask, lengths = self._encode(missing)
             for caption, h, m, length in zip(missing, hidden, mask, lengths.tolist()):
-                self._frozen_features[caption] = (h[:length].detach(), m[:length])
-        rows = [self._frozen_features[c] for c in captions]
+                cache[caption] = (h[:length].detach(), m[:length])
+        rows = [cache[c] for c in captions]
         hidden = torch.nn.utils.rnn.pad_sequence([h for h, _ in rows], batch_first=True)
         mask = torch.nn.utils.rnn.pad_sequence([m for _, m in rows], batch_first=True)
         return hidden, mask

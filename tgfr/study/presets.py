@@ -79,13 +79,14 @@ PRESETS = {
     # the paper's hyper-parameters and sizes (a GPU job), each caption encoder at its own rate
     "paper": {"seeds": [0, 1, 2], "training": PAPER_TRAINING},
     # minutes on a CPU, one thread (small tensors gain little from a second one and lose much on
-    # busy cores): the demo's kind of model, narrower, on synthetic identities, few epochs. Six seeds
-    # and 190 unseen test identities (1,520 photos, 1.1 M impostor pairs) beside the 60 it trains on:
-    # the test set costs only evaluation, and with it the per-seed differences vary less. The
+    # busy cores): the demo's kind of model, narrower, on synthetic identities, few epochs. Ten seeds
+    # (six left TGFR - image only at normal probes an interval of +-3.2 points) and 190 unseen test
+    # identities (1,520 photos, 1.1 M impostor pairs) beside the 60 it trains on: the test set costs
+    # only evaluation, and with it the per-seed differences vary less. The
     # transformer is frozen (its token features are computed once per caption) where the paper
     # fine-tunes it, which a CPU cannot do in minutes
     "quick": {
-        "seeds": [0, 1, 2, 3, 4, 5],
+        "seeds": list(range(10)),
         "jobs": 0,
         "training": configs.merge(PAPER_TRAINING, CPU_STEPS, {
             "num_threads": 1, "progress": False,

@@ -30,6 +30,7 @@ from .. import config as configs
 from ..atomic import save_tensors, write_text
 from ..config import ConfigError
 from ..data import QUALITY_LEVELS
+from ..data.dataset import FixedItems
 from ..engine import CONFIG_NAME
 from ..training.config import TrainConfig
 from .presets import StudyConfig
@@ -151,13 +152,14 @@ def study_seconds(out_dir) -> dict:
     return {key: round(value, 1) for key, value in totals.items()}
 
 
-def _score_run(checkpoint, modes, test, protocol) -> dict:
-    """{mode: {level: metrics}} of a trained run: probes of every quality level against normal references."""
+def _score_run(checkpoint, modes, test_levels: dict, protocol) -> dict:
+    """{mode: {level: metrics}} of a trained run: probes of every quality level (``test_levels``: the test
+    set at each) against normal references."""
     from ..evaluation.protocol import embed_dataset, score_embeddings
     from ..training import load_model
 
     model = load_model(checkpoint)
-    embedded = {level: embed_dataset(model, test.with_quality(level), modes) for level in QUALITY_LEVELS}
+    embedded = {level: embed_dataset(model, test_levels[level], modes) for level in QUALITY_LEVELS}
     scored = {}
     for mode in modes:
         scored[mode] = {}
@@ -179,11 +181,13 @@ def _train_seed(seed: int, face: TrainConfig, planned: list[PlannedRun], log=pri
     _face_encoder(face, seed_dir, log)
     test = load_test_split(face, seed_dir / "face")
     protocol = TestProtocol.for_labels(test.labels)
+    test_levels = {}  # every run of the seed scores the same degraded photos: made once, when first needed
     for run in planned:
         if not run.result_file.exists():
             with _Timer(run.directory, f"seed {seed} {run.run.name}", log):
                 checkpoint = train(run.config, run.train_dir, resume=True)
-                scored = _score_run(checkpoint, run.run.modes, test, protocol)
+                test_levels = test_levels or {level: FixedItems(test.with_quality(level)) for level in QUALITY_LEVELS}
+                scored = _score_run(checkpoint, run.run.modes, test_levels, protocol)
             write_text(run.result_file, json.dumps(scored) + "\n")  # its existence marks the run done
 
 
