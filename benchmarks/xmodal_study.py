@@ -4,13 +4,13 @@ Every row is one ``tgfr xmodal train --preset P --out DIR key=value ... threads=
 ``tgfr xmodal eval --model DIR``, run as child processes; each row records the children's CPU time
 (user + sys, from ``os.wait4``), the budget proxy on a machine shared with other jobs: runs are
 deterministic for a seed, so only the time depends on the load. Rows of one data seed share the rendered
-faces and the frozen sentence features: the first run of a seed leaves them in ``WORK/cache`` and later
+faces, change pairs and the frozen sentence features: the first run of a seed leaves them in ``WORK/cache`` and later
 runs start with them linked into their run directory, so their CPU time is training and evaluation alone;
 a row that found nothing of its data seed cached (or ran with ``--cold``) is marked cold: its CPU time is what
 a user's first run costs.
 
     python benchmarks/xmodal_study.py run [--preset quick] [--cold] NAME key=value ...   # one row
-    python benchmarks/xmodal_study.py part changes|seeds|grades|encoders|full [--jobs 2]  # a planned set
+    python benchmarks/xmodal_study.py part changes|seeds|'small seeds'|grades|encoders|full [--jobs 2]
     python benchmarks/xmodal_study.py probe NAME ...                                      # attribute probes
     python benchmarks/xmodal_study.py report                                              # tables only
 
@@ -42,26 +42,36 @@ REPORT = HERE / "XMODAL_RESULTS.md"
 TEXT, COMPOSED = "text -> face", "text + image -> face"
 SEEDS = (0, 1, 2)
 
-# The path from the previous quick preset to the new one, one change per row, seed 0: each row adds its
-# change to the previous row's settings, at the previous preset's 16 epochs; the last row then trains the
-# result for the new preset's 60 epochs (the quick preset, seed 0).
+# The data and length of the first two quick presets (300 people, 180 of them to train on, 2 change pairs each,
+# 60 epochs): the rows that ran on them name these settings, so that each row's definition is what it ran.
+SMALL_DATA = ["num_identities=300", "split_fractions=[0.6,0.1,0.3]", "train_pairs_per_identity=2", "epochs=60"]
+# The path from the first quick preset to the present one, one change per row, seed 0: each row adds its
+# change to the previous row's settings (the first rows at the first preset's 16 epochs); the last row is the
+# quick preset, seed 0.
 CHANGES = [
-    ("previous quick preset", ["epochs=16", "negatives=hard", "before_negative=false", "text_head=sentence",
-                               "text_views=1"]),
+    ("previous quick preset", [*SMALL_DATA, "epochs=16", "negatives=hard", "before_negative=false",
+                               "text_head=sentence", "text_views=1"]),
     ("negatives=none", ["negatives=none"]),
     ("text_head=tokens", ["text_head=tokens"]),
     ("text_views=4", ["text_views=4"]),
     ("before_negative=true at 16 epochs", ["before_negative=true"]),
-    ("epochs=60 (quick preset)", ["epochs=60"]),
+    ("epochs=60 (second quick preset)", ["epochs=60"]),
+    ("1000 people (910 to train on), 15 epochs", ["num_identities=1000", "split_fractions=[0.91,0.0,0.09]",
+                                                  "epochs=15"]),
+    ("train_pairs_per_identity=4 (quick preset)", ["train_pairs_per_identity=4"]),
 ]
-#: The quick preset as it now stands (the last row of CHANGES), for the seeded and ablation rows.
 PRESET_ROWS = {
     "seeds": [(f"quick seed {s}", [f"seed={s}"]) for s in SEEDS],
-    "grades": [(f"negatives={n} seed {s}", [f"negatives={n}", f"seed={s}"])
+    # the second quick preset over seeds, and its ablations
+    "small seeds": [(f"second quick preset seed {s}", [*SMALL_DATA, f"seed={s}"]) for s in SEEDS],
+    "grades": [(f"negatives={n} seed {s}", [*SMALL_DATA, f"negatives={n}", f"seed={s}"])
                for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
-    "encoders": [(f"face_encoder={e} seed {s}", [f"face_encoder={e}", f"seed={s}"])
+    "encoders": [(f"face_encoder={e} seed {s}", [*SMALL_DATA, f"face_encoder={e}", f"seed={s}"])
                  for e in ("resnet50", "vit_s") for s in SEEDS[:1]],
 }
+
+
+PARTS = ("changes", "seeds", "small seeds", "grades", "encoders", "full")
 
 
 def load_results() -> dict:
@@ -108,7 +118,7 @@ def run_row(name: str, preset: str, overrides: list[str], work: Path, cold: bool
     with open(out.with_suffix(".log"), "w") as log:
         train_cpu = _child([*tgfr, "train", "--preset", preset, "--out", str(out), *overrides, "threads=1"], log)
         eval_cpu = _child([*tgfr, "eval", "--model", str(out)], log)
-    made = [*out.glob("tgfr_synthetic_*.npz"), *out.glob("text_features_*.pt")]
+    made = [*out.glob("tgfr_synthetic_*.npz"), *out.glob("tgfr_changes_*.pt"), *out.glob("text_features_*.pt")]
     for path in made:
         if not (cache / path.name).exists():
             os.link(path, cache / path.name)
@@ -305,15 +315,19 @@ def report(results: dict) -> str:
     if changes:
         lines += ["## What each change bought (seed 0, each row adds its change to the row above)", ""] + \
             _table(changes, results, deltas=True) + [""]
-    seeds = [name for name, _, _ in part_rows("seeds") if name in results]
-    if seeds:
-        lines += ["## The quick preset over seeds", ""] + _table(seeds, results) + [""]
+    for part, title in (("seeds", "The quick preset over seeds"),
+                        ("small seeds", "The second quick preset (300 people, 2 change pairs each, 60 epochs) over "
+                                        "seeds")):
+        seeds = [name for name, _, _ in part_rows(part) if name in results]
+        if not seeds:
+            continue
+        lines += [f"## {title}", ""] + _table(seeds, results) + [""]
         rows = [results[n] for n in seeds]
         r1 = [r["results"][COMPOSED]["X-Modal"]["R@1"] - r["results"][COMPOSED]["image only"]["R@1"] for r in rows]
         pair = [r["results"][COMPOSED]["X-Modal"]["after above before"] for r in rows]
         if len(rows) < 2:
             lines += [f"Only {len(rows)} of the {len(SEEDS)} seeds ran (`python benchmarks/xmodal_study.py part "
-                      "seeds`): no interval yet.", ""]
+                      f"'{part}'`): no interval yet.", ""]
         else:
             lines += [f"Text + image → face R@1, X-Modal − image only, paired over {len(rows)} seeds: "
                       f"{_mean_interval(r1)} points (95 % t-interval); after above before {_mean_interval(pair)} %; "
@@ -325,7 +339,7 @@ def report(results: dict) -> str:
     if grades:
         lines += ["## Negative grades (mean ± 95 % t-interval over seeds)", ""] + \
             _seed_summary(grades, "negatives=none") + [""]
-    for part, title in (("encoders", "Face encoders (the quick preset otherwise)"), ("full", "The full preset")):
+    for part, title in (("encoders", "Face encoders (the second quick preset otherwise)"), ("full", "The full preset")):
         names = [name for name, _, _ in part_rows(part) if name in results]
         if names:
             lines += [f"## {title}", ""] + _table(names, results) + [""]
@@ -337,7 +351,7 @@ def report(results: dict) -> str:
                   "states (photos whose caption states the attribute), and from a trained face embedding to the "
                   "true value (every photo). `python benchmarks/xmodal_study.py probe NAME`.", ""] + \
             _probe_table(probed, results) + [""]
-    planned = {name for part in ("changes", "seeds", "grades", "encoders", "full") for name, _, _ in part_rows(part)}
+    planned = {name for part in PARTS for name, _, _ in part_rows(part)}
     others = [n for n in results if n not in planned]
     if others:
         lines += ["## Other runs", ""] + _table(others, results) + [""]
@@ -357,7 +371,7 @@ def main(argv=None) -> int:
     one.add_argument("--preset", default="quick")
     one.add_argument("--cold", action="store_true", help="start from an empty run directory")
     planned = sub.add_parser("part", help="a planned set of rows")
-    planned.add_argument("part", choices=("changes", "seeds", "grades", "encoders", "full"))
+    planned.add_argument("part", choices=PARTS)
     planned.add_argument("--jobs", type=int, default=1, help="rows run at once")
     probing = sub.add_parser("probe", help="attribute probes of a finished row's face embeddings")
     probing.add_argument("names", nargs="+")

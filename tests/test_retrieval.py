@@ -170,6 +170,13 @@ def test_after_above_before_counts_ties_against_with_wilson_interval():
     assert m["after above before high"] == pytest.approx(centre + half, abs=1e-9)
     with pytest.raises(ValueError, match=r"\[P, 2P\]"):
         after_above_before(torch.zeros(4, 6))
+    # per changed attribute: pair 0 changed glasses and hair, 1 glasses, 2 hair, 3 glasses
+    changed = [{"eyeglasses": (False, True), "hair_color": ("red", "gray")}, {"eyeglasses": (True, False)},
+               {"hair_color": ("black", "blond")}, {"eyeglasses": (False, True)}]
+    assert after_above_before(scores, changed)["after above before by change"] == {
+        "eyeglasses": [pytest.approx(2 / 3), 3], "hair_color": [0.5, 2]}
+    with pytest.raises(ValueError, match="each of the 4 pairs"):
+        after_above_before(scores, changed[:3])
 
 
 def _hand_made_split():
@@ -403,6 +410,30 @@ def test_before_negative_gives_each_composed_query_its_before_photo_from_the_fir
             np.testing.assert_array_equal(composed["hard"], batch["composed"]["pairs"])
         else:
             assert list(composed) == ["easy"]
+
+
+def test_training_people_get_their_own_number_of_change_pairs_kept_with_the_faces(tmp_path, monkeypatch):
+    import dataclasses
+
+    import tgfr.retrieval.data as retrieval_data
+    from tgfr.retrieval.config import load_config
+
+    config = load_config("tiny", ["pairs_per_identity=1", "train_pairs_per_identity=3"])
+    splits = retrieval_data.build_retrieval_splits(config.synthetic(), 1, tmp_path, 3)
+    for name, per_person in (("train", 3), ("test", 1)):
+        changes = splits[name].changes
+        people = np.unique(splits[name].faces.identities)
+        assert len(changes.captions) == per_person * len(people)
+        assert sorted(set(changes.identities.tolist())) == people.tolist()
+    assert len(set(splits["train"].changes.captions)) > len(np.unique(splits["train"].faces.identities))
+    # rendered once: a second build (the eval after train) reads them back exactly
+    monkeypatch.setattr(retrieval_data, "make_change_pair", lambda *_: pytest.fail("rendered again"))
+    again = retrieval_data.build_retrieval_splits(config.synthetic(), 1, tmp_path, 3)
+    for name in ("train", "test"):
+        for field in dataclasses.fields(retrieval_data.ChangeSet):
+            first, second = getattr(splits[name].changes, field.name), getattr(again[name].changes, field.name)
+            assert (np.array_equal(first, second) if isinstance(first, np.ndarray) else first == second), field.name
+    assert isinstance(again["train"].changes.changes[0][next(iter(again["train"].changes.changes[0]))], tuple)
 
 
 def test_split_fractions_reach_the_synthetic_set_and_are_checked():

@@ -17,11 +17,15 @@ similarity order the semi-hard pool, and anyone the easy pool.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import read_cache, save_tensors
 from ..data.captions import UNSPOKEN
 from ..data.changes import make_change_pair
 from ..data.dataset import crop_and_resize
@@ -115,23 +119,52 @@ class NegativePools:
         return int(pool[rng.integers(pool.size)])
 
 
-def _changes_of(config: SyntheticConfig, members: np.ndarray, pairs_per_identity: int) -> ChangeSet:
+_CHANGE_PHOTOS = ("reference", "target", "other_before")
+
+
+def _changes_of(config: SyntheticConfig, members: np.ndarray, pairs_per_identity: int, cache_dir=None) -> ChangeSet:
+    """The change pairs of the people ``members``, rendered, or read from ``cache_dir`` where an earlier run
+    (or ``tgfr xmodal train`` before its ``eval``) left them."""
+    path = None
+    if cache_dir is not None:
+        key = json.dumps([config.cache_key(), members.tolist(), pairs_per_identity])
+        path = Path(cache_dir) / f"tgfr_changes_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        state = read_cache(path, ("identities", *_CHANGE_PHOTOS, "labels"))
+        if state is not None:
+            labels = json.loads(state["labels"])
+            return ChangeSet(identities=state["identities"].numpy(),
+                             **{name: state[name].numpy() for name in _CHANGE_PHOTOS},
+                             captions=labels["captions"], after_attributes=labels["after_attributes"],
+                             before_attributes=labels["before_attributes"],
+                             changes=[{name: tuple(values) for name, values in change.items()}
+                                      for change in labels["changes"]])
     profiles = identity_profiles(config)
     pairs = [make_change_pair(profiles[k], config.seed, j, config.image_size, config.occlusion_probability)
              for k in members for j in range(pairs_per_identity)]
-    return ChangeSet(identities=np.array([p.identity for p in pairs], dtype=np.int64),
-                     reference=np.stack([p.reference for p in pairs]), target=np.stack([p.target for p in pairs]),
-                     other_before=np.stack([p.other_before for p in pairs]), captions=[p.caption for p in pairs],
-                     after_attributes=[dict(p.after.attributes) for p in pairs],
-                     before_attributes=[dict(p.before.attributes) for p in pairs],
-                     changes=[dict(p.changes) for p in pairs])
+    changes = ChangeSet(identities=np.array([p.identity for p in pairs], dtype=np.int64),
+                        reference=np.stack([p.reference for p in pairs]), target=np.stack([p.target for p in pairs]),
+                        other_before=np.stack([p.other_before for p in pairs]), captions=[p.caption for p in pairs],
+                        after_attributes=[dict(p.after.attributes) for p in pairs],
+                        before_attributes=[dict(p.before.attributes) for p in pairs],
+                        changes=[dict(p.changes) for p in pairs])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labels = {name: getattr(changes, name) for name in ("captions", "after_attributes", "before_attributes",
+                                                              "changes")}
+        save_tensors({"identities": torch.from_numpy(changes.identities), "labels": json.dumps(labels),
+                      **{name: torch.from_numpy(getattr(changes, name)) for name in _CHANGE_PHOTOS}}, path)
+    return changes
 
 
-def build_retrieval_splits(config: SyntheticConfig, pairs_per_identity: int = 2,
-                           cache_dir=None) -> dict[str, RetrievalSplit]:
-    """Train and test splits (disjoint identities) of the synthetic faces and their change pairs."""
-    if pairs_per_identity < 1:
-        raise ValueError(f"pairs_per_identity must be >= 1, got {pairs_per_identity}")
+def build_retrieval_splits(config: SyntheticConfig, pairs_per_identity: int = 2, cache_dir=None,
+                           train_pairs_per_identity: int | None = None) -> dict[str, RetrievalSplit]:
+    """Train and test splits (disjoint identities) of the synthetic faces and their change pairs:
+    ``pairs_per_identity`` per test person, ``train_pairs_per_identity`` (None: as many) per training person."""
+    train_pairs_per_identity = train_pairs_per_identity or pairs_per_identity
+    for name, value in (("pairs_per_identity", pairs_per_identity),
+                        ("train_pairs_per_identity", train_pairs_per_identity)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     faces = generate_synthetic(config, cache_dir)
     splits = {}
     for name, members in split_identities(config).items():
@@ -140,7 +173,8 @@ def build_retrieval_splits(config: SyntheticConfig, pairs_per_identity: int = 2,
         rows = np.flatnonzero(np.isin(faces.identities, members))
         face_set = FaceSet(faces.images[rows], faces.identities[rows], [faces.captions[i] for i in rows],
                            [faces.attributes[i] for i in rows], [faces.statements[i][0] for i in rows])
-        splits[name] = RetrievalSplit(face_set, _changes_of(config, members, pairs_per_identity))
+        pairs = train_pairs_per_identity if name == "train" else pairs_per_identity
+        splits[name] = RetrievalSplit(face_set, _changes_of(config, members, pairs, cache_dir))
     for name in ("train", "test"):
         if name not in splits or len(np.unique(splits[name].faces.identities)) < 2:
             raise ValueError(f"the {name} split needs at least two identities: raise num_identities "

@@ -41,6 +41,7 @@ from .oracle import composed_oracle_scores, text_oracle_scores
 KS = (1, 5, 10)
 METRICS = tuple(f"R@{k}" for k in KS) + ("mAP", "median rank")
 PAIRWISE = "after above before"
+BY_CHANGE = f"{PAIRWISE} by change"
 ORACLE = "attribute oracle"
 ORACLE_RANDOM_TIES = "attribute oracle, ties at random"
 COMPOSED_ORACLE = "oracle (person + change)"
@@ -142,10 +143,13 @@ def chance_metrics(relevant, candidates=None, ks=KS) -> dict[str, float]:
     return expected_metrics(scores, relevant, ks)
 
 
-def after_above_before(scores, confidence: float = 0.95) -> dict[str, float]:
+def after_above_before(scores, changed=None, confidence: float = 0.95) -> dict:
     """How often a composed query scores its pair's after photo above the same person's second before
     photo (ties count against), with the Wilson interval. ``scores`` [P, 2P] has the targets in columns
-    ``0..P-1`` and the second before photos in ``P..2P-1``, pair ``p``'s at ``p`` and ``P + p``."""
+    ``0..P-1`` and the second before photos in ``P..2P-1``, pair ``p``'s at ``p`` and ``P + p``.
+    With ``changed`` (per pair, the attributes its change text changes) the same per attribute too,
+    under ``"<PAIRWISE> by change"``: ``{attribute: [accuracy, pairs]}``, which shows what the query
+    reads."""
     from scipy.stats import binomtest
 
     scores = torch.as_tensor(scores, dtype=torch.float64)
@@ -153,9 +157,20 @@ def after_above_before(scores, confidence: float = 0.95) -> dict[str, float]:
     if scores.ndim != 2 or scores.shape[1] != 2 * pairs or pairs == 0:
         raise ValueError(f"scores must be [P, 2P] (targets, then second before photos), got {tuple(scores.shape)}")
     rows = torch.arange(pairs)
-    above = int((scores[rows, rows] > scores[rows, rows + pairs]).sum())
-    interval = binomtest(above, pairs).proportion_ci(confidence, method="wilson")
-    return {PAIRWISE: above / pairs, f"{PAIRWISE} low": float(interval.low), f"{PAIRWISE} high": float(interval.high)}
+    above = scores[rows, rows] > scores[rows, rows + pairs]
+    count = int(above.sum())
+    interval = binomtest(count, pairs).proportion_ci(confidence, method="wilson")
+    result = {PAIRWISE: count / pairs, f"{PAIRWISE} low": float(interval.low), f"{PAIRWISE} high": float(interval.high)}
+    if changed is not None:
+        if len(changed) != pairs:
+            raise ValueError(f"changed must name the changed attributes of each of the {pairs} pairs, "
+                             f"got {len(changed)}")
+        by_change = {}
+        for name in sorted({name for change in changed for name in change}):
+            has = torch.tensor([name in change for change in changed])
+            by_change[name] = [float(above[has].double().mean()), int(has.sum())]
+        result[BY_CHANGE] = by_change
+    return result
 
 
 @torch.no_grad()
@@ -219,7 +234,8 @@ def evaluate_model(model, split: RetrievalSplit, text, backend: str = "auto") ->
         "CLIP-style late fusion": (model.clip_texts(change_captions.sentences) + reference_clip) @ gallery_clip.T,
         COMPOSED_ORACLE: composed_oracle_scores(changes),
     }
-    text_and_image = {k: retrieval_metrics(v, composed_relevant) | after_above_before(v) for k, v in composed.items()}
+    text_and_image = {k: retrieval_metrics(v, composed_relevant) | after_above_before(v, list(changes.changes))
+                      for k, v in composed.items()}
     # a random ranking puts the after photo above the before photo half the time, exactly
     text_and_image[CHANCE] = chance_metrics(composed_relevant) | {PAIRWISE: 0.5}
     return {"text -> face": text_to_face, "text + image -> face": text_and_image}
@@ -239,4 +255,15 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
     header = ["query", "method", *METRICS, f"{PAIRWISE} [95 % CI]"]
     rows = [[task, method, *(f"{100 * m[k]:.1f}" for k in METRICS[:-1]), f"{m['median rank']:g}", _pairwise_cell(m)]
             for task, methods in results.items() for method, m in methods.items()]
-    return table(header, rows, align=["l", "l"] + ["r"] * (len(header) - 2))
+    text = table(header, rows, align=["l", "l"] + ["r"] * (len(header) - 2))
+    by_change = {method: m[BY_CHANGE] for methods in results.values() for method, m in methods.items()
+                 if BY_CHANGE in m}
+    if by_change:
+        names = sorted({name for counts in by_change.values() for name in counts})
+        pairs = next(iter(by_change.values()))
+        rows = [[method, *(f"{100 * counts[n][0]:.1f}" if n in counts else "" for n in names)]
+                for method, counts in by_change.items()]
+        text += (f"\n\n{PAIRWISE} (%) by what the change text changes (pairs: "
+                 + ", ".join(f"{n} {pairs[n][1]}" for n in names if n in pairs) + ")\n\n"
+                 + table(["method", *names], rows, align=["l"] + ["r"] * len(names)))
+    return text

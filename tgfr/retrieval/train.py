@@ -48,7 +48,8 @@ def prepare(config: XModalConfig, cache_dir):
     from .text import cached_text_features
 
     if config.dataset == "synthetic":
-        splits = build_retrieval_splits(config.synthetic(), config.pairs_per_identity, cache_dir)
+        splits = build_retrieval_splits(config.synthetic(), config.pairs_per_identity, cache_dir,
+                                        config.train_pairs_per_identity)
     else:
         splits = build_celeba_dialog_splits(config.data_root, config.image_size, config.pairs_per_identity,
                                             config.seed, config.skip_bad)
