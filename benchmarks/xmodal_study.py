@@ -335,7 +335,7 @@ def report(results: dict) -> str:
     grades = {}
     for name, _, overrides in part_rows("grades"):
         if name in results:
-            grades.setdefault(overrides[0], []).append(results[name])
+            grades.setdefault(next(o for o in overrides if o.startswith("negatives=")), []).append(results[name])
     if grades:
         lines += ["## Negative grades (mean ± 95 % t-interval over seeds)", ""] + \
             _seed_summary(grades, "negatives=none") + [""]
