@@ -277,8 +277,9 @@ def test_frozen_hf_text_encoder_reuses_each_captions_features(tmp_path, monkeypa
     assert not torch.equal(encoder(captions)[0] * words, tokens * words) and len(encoded) == 3
     encoder.load_state_dict(again.state_dict())
     assert len(encoder._frozen_features) == 3  # the first weights again
-    # another word limit is another cache
+    # another word limit is another cache, and so is another dtype
     assert not HFTextEncoder(tmp_path, max_length=8).eval()._frozen_features
+    assert not again.double()._frozen_features
 
 
 def test_minilm_named_option_loads_the_packaged_model(vocabulary):

@@ -102,7 +102,7 @@ def _text_tower_class(model_type: str):
     return getattr(transformers, _TEXT_TOWERS[model_type]) if model_type in _TEXT_TOWERS else transformers.AutoModel
 
 
-# token features of frozen transformers: {(digest of the weights, device): {caption: (features, mask)}}
+# token features of frozen transformers: {(digest of the weights, "device dtype"): {caption: (features, mask)}}
 _FROZEN_FEATURES: dict[tuple[str, str], dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
@@ -147,14 +147,15 @@ class HFTextEncoder(nn.Module):
     @property
     def _frozen_features(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The cache of the current weights: keyed by a digest of every weight and of the word limit, and by
-        the device the features are on."""
+        the device and dtype they are on (moved or cast, they give other features)."""
         if self._weights_key is None:
             digest = hashlib.blake2b(str(self.max_length).encode(), digest_size=16)
             for name, tensor in self.model.state_dict().items():
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
             self._weights_key = digest.hexdigest()
-        return _FROZEN_FEATURES.setdefault((self._weights_key, str(next(self.model.parameters()).device)), {})
+        weight = next(self.model.parameters())
+        return _FROZEN_FEATURES.setdefault((self._weights_key, f"{weight.device} {weight.dtype}"), {})
 
     def _frozen(self) -> bool:
         return not self.training and not (torch.is_grad_enabled()
