@@ -426,6 +426,8 @@ def test_training_people_get_their_own_number_of_change_pairs_kept_with_the_face
         assert len(changes.captions) == per_person * len(people)
         assert sorted(set(changes.identities.tolist())) == people.tolist()
     assert len(set(splits["train"].changes.captions)) > len(np.unique(splits["train"].faces.identities))
+    with pytest.raises(ValueError, match="train_pairs_per_identity must be >= 1"):  # not "as many as the test's"
+        retrieval_data.build_retrieval_splits(config.synthetic(), 1, tmp_path, 0)
     # rendered once: a second build (the eval after train) reads them back exactly
     monkeypatch.setattr(retrieval_data, "make_change_pair", lambda *_: pytest.fail("rendered again"))
     again = retrieval_data.build_retrieval_splits(config.synthetic(), 1, tmp_path, 3)

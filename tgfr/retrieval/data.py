@@ -160,7 +160,8 @@ def build_retrieval_splits(config: SyntheticConfig, pairs_per_identity: int = 2,
                            train_pairs_per_identity: int | None = None) -> dict[str, RetrievalSplit]:
     """Train and test splits (disjoint identities) of the synthetic faces and their change pairs:
     ``pairs_per_identity`` per test person, ``train_pairs_per_identity`` (None: as many) per training person."""
-    train_pairs_per_identity = train_pairs_per_identity or pairs_per_identity
+    if train_pairs_per_identity is None:
+        train_pairs_per_identity = pairs_per_identity
     for name, value in (("pairs_per_identity", pairs_per_identity),
                         ("train_pairs_per_identity", train_pairs_per_identity)):
         if value < 1:
