@@ -120,6 +120,7 @@ class NegativePools:
 
 
 _CHANGE_PHOTOS = ("reference", "target", "other_before")
+_CHANGE_LABELS = ("captions", "after_attributes", "before_attributes", "changes")  # kept as JSON
 
 
 def _changes_of(config: SyntheticConfig, members: np.ndarray, pairs_per_identity: int, cache_dir=None) -> ChangeSet:
@@ -130,14 +131,12 @@ def _changes_of(config: SyntheticConfig, members: np.ndarray, pairs_per_identity
         key = json.dumps([config.cache_key(), members.tolist(), pairs_per_identity])
         path = Path(cache_dir) / f"tgfr_changes_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
         state = read_cache(path, ("identities", *_CHANGE_PHOTOS, "labels"))
-        if state is not None:
-            labels = json.loads(state["labels"])
+        labels = json.loads(state["labels"]) if state is not None else {}
+        if set(labels) == set(_CHANGE_LABELS):
+            labels["changes"] = [{name: tuple(values) for name, values in change.items()}  # JSON made them lists
+                                 for change in labels["changes"]]
             return ChangeSet(identities=state["identities"].numpy(),
-                             **{name: state[name].numpy() for name in _CHANGE_PHOTOS},
-                             captions=labels["captions"], after_attributes=labels["after_attributes"],
-                             before_attributes=labels["before_attributes"],
-                             changes=[{name: tuple(values) for name, values in change.items()}
-                                      for change in labels["changes"]])
+                             **{name: state[name].numpy() for name in _CHANGE_PHOTOS}, **labels)
     profiles = identity_profiles(config)
     pairs = [make_change_pair(profiles[k], config.seed, j, config.image_size, config.occlusion_probability)
              for k in members for j in range(pairs_per_identity)]
@@ -149,8 +148,7 @@ def _changes_of(config: SyntheticConfig, members: np.ndarray, pairs_per_identity
                         changes=[dict(p.changes) for p in pairs])
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        labels = {name: getattr(changes, name) for name in ("captions", "after_attributes", "before_attributes",
-                                                              "changes")}
+        labels = {name: getattr(changes, name) for name in _CHANGE_LABELS}
         save_tensors({"identities": torch.from_numpy(changes.identities), "labels": json.dumps(labels),
                       **{name: torch.from_numpy(getattr(changes, name)) for name in _CHANGE_PHOTOS}}, path)
     return changes
