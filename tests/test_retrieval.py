@@ -338,7 +338,10 @@ def test_xmodal_bad_config_and_existing_run_are_usage_errors(xmodal_run, capsys)
     for argv, message in ((["xmodal", "train", "--out", str(xmodal_run)], "already holds a run"),
                           (["xmodal", "train", "--preset", "tiny", "--out", str(xmodal_run / "x"), "epochz=1"],
                            "unknown config key"),
-                          (["xmodal", "train", "--preset", "nope", "--out", str(xmodal_run / "x")], "preset")):
+                          (["xmodal", "train", "--preset", "nope", "--out", str(xmodal_run / "x")], "preset"),
+                          (["xmodal", "train", "--preset", "tiny", "--out", str(xmodal_run / "x"),
+                            "attribute_names=[eyeglasses, glases]"], "'attribute_names' names attributes the "
+                           "synthetic photos do not have: ['glases']")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -450,16 +453,27 @@ def test_split_fractions_reach_the_synthetic_set_and_are_checked():
 def test_attribute_loss_is_the_mean_cross_entropy_of_the_attributes_each_photo_has():
     seen = [{"beard": "full", "glasses": True, "hat": False}, {"beard": "none", "glasses": False, "hat": False},
             {"beard": "goatee", "glasses": True, "hat": False}]
-    loss = AttributeLoss(seen, dim=6).double()
+    loss = AttributeLoss(seen, dim=6, scale=7.0).double()
     assert list(loss.classes) == ["beard", "glasses"]  # hat has one value: nothing to read
     photos = [{"beard": "none", "glasses": True}, {"beard": "stubble", "glasses": False}, {"glasses": True}]
     # an unseen value and a missing attribute leave that attribute out for that photo
     assert loss.targets(photos).tolist() == [[loss.classes["beard"]["none"], 1], [-100, 0], [-100, 1]]
-    embeddings = torch.nn.functional.normalize(torch.randn(3, 6, dtype=torch.float64), dim=1).requires_grad_()
-    beard, glasses = (head(embeddings) for head in loss.heads)
+    embeddings = (2.5 * torch.randn(3, 6, dtype=torch.float64)).requires_grad_()  # any length: cosine logits
+
+    def cosine_logits(weight):  # written out: scale * cos(embedding, value vector)
+        return 7.0 * torch.nn.functional.cosine_similarity(embeddings[:, None], weight[None], dim=2)
+
+    beard, glasses = (cosine_logits(head.weight) for head in loss.heads)
     expected = (torch.nn.functional.cross_entropy(beard[:1], torch.tensor([loss.classes["beard"]["none"]]))
                 + torch.nn.functional.cross_entropy(glasses, torch.tensor([1, 0, 1]))) / 2
     value = loss(embeddings, photos)
     torch.testing.assert_close(value, expected.to(value.dtype), rtol=1e-6, atol=1e-9)
     value.backward()
     assert embeddings.grad.abs().sum() > 0
+
+
+def test_attribute_loss_reads_only_the_names_it_is_given():
+    seen = [{"beard": "full", "glasses": True}, {"beard": "none", "glasses": False}]
+    assert list(AttributeLoss(seen, dim=4, names=["glasses"]).classes) == ["glasses"]
+    with pytest.raises(ValueError, match=r"\['moustache'\].*'beard', 'glasses'"):
+        AttributeLoss(seen, dim=4, names=["glasses", "moustache"])

@@ -93,6 +93,10 @@ class SyntheticFaces:
                            attributes=self.attributes[i]) for i in indices]
 
 
+#: what a photo's attributes hold besides its person's: facts of that one photo
+PHOTO_FACTS = ("smiling", "mouth_open")
+
+
 def identity_profiles(config: SyntheticConfig) -> list[IdentityProfile]:
     return [sample_identity(config.seed, k) for k in range(config.num_identities)]
 
@@ -100,7 +104,7 @@ def identity_profiles(config: SyntheticConfig) -> list[IdentityProfile]:
 def _photo(config: SyntheticConfig, profile: IdentityProfile, photo_index: int):
     variation = sample_variation(profile, np.random.default_rng([config.seed, profile.identity, photo_index, 1]),
                                  config.occlusion_probability)
-    photo_facts = {"smiling": variation.smiling, "mouth_open": variation.mouth_open}
+    photo_facts = {name: getattr(variation, name) for name in PHOTO_FACTS}
     rng = np.random.default_rng([config.seed, profile.identity, photo_index, 2])
     captions = [make_caption(profile.attributes, photo_facts,
                              "template" if rng.random() < config.template_fraction else "free", rng,

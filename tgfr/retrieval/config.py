@@ -11,7 +11,9 @@ from typing import ClassVar
 
 from .. import config as configs
 from ..config import ConfigError, setting
-from ..data.synthetic import SyntheticConfig
+from ..data.identities import ATTRIBUTE_VALUES
+from ..data.readers import CELEBA_DIALOG_LEVELS
+from ..data.synthetic import PHOTO_FACTS, SyntheticConfig
 from ..models.tgfr import HF_MODEL_DIRECTORY
 from ..ops import BACKENDS
 from ..training.config import check_data_root
@@ -72,6 +74,9 @@ class XModalConfig:
     baseline_weight: float = setting(1.0, ge=0)
     # the true attributes read back from the face embedding (retrieval.loss.AttributeLoss); 0: off
     attribute_weight: float = setting(0.0, ge=0)
+    # the attributes read back; empty: those the change texts edit (the synthetic set's glasses, beard, hair
+    # colour, hair style, bangs and age; CelebA-Dialog's five levels)
+    attribute_names: list[str] = setting([])
     backend: str = setting("auto", choices=("auto", *BACKENDS))
     threads: int = setting(0, ge=0)
     progress: bool = True
@@ -82,6 +87,11 @@ class XModalConfig:
         if len(self.grade_starts) != len(GRADES):
             raise ConfigError(f"must give {len(GRADES)} fractions, one per grade ({', '.join(GRADES)}); "
                               f"got {self.grade_starts}", "grade_starts")
+        known = CELEBA_DIALOG_LEVELS if self.dataset == "celeba-dialog" else (*ATTRIBUTE_VALUES, *PHOTO_FACTS)
+        unknown = [name for name in self.attribute_names if name not in known]
+        if unknown:
+            raise ConfigError(f"names attributes the {self.dataset} photos do not have: {unknown}; they have "
+                              f"{', '.join(known)}", "attribute_names")
         if self.image_size % 16:
             raise ConfigError(f"must be divisible by 16; got {self.image_size}", "image_size")
         self.synthetic()  # the synthetic set's own checks (split_fractions sums to 1)

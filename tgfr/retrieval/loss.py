@@ -76,33 +76,47 @@ def graded_mnrl(queries: torch.Tensor, positives: torch.Tensor, positive_ids: to
 
 
 class AttributeLoss(nn.Module):
-    """Read the true attributes of a face back from its unit retrieval embedding: one linear classifier per
-    attribute (every attribute with two values or more among ``attributes``), cross-entropy averaged over the
-    attributes, a photo without an attribute (or with a value not seen here) leaving it out.
+    """Read the true attributes of a face back from its unit retrieval embedding: one cosine classifier per
+    attribute (``scale`` times the cosine to a learned unit vector per value, as MNRL scores a face), for every
+    attribute of ``names`` (empty: all) with two values or more among ``attributes``; cross-entropy averaged
+    over the attributes, a photo without an attribute (or with a value not seen here) leaving it out.
 
     An auxiliary signal (our option, ``attribute_weight``; the abstract is silent): MNRL alone lets the face
     space keep whatever tells people apart, and what captions and change texts speak of (glasses, a beard, the
-    hair) need not be among it; the attribute read-outs ask the space to hold it.
+    hair) need not be among it; the attribute read-outs ask the space to hold it. Cosine, not linear: a linear
+    head on a unit vector starts with logits near 0 and, at AdamW's step size, cannot grow them far within a
+    short run, so its loss (and the pull on the face space) stalls (docs/xmodal.md, results).
     """
 
-    def __init__(self, attributes: list[dict], dim: int):
+    def __init__(self, attributes: list[dict], dim: int, names=(), scale: float = DEFAULT_SCALE):
         super().__init__()
         values: dict[str, set] = {}
         for photo in attributes:
             for name, value in photo.items():
-                values.setdefault(name, set()).add(value)
+                if not names or name in names:
+                    values.setdefault(name, set()).add(value)
+        unknown = sorted(set(names) - set(values))
+        if unknown:
+            raise ValueError(f"names {unknown}: no photo has them; the photos have "
+                             f"{sorted({n for photo in attributes for n in photo})}")
         self.classes = {name: {v: i for i, v in enumerate(sorted(found, key=repr))}
                         for name, found in sorted(values.items()) if len(found) > 1}
-        self.heads = nn.ModuleList(nn.Linear(dim, len(c)) for c in self.classes.values())
+        self.scale = scale
+        self.heads = nn.ModuleList(nn.Linear(dim, len(c), bias=False) for c in self.classes.values())
 
     def targets(self, attributes: list[dict]) -> torch.Tensor:
         """``[N, A]`` class indices of each photo's attributes, -100 where unknown."""
         return torch.tensor([[classes.get(photo.get(name), -100) for name, classes in self.classes.items()]
                              for photo in attributes], dtype=torch.long)
 
+    def logits(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """Per attribute, ``[N, values]``: ``scale`` times the cosine of each embedding to each value's vector."""
+        unit = F.normalize(embeddings, dim=1)
+        return [self.scale * unit @ F.normalize(head.weight, dim=1).T for head in self.heads]
+
     @float32_island
     def forward(self, embeddings: torch.Tensor, attributes: list[dict]) -> torch.Tensor:
         targets = self.targets(attributes).to(embeddings.device)
-        losses = [F.cross_entropy(head(embeddings), targets[:, a], ignore_index=-100)
-                  for a, head in enumerate(self.heads) if (targets[:, a] >= 0).any()]
+        losses = [F.cross_entropy(logits, targets[:, a], ignore_index=-100)
+                  for a, logits in enumerate(self.logits(embeddings)) if (targets[:, a] >= 0).any()]
         return torch.stack(losses).mean() if losses else embeddings.sum() * 0

@@ -126,8 +126,11 @@ class XModalStage(Stage):
         self.model, self.config, self.text = model, config, text
         self.batches = GradedBatches(split, config.seed)
         self.epochs = config.epochs
-        self.attributes = AttributeLoss(split.faces.attributes + split.changes.after_attributes, config.dim) \
-            if config.attribute_weight > 0 else None
+        self.attributes = None
+        if config.attribute_weight > 0:
+            names = config.attribute_names or sorted({name for change in split.changes.changes for name in change})
+            self.attributes = AttributeLoss(split.faces.attributes + split.changes.after_attributes, config.dim,
+                                            names, config.scale)
         self.optimizer = torch.optim.AdamW([p for m in self.modules() for p in m.parameters()], lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.steps = config.steps_per_epoch or max(1, len(self.batches.people) // config.batch_size)
