@@ -72,8 +72,9 @@ class XModalConfig:
     grade_starts: list[float] = setting([0.0, 0.2, 0.4], ge=0, le=1)
     composed_weight: float = setting(1.0, ge=0)
     baseline_weight: float = setting(1.0, ge=0)
-    # the true attributes read back from the face embedding (retrieval.loss.AttributeLoss); 0: off
-    attribute_weight: float = setting(0.0, ge=0)
+    # the true attributes read back from the face embedding (retrieval.loss.AttributeLoss); 0: off. Without
+    # them the face space drops glasses and beards, which only the change texts speak of (XMODAL_RESULTS.md)
+    attribute_weight: float = setting(10.0, ge=0)
     # the attributes read back; empty: those the change texts edit (the synthetic set's glasses, beard, hair
     # colour, hair style, bangs and age; CelebA-Dialog's five levels)
     attribute_names: list[str] = setting([])
