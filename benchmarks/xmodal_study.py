@@ -44,7 +44,8 @@ SEEDS = (0, 1, 2)
 
 # The data and length of the first two quick presets (300 people, 180 of them to train on, 2 change pairs each,
 # 60 epochs): the rows that ran on them name these settings, so that each row's definition is what it ran.
-SMALL_DATA = ["num_identities=300", "split_fractions=[0.6,0.1,0.3]", "train_pairs_per_identity=2", "epochs=60"]
+SMALL_DATA = ["num_identities=300", "split_fractions=[0.6,0.1,0.3]", "train_pairs_per_identity=2", "epochs=60",
+              "attribute_weight=0"]
 # The path from the first quick preset to the present one, one change per row, seed 0: each row adds its
 # change to the previous row's settings (the first rows at the first preset's 16 epochs); the last row is the
 # quick preset, seed 0.
@@ -58,20 +59,29 @@ CHANGES = [
     ("epochs=60 (second quick preset)", ["epochs=60"]),
     ("1000 people (910 to train on), 15 epochs", ["num_identities=1000", "split_fractions=[0.91,0.0,0.09]",
                                                   "epochs=15"]),
-    ("train_pairs_per_identity=4 (quick preset)", ["train_pairs_per_identity=4"]),
+    ("train_pairs_per_identity=4", ["train_pairs_per_identity=4"]),
+    ("attribute read-outs, weight 10 (quick preset)", ["attribute_weight=10"]),
 ]
 PRESET_ROWS = {
     "seeds": [(f"quick seed {s}", [f"seed={s}"]) for s in SEEDS],
+    # the quick preset without the attribute read-outs (the third quick preset)
+    "no read-outs": [(f"attribute_weight=0 seed {s}", ["attribute_weight=0", f"seed={s}"]) for s in SEEDS],
+    "grades": [(f"negatives={n} seed {s}", [f"negatives={n}", f"seed={s}"])
+               for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
+    "encoders": [(f"face_encoder={e} seed {s}", [f"face_encoder={e}", f"seed={s}"]) for e in ("vit_s",)
+                 for s in SEEDS[:1]],
     # the second quick preset over seeds, and its ablations
     "small seeds": [(f"second quick preset seed {s}", [*SMALL_DATA, f"seed={s}"]) for s in SEEDS],
-    "grades": [(f"negatives={n} seed {s}", [*SMALL_DATA, f"negatives={n}", f"seed={s}"])
-               for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
-    "encoders": [(f"face_encoder={e} seed {s}", [*SMALL_DATA, f"face_encoder={e}", f"seed={s}"])
-                 for e in ("resnet50", "vit_s") for s in SEEDS[:1]],
+    "small grades": [(f"second quick preset negatives={n} seed {s}", [*SMALL_DATA, f"negatives={n}", f"seed={s}"])
+                     for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
+    "small encoders": [("second quick preset face_encoder=vit_s seed 0", [*SMALL_DATA, "face_encoder=vit_s", "seed=0"]),
+                       ("second quick preset face_encoder=resnet50 epochs=12 seed 0",
+                        [*SMALL_DATA, "face_encoder=resnet50", "epochs=12", "seed=0"])],
 }
 
 
-PARTS = ("changes", "seeds", "small seeds", "grades", "encoders", "full")
+PARTS = ("changes", "seeds", "no read-outs", "grades", "encoders", "small seeds", "small grades", "small encoders",
+         "full")
 
 
 def load_results() -> dict:
