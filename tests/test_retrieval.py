@@ -416,6 +416,24 @@ def test_before_negative_gives_each_composed_query_its_before_photo_from_the_fir
             assert list(composed) == ["easy"]
 
 
+@pytest.mark.parametrize("names", [[], ["hair_color", "gender"]])
+def test_the_read_outs_default_to_the_attributes_the_change_texts_edit(names, tmp_path):
+    from tgfr.data.changes import CHANGEABLE
+    from tgfr.retrieval.config import load_config
+    from tgfr.retrieval.data import build_retrieval_splits
+    from tgfr.retrieval.train import XModalStage, build_model
+
+    config = load_config("tiny", ["attribute_weight=2", f"attribute_names={names}", "num_identities=40"])
+    split = build_retrieval_splits(config.synthetic(), config.pairs_per_identity, tmp_path,
+                                   config.train_pairs_per_identity)["train"]
+    stage = XModalStage(build_model(config, 8), config, split, text=None)
+    edited = {name for change in split.changes.changes for name in change}
+    assert edited <= set(CHANGEABLE) and len(edited) > 2  # the data are not a degenerate draw
+    assert set(stage.attributes.classes) == (set(names) or edited)
+    assert stage.attributes.scale == config.scale
+    assert {p for p in stage.optimizer.param_groups[0]["params"]} >= set(stage.attributes.parameters())
+
+
 def test_training_people_get_their_own_number_of_change_pairs_kept_with_the_faces(tmp_path, monkeypatch):
     import dataclasses
 
