@@ -376,6 +376,7 @@ def report(results: dict) -> str:
         lines += ["## What each change bought (seed 0, each row adds its change to the row above)", ""] + \
             _table(changes, results, deltas=True) + [""]
     for part, title in (("seeds", "The quick preset over seeds"),
+                        ("no read-outs", "The quick preset without the attribute read-outs over seeds"),
                         ("small seeds", "The second quick preset (300 people, 2 change pairs each, 60 epochs) over "
                                         "seeds")):
         seeds = [name for name, _, _ in part_rows(part) if name in results]
@@ -392,25 +393,20 @@ def report(results: dict) -> str:
             lines += [f"Text + image → face R@1, X-Modal − image only, paired over {len(rows)} seeds: "
                       f"{_mean_interval(r1)} points (95 % t-interval); after above before {_mean_interval(pair)} %; "
                       f"text → face R@10 gap closed {_mean_interval([gap_closed(r) for r in rows])} %.", ""]
-    grades = {}
-    for name, _, overrides in part_rows("grades"):
-        if name in results:
-            grades.setdefault(next(o for o in overrides if o.startswith("negatives=")), []).append(results[name])
-    if grades:
-        lines += ["## Negative grades (mean ± 95 % t-interval over seeds)", ""] + \
-            _seed_summary(grades, "negatives=none") + [""]
-    for part, title in (("encoders", "Face encoders (the second quick preset otherwise)"), ("full", "The full preset")):
+    for part, title in (("grades", "Negative grades, quick preset"),
+                        ("small grades", "Negative grades, second quick preset")):
+        grades = {}
+        for name, _, overrides in part_rows(part):
+            if name in results:
+                grades.setdefault(next(o for o in overrides if o.startswith("negatives=")), []).append(results[name])
+        if grades:
+            lines += [f"## {title} (mean ± 95 % t-interval over seeds)", ""] + \
+                _seed_summary(grades, "negatives=none") + [""]
+    for part, title in (("encoders", "Face encoders, quick preset"),
+                        ("small encoders", "Face encoders, second quick preset"), ("full", "The full preset")):
         names = [name for name, _, _ in part_rows(part) if name in results]
         if names:
             lines += [f"## {title}", ""] + _table(names, results) + [""]
-    probed = [name for name in results if "probe" in results[name]]
-    if probed:
-        lines += ["## Where text → face stops: what can be read from each side (test people, %)", "",
-                  "A logistic regression per attribute, fitted on the training people's photos and scored on the "
-                  "test people's: from the frozen sentence vector of a photo's first caption to the value it "
-                  "states (photos whose caption states the attribute), and from a trained face embedding to the "
-                  "true value (every photo). `python benchmarks/xmodal_study.py probe NAME`.", ""] + \
-            _probe_table(probed, results) + [""]
     readers = [results[n] for n in results if n.startswith("supervised ")]
     if readers:
         lines += ["## The face encoder on one attribute alone (quick preset's encoder and data, seed 0)", "",
