@@ -10,7 +10,7 @@ a row that found nothing of its data seed cached (or ran with ``--cold``) is mar
 a user's first run costs.
 
     python benchmarks/xmodal_study.py run [--preset quick] [--cold] NAME key=value ...   # one row
-    python benchmarks/xmodal_study.py part changes|seeds|'small seeds'|grades|encoders|full [--jobs 2]
+    python benchmarks/xmodal_study.py part PART [--jobs 2]       # PART: one of PARTS, e.g. seeds, grades, 'small seeds'
     python benchmarks/xmodal_study.py probe NAME ...                                      # attribute probes
     python benchmarks/xmodal_study.py supervised ATTRIBUTE ...                # the face encoder on one attribute
     python benchmarks/xmodal_study.py report                                              # tables only
@@ -407,6 +407,14 @@ def report(results: dict) -> str:
         names = [name for name, _, _ in part_rows(part) if name in results]
         if names:
             lines += [f"## {title}", ""] + _table(names, results) + [""]
+    probed = [name for name in results if "probe" in results[name]]
+    if probed:
+        lines += ["## Where text → face stops: what can be read from each side (test people, %)", "",
+                  "A logistic regression per attribute, fitted on the training people's photos and scored on the "
+                  "test people's: from the frozen sentence vector of a photo's first caption to the value it "
+                  "states (photos whose caption states the attribute), and from a trained face embedding to the "
+                  "true value (every photo). `python benchmarks/xmodal_study.py probe NAME`.", ""] + \
+            _probe_table(probed, results) + [""]
     readers = [results[n] for n in results if n.startswith("supervised ")]
     if readers:
         lines += ["## The face encoder on one attribute alone (quick preset's encoder and data, seed 0)", "",

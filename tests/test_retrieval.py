@@ -431,7 +431,7 @@ def test_the_read_outs_default_to_the_attributes_the_change_texts_edit(names, tm
     assert edited <= set(CHANGEABLE) and len(edited) > 2  # the data are not a degenerate draw
     assert set(stage.attributes.classes) == (set(names) or edited)
     assert stage.attributes.scale == config.scale
-    assert {p for p in stage.optimizer.param_groups[0]["params"]} >= set(stage.attributes.parameters())
+    assert set(stage.optimizer.param_groups[0]["params"]) >= set(stage.attributes.parameters())
 
 
 def test_training_people_get_their_own_number_of_change_pairs_kept_with_the_faces(tmp_path, monkeypatch):
