@@ -1,6 +1,6 @@
 """X-Modal on the embedded data: what each training change buys, the negative grades, the face encoders.
 
-Every row is one ``tgfr xmodal train --preset P --out DIR key=value ... threads=1`` followed by
+Every row is one ``tgfr xmodal train --preset P --out DIR key=value ... threads=1`` (``--threads N``: N) followed by
 ``tgfr xmodal eval --model DIR``, run as child processes; each row records the children's CPU time
 (user + sys, from ``os.wait4``), the budget proxy on a machine shared with other jobs: runs are
 deterministic for a seed, so only the time depends on the load. Rows of one data seed share the rendered
@@ -9,7 +9,7 @@ runs start with them linked into their run directory, so their CPU time is train
 a row that found nothing of its data seed cached (or ran with ``--cold``) is marked cold: its CPU time is what
 a user's first run costs.
 
-    python benchmarks/xmodal_study.py run [--preset quick] [--cold] NAME key=value ...   # one row
+    python benchmarks/xmodal_study.py run [--preset quick] [--cold] [--threads 1] NAME key=value ...   # one row
     python benchmarks/xmodal_study.py part PART [--jobs 2]       # PART: one of PARTS, e.g. seeds, grades, 'small seeds'
     python benchmarks/xmodal_study.py probe NAME ...                                      # attribute probes
     python benchmarks/xmodal_study.py supervised ATTRIBUTE ...                # the face encoder on one attribute
@@ -105,10 +105,10 @@ def _child(argv: list[str], log) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_row(name: str, preset: str, overrides: list[str], work: Path, cold: bool = False) -> dict:
+def run_row(name: str, preset: str, overrides: list[str], work: Path, cold: bool = False, threads: int = 1) -> dict:
     if name in load_results():
         return load_results()[name]
-    config = configs.dump(load_config(preset, [*overrides, "threads=1"]))
+    config = configs.dump(load_config(preset, [*overrides, f"threads={threads}"]))
     # a row written before a config key existed ran with that key's default
     defaults = configs.dump(XModalConfig())
     same = [row for row in load_results().values()
@@ -128,7 +128,7 @@ def run_row(name: str, preset: str, overrides: list[str], work: Path, cold: bool
     tgfr = [sys.executable, "-m", "tgfr", "xmodal"]
     started = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
-        train_cpu = _child([*tgfr, "train", "--preset", preset, "--out", str(out), *overrides, "threads=1"], log)
+        train_cpu = _child([*tgfr, "train", "--preset", preset, "--out", str(out), *overrides, f"threads={threads}"], log)
         eval_cpu = _child([*tgfr, "eval", "--model", str(out)], log)
     made = [*out.glob("tgfr_synthetic_*.npz"), *out.glob("tgfr_changes_*.pt"), *out.glob("text_features_*.pt")]
     for path in made:
@@ -365,7 +365,8 @@ def report(results: dict) -> str:
     lines = ["# X-Modal on the embedded data", "",
              "Written by `python benchmarks/xmodal_study.py` (its docstring says how each row is run). Metrics in %; "
              "'gap closed' is (R@10 − chance) / (attribute oracle − chance) of text → face. CPU seconds are user + "
-             "sys of single-threaded runs (`threads=1`) on a machine shared with other jobs, which inflates them; "
+             "sys of single-threaded runs (`threads=1`, unless a row's config says otherwise) on a machine shared "
+             "with other jobs, which inflates them; "
              "rows marked cold include rendering the faces and encoding the captions.", ""]
     first = next(iter(results.values()), None)
     if first is not None:
@@ -443,9 +444,11 @@ def main(argv=None) -> int:
     one.add_argument("overrides", nargs="*")
     one.add_argument("--preset", default="quick")
     one.add_argument("--cold", action="store_true", help="start from an empty run directory")
+    one.add_argument("--threads", type=int, default=1, help="threads of the row's training and evaluation")
     planned = sub.add_parser("part", help="a planned set of rows")
     planned.add_argument("part", choices=PARTS)
     planned.add_argument("--jobs", type=int, default=1, help="rows run at once")
+    planned.add_argument("--threads", type=int, default=1, help="threads of each row")
     probing = sub.add_parser("probe", help="attribute probes of a finished row's face embeddings")
     probing.add_argument("names", nargs="+")
     reading = sub.add_parser("supervised", help="the face encoder trained on one attribute alone")
@@ -454,7 +457,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     RESULTS, REPORT = args.results, args.results.with_suffix(".md")
     if args.command == "run":
-        run_row(args.name, args.preset, args.overrides, args.work, args.cold)
+        run_row(args.name, args.preset, args.overrides, args.work, args.cold, args.threads)
     elif args.command == "probe":
         for name in args.names:
             probe(name, args.work)
@@ -464,7 +467,7 @@ def main(argv=None) -> int:
     elif args.command == "part":
         rows = part_rows(args.part)
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda r: run_row(r[0], r[1], r[2], args.work), rows))
+            list(pool.map(lambda r: run_row(r[0], r[1], r[2], args.work, threads=args.threads), rows))
     REPORT.write_text(report(load_results()))
     return 0
 

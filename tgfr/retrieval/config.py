@@ -58,7 +58,7 @@ class XModalConfig:
     text_head: str = setting("tokens", choices=TEXT_HEADS)
     max_tokens: int = setting(32, ge=1)
     # training
-    epochs: int = setting(15, ge=0)
+    epochs: int = setting(25, ge=0)
     steps_per_epoch: int = setting(0, ge=0)
     batch_size: int = setting(32, ge=1)
     text_views: int = setting(4, ge=1)  # captions of each text positive that query it per step (one face pass)
