@@ -61,16 +61,25 @@ CHANGES = [
     ("1000 people (910 to train on), 15 epochs", ["num_identities=1000", "split_fractions=[0.91,0.0,0.09]",
                                                   "epochs=15"]),
     ("train_pairs_per_identity=4", ["train_pairs_per_identity=4"]),
-    ("attribute read-outs, weight 10 (quick preset)", ["attribute_weight=10"]),
+    ("attribute read-outs, weight 10 (15 epochs)", ["attribute_weight=10"]),
+    ("epochs=25 (quick preset)", ["epochs=25"]),
 ]
+# The quick preset at its first length with the read-outs (15 epochs): the rows that ran on it name it.
+FIFTEEN = ["epochs=15"]
 PRESET_ROWS = {
     "seeds": [(f"quick seed {s}", [f"seed={s}"]) for s in SEEDS],
-    # the quick preset without the attribute read-outs (the third quick preset)
-    "no read-outs": [(f"attribute_weight=0 seed {s}", ["attribute_weight=0", f"seed={s}"]) for s in SEEDS],
     "grades": [(f"negatives={n} seed {s}", [f"negatives={n}", f"seed={s}"])
                for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
     "encoders": [(f"face_encoder={e} seed {s}", [f"face_encoder={e}", f"seed={s}"]) for e in ("vit_s",)
                  for s in SEEDS[:1]],
+    "15-epoch seeds": [(f"15 epochs seed {s}", [*FIFTEEN, f"seed={s}"]) for s in SEEDS],
+    # without the attribute read-outs (the third quick preset)
+    "15-epoch no read-outs": [(f"15 epochs attribute_weight=0 seed {s}", [*FIFTEEN, "attribute_weight=0", f"seed={s}"])
+                              for s in SEEDS],
+    "15-epoch grades": [(f"15 epochs negatives={n} seed {s}", [*FIFTEEN, f"negatives={n}", f"seed={s}"])
+                        for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
+    "15-epoch encoders": [(f"15 epochs face_encoder={e} seed {s}", [*FIFTEEN, f"face_encoder={e}", f"seed={s}"])
+                          for e in ("vit_s",) for s in SEEDS[:1]],
     # the second quick preset over seeds, and its ablations
     "small seeds": [(f"second quick preset seed {s}", [*SMALL_DATA, f"seed={s}"]) for s in SEEDS],
     "small grades": [(f"second quick preset negatives={n} seed {s}", [*SMALL_DATA, f"negatives={n}", f"seed={s}"])
@@ -81,8 +90,8 @@ PRESET_ROWS = {
 }
 
 
-PARTS = ("changes", "seeds", "no read-outs", "grades", "encoders", "small seeds", "small grades", "small encoders",
-         "full")
+PARTS = ("changes", "seeds", "grades", "encoders", "15-epoch seeds", "15-epoch no read-outs", "15-epoch grades",
+         "15-epoch encoders", "small seeds", "small grades", "small encoders", "full")
 
 
 def load_results() -> dict:
@@ -377,7 +386,9 @@ def report(results: dict) -> str:
         lines += ["## What each change bought (seed 0, each row adds its change to the row above)", ""] + \
             _table(changes, results, deltas=True) + [""]
     for part, title in (("seeds", "The quick preset over seeds"),
-                        ("no read-outs", "The quick preset without the attribute read-outs over seeds"),
+                        ("15-epoch seeds", "The quick preset at 15 epochs over seeds"),
+                        ("15-epoch no read-outs", "The quick preset at 15 epochs without the attribute read-outs over "
+                                                  "seeds"),
                         ("small seeds", "The second quick preset (300 people, 2 change pairs each, 60 epochs) over "
                                         "seeds")):
         seeds = [name for name, _, _ in part_rows(part) if name in results]
@@ -395,6 +406,7 @@ def report(results: dict) -> str:
                       f"{_mean_interval(r1)} points (95 % t-interval); after above before {_mean_interval(pair)} %; "
                       f"text → face R@10 gap closed {_mean_interval([gap_closed(r) for r in rows])} %.", ""]
     for part, title in (("grades", "Negative grades, quick preset"),
+                        ("15-epoch grades", "Negative grades, quick preset at 15 epochs"),
                         ("small grades", "Negative grades, second quick preset")):
         grades = {}
         for name, _, overrides in part_rows(part):
@@ -404,6 +416,7 @@ def report(results: dict) -> str:
             lines += [f"## {title} (mean ± 95 % t-interval over seeds)", ""] + \
                 _seed_summary(grades, "negatives=none") + [""]
     for part, title in (("encoders", "Face encoders, quick preset"),
+                        ("15-epoch encoders", "Face encoders, quick preset at 15 epochs"),
                         ("small encoders", "Face encoders, second quick preset"), ("full", "The full preset")):
         names = [name for name, _, _ in part_rows(part) if name in results]
         if names:
