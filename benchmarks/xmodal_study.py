@@ -6,8 +6,8 @@ Every row is one ``tgfr xmodal train --preset P --out DIR key=value ... threads=
 deterministic for a seed, so only the time depends on the load. Rows of one data seed share the rendered
 faces, change pairs and the frozen sentence features: the first run of a seed leaves them in ``WORK/cache`` and later
 runs start with them linked into their run directory, so their CPU time is training and evaluation alone;
-a row that found nothing of its data seed cached (or ran with ``--cold``) is marked cold: its CPU time is what
-a user's first run costs.
+a row that had to render or encode any of them (its seed's first run, or one with ``--cold``) is marked cold:
+its CPU time is what a user's first run costs.
 
     python benchmarks/xmodal_study.py run [--preset quick] [--cold] [--threads 1] NAME key=value ...   # one row
     python benchmarks/xmodal_study.py part PART [--jobs 2]       # PART: one of PARTS, e.g. seeds, grades, 'small seeds'
@@ -139,11 +139,12 @@ def run_row(name: str, preset: str, overrides: list[str], work: Path, cold: bool
     with open(out.with_suffix(".log"), "w") as log:
         train_cpu = _child([*tgfr, "train", "--preset", preset, "--out", str(out), *overrides, f"threads={threads}"], log)
         eval_cpu = _child([*tgfr, "eval", "--model", str(out)], log)
-    made = [*out.glob("tgfr_synthetic_*.npz"), *out.glob("tgfr_changes_*.pt"), *out.glob("text_features_*.pt")]
+    data = [*out.glob("tgfr_synthetic_*.npz"), *out.glob("tgfr_changes_*.pt"), *out.glob("text_features_*.pt")]
+    made = [path for path in data if path.name not in cached]  # every cached file is linked in, used or not
     for path in made:
         if not (cache / path.name).exists():
             os.link(path, cache / path.name)
-    cold = not any(path.name in cached for path in made)  # nothing of this data seed was cached yet
+    cold = bool(made)  # this run rendered faces or pairs, or encoded captions
     evaluation = json.loads((out / "eval" / "xmodal_eval.json").read_text())
     row = {"preset": preset, "overrides": overrides, "cold": cold, "cpu_train_s": round(train_cpu, 1),
            "cpu_eval_s": round(eval_cpu, 1), "wall_s": round(time.perf_counter() - started, 1),
