@@ -36,6 +36,7 @@ import numpy as np
 from tgfr import config as configs
 from tgfr.atomic import write_text
 from tgfr.retrieval.config import XModalConfig, load_config
+from tgfr.retrieval.loss import NEGATIVE_SETTINGS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "XMODAL_RESULTS.json"
@@ -64,34 +65,34 @@ CHANGES = [
     ("attribute read-outs, weight 10 (15 epochs)", ["attribute_weight=10"]),
     ("epochs=25 (quick preset)", ["epochs=25"]),
 ]
-# The quick preset at its first length with the read-outs (15 epochs): the rows that ran on it name it.
-FIFTEEN = ["epochs=15"]
+
+
+def _variant_parts(part: str, prefix: str, settings: list[str]) -> dict[str, list[tuple[str, list[str]]]]:
+    """The planned parts of one variant of the quick preset (``settings`` on top of it), their rows' names
+    starting with ``prefix``: its seeds, its negative grades over the seeds and ViT-S at seed 0."""
+    seeds = prefix or "quick "  # the present preset's seeds are "quick seed S"
+    return {
+        f"{part}seeds": [(f"{seeds}seed {s}", [*settings, f"seed={s}"]) for s in SEEDS],
+        f"{part}grades": [(f"{prefix}negatives={n} seed {s}", [*settings, f"negatives={n}", f"seed={s}"])
+                          for n in NEGATIVE_SETTINGS for s in SEEDS],
+        f"{part}encoders": [(f"{prefix}face_encoder=vit_s seed 0", [*settings, "face_encoder=vit_s", "seed=0"])],
+    }
+
+
 PRESET_ROWS = {
-    "seeds": [(f"quick seed {s}", [f"seed={s}"]) for s in SEEDS],
-    "grades": [(f"negatives={n} seed {s}", [f"negatives={n}", f"seed={s}"])
-               for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
-    "encoders": [(f"face_encoder={e} seed {s}", [f"face_encoder={e}", f"seed={s}"]) for e in ("vit_s",)
-                 for s in SEEDS[:1]],
-    "15-epoch seeds": [(f"15 epochs seed {s}", [*FIFTEEN, f"seed={s}"]) for s in SEEDS],
-    # without the attribute read-outs (the third quick preset)
-    "15-epoch no read-outs": [(f"15 epochs attribute_weight=0 seed {s}", [*FIFTEEN, "attribute_weight=0", f"seed={s}"])
+    **_variant_parts("", "", []),
+    # the quick preset at its first length with the read-outs (15 epochs), and without them (the third quick preset)
+    **_variant_parts("15-epoch ", "15 epochs ", ["epochs=15"]),
+    "15-epoch no read-outs": [(f"15 epochs attribute_weight=0 seed {s}", ["epochs=15", "attribute_weight=0", f"seed={s}"])
                               for s in SEEDS],
-    "15-epoch grades": [(f"15 epochs negatives={n} seed {s}", [*FIFTEEN, f"negatives={n}", f"seed={s}"])
-                        for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
-    "15-epoch encoders": [(f"15 epochs face_encoder={e} seed {s}", [*FIFTEEN, f"face_encoder={e}", f"seed={s}"])
-                          for e in ("vit_s",) for s in SEEDS[:1]],
     # the second quick preset over seeds, and its ablations
-    "small seeds": [(f"second quick preset seed {s}", [*SMALL_DATA, f"seed={s}"]) for s in SEEDS],
-    "small grades": [(f"second quick preset negatives={n} seed {s}", [*SMALL_DATA, f"negatives={n}", f"seed={s}"])
-                     for n in ("none", "easy", "semi_hard", "hard") for s in SEEDS],
-    "small encoders": [("second quick preset face_encoder=vit_s seed 0", [*SMALL_DATA, "face_encoder=vit_s", "seed=0"]),
-                       ("second quick preset face_encoder=resnet50 epochs=12 seed 0",
-                        [*SMALL_DATA, "face_encoder=resnet50", "epochs=12", "seed=0"])],
+    **_variant_parts("small ", "second quick preset ", SMALL_DATA),
 }
+PRESET_ROWS["small encoders"].append(("second quick preset face_encoder=resnet50 epochs=12 seed 0",
+                                      [*SMALL_DATA, "face_encoder=resnet50", "epochs=12", "seed=0"]))
 
 
-PARTS = ("changes", "seeds", "grades", "encoders", "15-epoch seeds", "15-epoch no read-outs", "15-epoch grades",
-         "15-epoch encoders", "small seeds", "small grades", "small encoders", "full")
+PARTS = ("changes", *PRESET_ROWS, "full")
 
 
 def load_results() -> dict:
